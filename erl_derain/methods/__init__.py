@@ -1,0 +1,46 @@
+"""Method registry: ``--method=<name>`` maps to a trainer builder; one module per paper.
+
+A trainer is a ``keras.Model`` with a custom ``train_step`` and the small interface that
+``erl_derain.training`` drives: ``stages`` (objects with ``.name``), ``set_stage(i)``,
+``stage_variables(i)``, ``build_networks(shape)``, ``checkpoint_items()``, ``inference_model()``
+and ``pad_multiple``. Adding a paper means one module plus an entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    make_trainer: Callable[[dict], object]
+
+
+def _erlnet_trainer(config: dict):
+    from erl_derain.methods import erlnet
+
+    return erlnet.ERLNetTrainer(erlnet.config_from_dict(config), strategy=config.get("erl_strategy", "ma_d"),
+                                lambda_fre=config.get("lambda_fre", 0.01), learning_rate=config.get("lr", 4e-4))
+
+
+def _memd_trainer(config: dict):
+    return _erlnet_trainer({**config, "entanglement": "none", "erl_strategy": "memd"})
+
+
+METHODS: dict[str, MethodSpec] = {
+    "erlnet": MethodSpec("erlnet", "ERL-Net (ICCV 2019): MEMD + residual encoder, MA_A..MA_D / DT", _erlnet_trainer),
+    "memd": MethodSpec("memd", "ERL-Net's basic MEMD / MEMD- / MEMD-- (no residual encoder)", _memd_trainer),
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ValueError(f"unknown --method={name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def make_trainer(config: dict):
+    return get_method(config["method"]).make_trainer(config)

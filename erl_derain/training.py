@@ -1,0 +1,273 @@
+"""The training loop every method shares.
+
+One loop drives each trainer's ``train_step`` (a ``keras.Model`` with a custom step, see
+``erl_derain.methods``) through its stages, as TF Model Garden's Orbit does, instead of ``fit``:
+it owns the progress bar, TensorBoard summaries, the plateau learning-rate rule and checkpoints, so
+a re-run of the same command resumes at the stage, step and data position where the last run
+stopped. (DESIGN.md section 1: Keras' ``fit`` fails under MultiWorkerMirroredStrategy, and one loop
+for every setting is simpler than two.)
+
+``--model_dir`` layout::
+
+    config.json        every setting of the run (method, architecture, data, schedule)
+    flags.txt          the same as an absl flagfile (``erl-derain train --flagfile=<model_dir>/flags.txt``)
+    checkpoints/       tf.train.Checkpoint: networks, one optimizer per stage, stage, step, LR-plateau state
+    logs/              TensorBoard event files (losses, learning rate)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad configuration, a non-finite loss, ...); the message says why."""
+
+
+def resolve_jit_compile(value: str | bool) -> bool:
+    """``auto`` means XLA on GPU and off on CPU, where it makes a U-Net step about 7x slower."""
+    if isinstance(value, bool):
+        return value
+    value = str(value).lower()
+    if value == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"--jit_compile must be auto, true or false, got {value!r}")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --model_dir={model_dir} does not hold a training run "
+                                "of erl_derain (expected config.json and checkpoints/)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def config_to_flagfile(config: dict) -> str:
+    lines = []
+    for key, value in sorted(config.items()):
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"--{key}" if value else f"--no{key}")
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"--{key}={','.join(str(v) for v in value)}")
+        else:
+            lines.append(f"--{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+class PlateauSchedule(tf.Module):
+    """Divide the learning rate by ``1/factor`` when the training loss plateaus (paper: lr 4e-4,
+    "divided by 10 when the losses plateau"). The loss is averaged over windows of ``window``
+    steps; a window that does not improve on the best by a relative ``min_delta`` counts towards
+    ``patience``. State lives in variables so that it is checkpointed and survives a resume."""
+
+    def __init__(self, window: int = 500, patience: int = 5, factor: float = 0.1,
+                 min_lr: float = 1e-7, min_delta: float = 1e-3):
+        super().__init__(name="plateau")
+        self.window, self.patience, self.factor = int(window), int(patience), float(factor)
+        self.min_lr, self.min_delta = float(min_lr), float(min_delta)
+        self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best")
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+        self.window_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="window_sum")
+        self.window_count = tf.Variable(0, dtype=tf.int64, trainable=False, name="window_count")
+
+    def reset(self):
+        self.best.assign(np.inf)
+        self.wait.assign(0)
+        self.window_sum.assign(0.0)
+        self.window_count.assign(0)
+
+    def update(self, loss: float, optimizer) -> float | None:
+        """Record one step's loss; returns the new learning rate when it was reduced."""
+        if self.window <= 0:
+            return None
+        self.window_sum.assign_add(float(loss))
+        self.window_count.assign_add(1)
+        if int(self.window_count) < self.window:
+            return None
+        mean = float(self.window_sum) / int(self.window_count)
+        self.window_sum.assign(0.0)
+        self.window_count.assign(0)
+        if mean < float(self.best) * (1.0 - self.min_delta):
+            self.best.assign(mean)
+            self.wait.assign(0)
+            return None
+        self.wait.assign_add(1)
+        if int(self.wait) < self.patience:
+            return None
+        self.wait.assign(0)
+        lr = float(optimizer.learning_rate)
+        new_lr = max(lr * self.factor, self.min_lr)
+        if new_lr < lr:
+            optimizer.learning_rate.assign(new_lr)
+            return new_lr
+        return None
+
+
+class Run:
+    """A ``--model_dir``: its saved configuration and its checkpoint of a trainer."""
+
+    def __init__(self, model_dir: str, trainer, keep_checkpoints: int = 3, plateau: PlateauSchedule | None = None):
+        self.model_dir = model_dir
+        self.trainer = trainer
+        self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # within the stage
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.plateau = plateau or PlateauSchedule()
+        self.checkpoint = tf.train.Checkpoint(stage=self.stage, step=self.step, global_step=self.global_step,
+                                              plateau=self.plateau, **trainer.checkpoint_items())
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, "checkpoints"),
+                                                  max_to_keep=keep_checkpoints, checkpoint_name="ckpt")
+
+    def restore(self, networks_only: bool = False) -> str | None:
+        path = self.manager.latest_checkpoint
+        if path is None:
+            return None
+        try:
+            if networks_only:
+                tf.train.Checkpoint(**{k: v for k, v in self.trainer.checkpoint_items().items()
+                                       if not k.startswith("optimizer")}).read(path).expect_partial() \
+                    .assert_existing_objects_matched()
+            else:
+                self.checkpoint.read(path).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise TrainingError(f"checkpoint {path} does not match the network built from "
+                                f"{os.path.join(self.model_dir, 'config.json')}: {str(e)[:500]}") from e
+        return path
+
+    def save(self) -> str:
+        return self.manager.save(checkpoint_number=int(self.global_step))
+
+
+def prepare_model_dir(model_dir: str, config: dict) -> None:
+    """Create ``model_dir`` or check that it holds a run of the same method; write the config."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, "config.json")
+    if os.path.exists(path):
+        old = read_config(model_dir)
+        if old.get("method") != config.get("method"):
+            raise TrainingError(f"--model_dir={model_dir} holds a run of method {old.get('method')!r}, not "
+                                f"{config.get('method')!r}: choose another --model_dir")
+        changed = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+        if changed:
+            logging.warning("resuming %s with changed settings: %s", model_dir, changed)
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(os.path.join(model_dir, "flags.txt"), config_to_flagfile(config))
+
+
+def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *, model_dir: str,
+          stage_steps: list[int], batch_size: int, jit_compile: str | bool = "auto",
+          checkpoint_every: int = 500, log_every: int = 50, keep_checkpoints: int = 3,
+          plateau: PlateauSchedule | None = None, verbose: int = 1,
+          on_step_end: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
+    stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
+
+    Returns a summary dict (final losses, steps, wall time)."""
+    stages = trainer.stages
+    if len(stage_steps) != len(stages):
+        raise TrainingError(f"--stage_steps has {len(stage_steps)} value(s) but the training strategy has "
+                            f"{len(stages)} stage(s): {', '.join(s.name for s in stages)}")
+    prepare_model_dir(model_dir, config)
+    trainer.build_networks()
+    run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau)
+    restored = run.restore()
+    if restored:
+        logging.info("resumed from %s at stage %s step %d", restored, int(run.stage), int(run.step))
+        if verbose:
+            print(f"Resuming {model_dir} at stage {stages[min(int(run.stage), len(stages) - 1)].name} "
+                  f"(#{int(run.stage) + 1}/{len(stages)}), step {int(run.step)}", flush=True)
+    jit = resolve_jit_compile(jit_compile)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
+    summary = {"stages": {}, "resumed_from": restored}
+    t_start = time.time()
+    last_logs: dict = {}
+    while int(run.stage) < len(stages):
+        si = int(run.stage)
+        stage = stages[si]
+        target = int(stage_steps[si])
+        trainer.set_stage(si)
+        optimizer = trainer.current_optimizer
+        step_fn = tf.function(trainer.train_step, jit_compile=jit, reduce_retracing=True)
+        start_step = int(run.step)
+        if verbose and start_step < target:
+            print(f"Stage {stage.name} ({si + 1}/{len(stages)}): training {', '.join(stage.train)}; "
+                  f"steps {start_step}->{target}", flush=True)
+        progbar = keras.utils.Progbar(target, verbose=verbose, stateful_metrics=["lr"]) if verbose else None
+        t_stage = time.time()
+        if start_step < target:
+            iterator = iter(dataset_fn(int(run.global_step) * batch_size))
+            for step in range(start_step + 1, target + 1):
+                batch = next(iterator)
+                logs = step_fn({k: batch[k] for k in ("rainy", "clean")})
+                values = {k: float(v) for k, v in logs.items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    names = [n.decode() for n in batch["name"].numpy()] if "name" in batch else []
+                    raise TrainingError(
+                        f"non-finite loss at stage {stage.name} step {step} (global step "
+                        f"{int(run.global_step) + 1}) on batch {names}: {values}; the last good checkpoint "
+                        f"({run.manager.latest_checkpoint}) is kept")
+                run.step.assign(step)
+                run.global_step.assign_add(1)
+                new_lr = run.plateau.update(values["loss"], optimizer)
+                if new_lr is not None:
+                    logging.info("loss plateaued: learning rate -> %g", new_lr)
+                lr = float(optimizer.learning_rate)
+                if progbar is not None:
+                    progbar.update(step, [(k, v) for k, v in values.items()] + [("lr", lr)])
+                if step % log_every == 0 or step == target:
+                    with writer.as_default(step=int(run.global_step)):
+                        for k, v in values.items():
+                            tf.summary.scalar(f"{stage.name}/{k}", v)
+                        tf.summary.scalar(f"{stage.name}/learning_rate", lr)
+                last_logs = values
+                if step % checkpoint_every == 0 and step != target:
+                    run.save()
+                if on_step_end is not None:
+                    on_step_end(si, step, values)
+        summary["stages"][stage.name] = {"steps": target, "seconds": time.time() - t_stage, "final": last_logs}
+        run.stage.assign_add(1)
+        run.step.assign(0)
+        run.plateau.reset()
+        run.save()
+    writer.flush()
+    summary["seconds"] = time.time() - t_start
+    summary["global_step"] = int(run.global_step)
+    return summary
+
+
+def load_trainer(model_dir: str):
+    """Rebuild the trainer of ``model_dir`` from its config.json and restore its latest weights."""
+    from erl_derain.methods import make_trainer
+
+    config = read_config(model_dir)
+    trainer = make_trainer(config)
+    trainer.build_networks()
+    run = Run(model_dir, trainer)
+    if run.restore(networks_only=True) is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, 'checkpoints')}: train first")
+    return trainer, config

@@ -1,0 +1,134 @@
+"""The shared training loop: plateau rule, checkpoints, resume (in-process and after kill -9)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from erl_derain import training
+from erl_derain.data import pipelines
+from erl_derain.methods import make_trainer
+
+from .conftest import TINY_FLAGS, make_folder_dataset
+
+TINY = {"widths": [8, 16], "bottleneck_width": 16, "dense_layers": 2, "growth": 8, "se_ratio": 2}
+
+
+class _FakeOptimizer:
+    def __init__(self, lr):
+        self.learning_rate = tf.Variable(lr)
+
+
+def test_plateau_rule_hand_worked():
+    rule = training.PlateauSchedule(window=2, patience=2, factor=0.1, min_lr=1e-6, min_delta=0.0)
+    opt = _FakeOptimizer(1e-3)
+    losses = [4, 2,   # window mean 3: best
+              2, 2,   # 2 < 3: best
+              3, 1,   # 2: no improvement (wait 1)
+              2, 2,   # 2: wait 2 -> lr 1e-4
+              5, 5]   # 5: wait 1
+    changes = [(i, rule.update(v, opt)) for i, v in enumerate(losses)]
+    reduced = [(i, lr) for i, lr in changes if lr is not None]
+    assert [i for i, _ in reduced] == [7]
+    np.testing.assert_allclose(reduced[0][1], 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(opt.learning_rate), 1e-4, rtol=1e-6)
+    assert int(rule.wait) == 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run(model_dir, data, stop_at=None, steps=(2, 3, 2)):
+    config = {"method": "erlnet", "erl_strategy": "ma_d", **TINY}
+    keras.utils.set_random_seed(0)
+    trainer = make_trainer(config)
+
+    def dataset_fn(start):
+        return pipelines.paired_dataset(f"folder:{data}", "train", batch_size=2, crop_size=16, seed=3,
+                                        start_index=start, flip=True)
+
+    calls = []
+
+    def on_step_end(stage, step, logs):
+        calls.append((stage, step))
+        if stop_at is not None and (stage, step) == stop_at:
+            raise _Stop()
+
+    summary = training.train(trainer, config, dataset_fn, model_dir=str(model_dir), stage_steps=list(steps),
+                             batch_size=2, jit_compile="false", checkpoint_every=1, verbose=0,
+                             plateau=training.PlateauSchedule(window=0), on_step_end=on_step_end)
+    return trainer, summary, calls
+
+
+def test_resume_in_process_matches_uninterrupted_run(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n=5, size=(24, 32))
+    ref, _, ref_calls = _run(tmp_path / "ref", data)
+    assert ref_calls == [(0, 1), (0, 2), (1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+    with pytest.raises(_Stop):
+        _run(tmp_path / "run", data, stop_at=(1, 2))  # stopped after the checkpoint of stage II step 2
+    resumed, summary, calls = _run(tmp_path / "run", data)
+    assert calls == [(1, 3), (2, 1), (2, 2)]  # resumes at the saved stage and step, not from scratch
+    assert summary["global_step"] == 7
+    for a, b in zip(ref.net.weights + ref.clean_ae.weights, resumed.net.weights + resumed.clean_ae.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    # Running the finished command again does no work.
+    _, again, calls = _run(tmp_path / "run", data)
+    assert calls == [] and again["global_step"] == 7
+
+
+def test_model_dir_of_another_method_is_rejected(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    _run(tmp_path / "run", data, steps=(1, 1, 1))
+    trainer = make_trainer({"method": "memd", **TINY})
+    with pytest.raises(training.TrainingError, match="holds a run of method 'erlnet'"):
+        training.train(trainer, {"method": "memd", **TINY}, lambda s: None, model_dir=str(tmp_path / "run"),
+                       stage_steps=[1], batch_size=1, verbose=0)
+
+
+def test_wrong_number_of_stage_steps(tmp_path):
+    trainer = make_trainer({"method": "erlnet", "erl_strategy": "ma_d", **TINY})
+    with pytest.raises(training.TrainingError, match="3 stage"):
+        training.train(trainer, {"method": "erlnet"}, lambda s: None, model_dir=str(tmp_path / "m"),
+                       stage_steps=[1, 2], batch_size=1, verbose=0)
+
+
+def test_killed_training_resumes_at_saved_step(tmp_path):
+    """kill -9 a real `erl-derain train` process mid-stage, re-run the same command."""
+    data = make_folder_dataset(tmp_path / "data", n=4, size=(24, 32))
+    model_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "erl_derain.cli", "train", f"--model_dir={model_dir}", f"--dataset=folder:{data}",
+           "--crop_size=16", "--batch_size=1", "--stage_steps=4,400,4", "--checkpoint_every=3",
+           "--noevaluate_after", "--jit_compile=false", *TINY_FLAGS]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    ckpt_dir = model_dir / "checkpoints"
+    deadline = time.time() + 240
+    saved = None
+    # Wait until stage II has written a mid-stage checkpoint (global step > 4 + 3), then kill -9.
+    while time.time() < deadline and proc.poll() is None:
+        state = tf.train.get_checkpoint_state(str(ckpt_dir)) if ckpt_dir.exists() else None
+        if state and int(state.model_checkpoint_path.rsplit("-", 1)[1]) >= 10:
+            saved = int(state.model_checkpoint_path.rsplit("-", 1)[1])
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert saved is not None, proc.stdout.read().decode()[-3000:]
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    step_in_stage = int(latest.rsplit("-", 1)[1]) - 4
+    assert 0 < step_in_stage < 400
+    # Re-run the same command, with fewer stage-II steps so the test ends soon.
+    cmd2 = [c if not c.startswith("--stage_steps") else f"--stage_steps=4,{step_in_stage + 2},1" for c in cmd]
+    out = subprocess.run(cmd2, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Resuming {model_dir} at stage II (#2/3), step {step_in_stage}" in out.stdout
+    assert f"steps {step_in_stage}->{step_in_stage + 2}" in out.stdout
+    final = tf.train.latest_checkpoint(str(ckpt_dir))
+    assert int(final.rsplit("-", 1)[1]) == 4 + step_in_stage + 2 + 1

@@ -1,0 +1,1 @@
+"""synthetic_rain: the embedded default dataset."""

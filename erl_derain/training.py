@@ -128,6 +128,20 @@ class PlateauSchedule(tf.Module):
         return None
 
 
+def _checkpointable(item):
+    """Keras 3 models are not tracked by ``tf.train.Checkpoint`` through their sub-layers (only the
+    optimizers reference their variables), so a network is checkpointed as a dict of its variables
+    keyed by their paths (stable: every layer with weights has an explicit name)."""
+    if isinstance(item, keras.Layer):
+        variables = {}
+        for v in item.weights:
+            if v.path in variables:
+                raise TrainingError(f"two variables of {item.name} share the path {v.path}: name the layers")
+            variables[v.path] = v
+        return variables
+    return item
+
+
 class Run:
     """A ``--model_dir``: its saved configuration and its checkpoint of a trainer."""
 
@@ -139,7 +153,8 @@ class Run:
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.plateau = plateau or PlateauSchedule()
         self.checkpoint = tf.train.Checkpoint(stage=self.stage, step=self.step, global_step=self.global_step,
-                                              plateau=self.plateau, **trainer.checkpoint_items())
+                                              plateau=self.plateau,
+                                              **{k: _checkpointable(v) for k, v in trainer.checkpoint_items().items()})
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, "checkpoints"),
                                                   max_to_keep=keep_checkpoints, checkpoint_name="ckpt")
 
@@ -149,7 +164,7 @@ class Run:
             return None
         try:
             if networks_only:
-                tf.train.Checkpoint(**{k: v for k, v in self.trainer.checkpoint_items().items()
+                tf.train.Checkpoint(**{k: _checkpointable(v) for k, v in self.trainer.checkpoint_items().items()
                                        if not k.startswith("optimizer")}).read(path).expect_partial() \
                     .assert_existing_objects_matched()
             else:

@@ -45,9 +45,9 @@ class _Stop(Exception):
     pass
 
 
-def _run(model_dir, data, stop_at=None, steps=(2, 3, 2)):
+def _run(model_dir, data, stop_at=None, steps=(2, 3, 2), init_seed=0):
     config = {"method": "erlnet", "erl_strategy": "ma_d", **TINY}
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(init_seed)
     trainer = make_trainer(config)
 
     def dataset_fn(start):
@@ -73,7 +73,8 @@ def test_resume_in_process_matches_uninterrupted_run(tmp_path):
     assert ref_calls == [(0, 1), (0, 2), (1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
     with pytest.raises(_Stop):
         _run(tmp_path / "run", data, stop_at=(1, 2))  # stopped after the checkpoint of stage II step 2
-    resumed, summary, calls = _run(tmp_path / "run", data)
+    # Another initialisation seed: every weight and optimizer slot must come from the checkpoint.
+    resumed, summary, calls = _run(tmp_path / "run", data, init_seed=99)
     assert calls == [(1, 3), (2, 1), (2, 2)]  # resumes at the saved stage and step, not from scratch
     assert summary["global_step"] == 7
     for a, b in zip(ref.net.weights + ref.clean_ae.weights, resumed.net.weights + resumed.clean_ae.weights):

@@ -1,0 +1,325 @@
+"""``erl-derain``: the command line (an absl app). Thin: it parses flags and calls the library.
+
+Verbs::
+
+    erl-derain train      --flagfile=flags/quickstart.flags [--model_dir=...]
+    erl-derain evaluate   --model_dir=... [--dataset=... --split=test]
+    erl-derain derain     --model_dir=... --output_dir=... photo.jpg folder/ ...
+    erl-derain export     --model_dir=... --export_base=.../<model_name> [--version=N]
+    erl-derain synthesize --clean_dir=... --output_dir=...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+VERBS = ("train", "evaluate", "derain", "export", "synthesize")
+
+FLAGS = flags.FLAGS
+
+# -- what and where -------------------------------------------------------------------------------
+flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd (see erl_derain.methods).")
+flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard logs.")
+flags.DEFINE_string("dataset", "synthetic_rain", "TFDS name (e.g. synthetic_rain) or folder:/path with rainy/ and clean/.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, ~/tensorflow_datasets).")
+flags.DEFINE_string("split", None, "Split: 'train' for training, 'test' for evaluation by default.")
+flags.DEFINE_integer("seed", 0, "Seed for initialisation, shuffling and crops.")
+# -- training schedule ----------------------------------------------------------------------------
+flags.DEFINE_integer("batch_size", 1, "Batch size (ERL-Net paper: 1).")
+flags.DEFINE_integer("crop_size", 320, "Random training crop, pixels (ERL-Net paper: 320).")
+flags.DEFINE_boolean("flip", False, "Random horizontal flips (ERL-Net trains 'without any data augmentation').")
+flags.DEFINE_list("stage_steps", None, "Training steps of each stage of the strategy, e.g. 2000,1000,1000 for MA_D.")
+flags.DEFINE_list("stage_epochs", None, "Alternative to --stage_steps: epochs of the training split per stage.")
+flags.DEFINE_float("lr", 4e-4, "Initial learning rate of every stage (ERL-Net: 4e-4, Adam defaults).")
+flags.DEFINE_integer("lr_plateau_window", 500, "Steps averaged into one loss value for the plateau rule (0: off).")
+flags.DEFINE_integer("lr_plateau_patience", 5, "Windows without improvement before lr is divided.")
+flags.DEFINE_float("lr_plateau_factor", 0.1, "Learning-rate factor on a plateau (paper: divided by 10).")
+flags.DEFINE_float("min_lr", 1e-7, "Lower bound of the plateau rule.")
+flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (one is also written at each stage end).")
+flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step: auto = on GPU only.")
+flags.DEFINE_integer("shuffle_buffer", 256, "Shuffle buffer for TFDS records.")
+flags.DEFINE_boolean("evaluate_after", True, "After training, evaluate on --eval_split and print PSNR/SSIM.")
+flags.DEFINE_string("eval_split", "test", "Split evaluated after training.")
+# -- ERL-Net ----------------------------------------------------------------------------------------
+flags.DEFINE_list("widths", ["64", "128", "256"], "ERL-Net level widths (one per down step).")
+flags.DEFINE_integer("bottleneck_width", 256, "ERL-Net bottleneck width.")
+flags.DEFINE_integer("dense_layers", 4, "Conv layers per dense block.")
+flags.DEFINE_integer("growth", 32, "Dense block growth rate.")
+flags.DEFINE_enum("base", "memd", ["memd", "memd-", "memd--"], "Base network: MEMD, MEMD- (no FUS), MEMD-- (no skips).")
+flags.DEFINE_enum("entanglement", "mlgd", ["mlgd", "clgd", "none"], "CLGD: bottleneck only; MLGD: every level.")
+flags.DEFINE_enum("erl_strategy", "ma_d", ["ma_a", "ma_b", "ma_c", "ma_d", "dt", "memd"], "Training strategy (Table 1).")
+flags.DEFINE_integer("se_ratio", 16, "Squeeze-excitation reduction ratio inside FUS.")
+flags.DEFINE_float("lambda_fre", 0.01, "Weight of L_fre in L_ERL (Eq. 5).")
+# -- evaluation / inference -------------------------------------------------------------------------
+flags.DEFINE_enum("y_rounding", "rounded", ["rounded", "unrounded"], "Y channel rounded to uint8 (MATLAB) or kept in double.")
+flags.DEFINE_integer("crop_border", 0, "Pixels removed from each side before PSNR/SSIM.")
+flags.DEFINE_string("output", None, "evaluate: output folder for per_image.csv and metrics.json.")
+flags.DEFINE_integer("max_images", None, "evaluate: only the first N images.")
+flags.DEFINE_integer("tile", 512, "Tile side for inference on large images (0: whole image).")
+flags.DEFINE_integer("tile_overlap", 32, "Overlap between tiles, pixels.")
+flags.DEFINE_string("output_dir", None, "derain / synthesize: output folder.")
+flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs.")
+flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
+flags.DEFINE_integer("version", None, "export: version number (default: next integer).")
+# -- synthesis --------------------------------------------------------------------------------------
+flags.DEFINE_string("clean_dir", None, "synthesize: folder of clean images.")
+flags.DEFINE_integer("renders_per_image", 1, "synthesize: rainy renderings per clean image.")
+flags.DEFINE_float("rain_density", None, "synthesize: fraction of streak seeds (default: the library's).")
+flags.DEFINE_float("rain_length", None, "synthesize: streak length in pixels.")
+flags.DEFINE_float("rain_intensity", None, "synthesize: streak brightness.")
+flags.DEFINE_integer("rain_layers", 1, "synthesize: streak layers.")
+flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER veil (rain accumulation) model.")
+
+# Flags that describe a training run (saved to <model_dir>/config.json).
+RUN_KEYS = ("method", "dataset", "data_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
+            "lr", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
+            "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
+            "jit_compile")
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _require(name: str):
+    value = getattr(FLAGS, name)
+    if value in (None, ""):
+        raise UsageError(f"--{name} is required for `erl-derain {FLAGS_VERB}`")
+    return value
+
+
+FLAGS_VERB = ""
+
+
+def _run_config() -> dict:
+    config = {k: getattr(FLAGS, k) for k in RUN_KEYS}
+    config["widths"] = [int(w) for w in FLAGS.widths]
+    return config
+
+
+def _stage_steps(trainer, config) -> list[int]:
+    if FLAGS.stage_steps:
+        return [int(s) for s in FLAGS.stage_steps]
+    if FLAGS.stage_epochs:
+        from erl_derain.data import pipelines
+
+        n = pipelines.num_examples(FLAGS.dataset, "train", data_dir=FLAGS.data_dir)
+        return [max(1, int(round(float(e) * n / FLAGS.batch_size))) for e in FLAGS.stage_epochs]
+    raise UsageError("give --stage_steps (or --stage_epochs), one value per stage of "
+                     f"--erl_strategy={FLAGS.erl_strategy}: " + ", ".join(s.name for s in trainer.stages))
+
+
+def cmd_train():
+    import tensorflow as tf
+
+    from erl_derain import training
+    from erl_derain.data import pipelines
+    from erl_derain.methods import make_trainer
+
+    model_dir = _require("model_dir")
+    config = _run_config()
+    keras_seed(FLAGS.seed)
+    trainer = make_trainer(config)
+    stage_steps = _stage_steps(trainer, config)
+    split = FLAGS.split or "train"
+    multiple = trainer.pad_multiple
+    if FLAGS.crop_size % multiple:
+        raise UsageError(f"--crop_size={FLAGS.crop_size} must be a multiple of {multiple} (the network "
+                         f"down-samples {multiple}x)")
+    # Fail on a bad dataset before any training work starts.
+    pipelines.paired_dataset(FLAGS.dataset, split, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size,
+                             training=True, seed=FLAGS.seed, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
+                             shuffle_buffer=FLAGS.shuffle_buffer)
+
+    def dataset_fn(start_index: int) -> tf.data.Dataset:
+        return pipelines.paired_dataset(FLAGS.dataset, split, batch_size=FLAGS.batch_size,
+                                        crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
+                                        start_index=start_index, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
+                                        shuffle_buffer=FLAGS.shuffle_buffer)
+
+    plateau = training.PlateauSchedule(FLAGS.lr_plateau_window, FLAGS.lr_plateau_patience,
+                                       FLAGS.lr_plateau_factor, FLAGS.min_lr)
+    summary = training.train(trainer, config, dataset_fn, model_dir=model_dir, stage_steps=stage_steps,
+                             batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile,
+                             checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
+                             keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau)
+    print(f"Training done in {summary['seconds']:.1f} s ({summary['global_step']} steps); "
+          f"checkpoints in {os.path.join(model_dir, 'checkpoints')}", flush=True)
+    if FLAGS.evaluate_after:
+        _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, FLAGS.dataset, FLAGS.eval_split)
+
+
+def keras_seed(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def _predict_fn(model):
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+
+
+def _evaluate(model, multiple, model_dir, dataset, split):
+    from erl_derain import evaluation
+    from erl_derain.data import pipelines
+
+    ds = pipelines.paired_dataset(dataset, split, batch_size=1, crop_size=None, training=False,
+                                  data_dir=FLAGS.data_dir)
+    print(f"Evaluating on {dataset} [{split}] (full-size images, Y channel {FLAGS.y_rounding}):", flush=True)
+    rows = evaluation.evaluate(_predict_fn(model), multiple, ds, rounded=FLAGS.y_rounding == "rounded",
+                               crop_border=FLAGS.crop_border, tile=FLAGS.tile, tile_overlap=FLAGS.tile_overlap,
+                               max_images=FLAGS.max_images)
+    summary = evaluation.summarize(rows)
+    safe = dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
+    out_dir = FLAGS.output or os.path.join(model_dir, f"eval_{safe}_{split}")
+    csv_path, json_path = evaluation.write_results(
+        rows, summary, out_dir, extra={"dataset": dataset, "split": split, "model_dir": model_dir,
+                                       "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border})
+    if model_dir and os.path.isdir(model_dir):
+        with open(os.path.join(model_dir, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump({"dataset": dataset, "split": split, **summary}, f, indent=2, sort_keys=True)
+    print(f"Mean over {summary['num_images']} images: Y-PSNR {summary['input_psnr_y']:.2f} (rainy) -> "
+          f"{summary['psnr_y']:.2f} dB ({summary['gain_psnr_y']:+.2f}), Y-SSIM {summary['input_ssim_y']:.4f} -> "
+          f"{summary['ssim_y']:.4f}; RGB PSNR {summary['input_psnr_rgb']:.2f} -> {summary['psnr_rgb']:.2f} dB")
+    print(f"Per-image results: {csv_path}; summary: {json_path}", flush=True)
+    return summary
+
+
+def cmd_evaluate():
+    from erl_derain.training import load_trainer
+
+    model_dir = _require("model_dir")
+    trainer, config = load_trainer(model_dir)
+    dataset = FLAGS.dataset if FLAGS["dataset"].present else config.get("dataset", FLAGS.dataset)
+    _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, dataset, FLAGS.split or "test")
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _expand_inputs(paths: list[str]) -> list[str]:
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS))
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+    if not files:
+        raise UsageError(f"no images found in {paths}")
+    return files
+
+
+def cmd_derain(args: list[str]):
+    from erl_derain.data.image_io import load_rgb, save_rgb
+    from erl_derain.inference import derain_image
+    from erl_derain.training import load_trainer
+
+    model_dir = _require("model_dir")
+    output_dir = _require("output_dir")
+    if not args:
+        raise UsageError("give the photos or folders to de-rain: erl-derain derain --model_dir=... "
+                         "--output_dir=... photo.jpg folder/")
+    files = _expand_inputs(args)
+    trainer, _ = load_trainer(model_dir)
+    predict = _predict_fn(trainer.inference_model())
+    os.makedirs(output_dir, exist_ok=True)
+    failures, written, skipped = [], 0, 0
+    for path in files:
+        out_path = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        if os.path.exists(out_path) and not FLAGS.overwrite:
+            skipped += 1
+            continue
+        try:
+            image = load_rgb(path)
+            result = derain_image(predict, image, trainer.pad_multiple, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
+            save_rgb(out_path, result)
+            written += 1
+            print(f"  {path} ({image.shape[1]}x{image.shape[0]}) -> {out_path}", flush=True)
+        except Exception as e:  # one bad file must not stop the others
+            failures.append((path, str(e)))
+            print(f"  FAILED {path}: {e}", file=sys.stderr, flush=True)
+    print(f"De-rained {written} image(s) into {output_dir}; {skipped} skipped (exist, use --overwrite); "
+          f"{len(failures)} failed")
+    if failures:
+        for p, e in failures:
+            print(f"  failed: {p}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export():
+    from erl_derain.serving import export_saved_model
+    from erl_derain.training import load_trainer
+
+    model_dir = _require("model_dir")
+    export_base = _require("export_base")
+    trainer, config = load_trainer(model_dir)
+    path = export_saved_model(trainer.inference_model(), trainer.pad_multiple, export_base, FLAGS.version,
+                              metadata={"method": config["method"], "config": config})
+    print(f"Exported SavedModel to {path} (signature serving_default: images -> derained)")
+
+
+def cmd_synthesize():
+    from erl_derain.data import rain_synthesis
+
+    clean_dir = _require("clean_dir")
+    output_dir = _require("output_dir")
+    kwargs = {"layers": FLAGS.rain_layers, "accumulation": FLAGS.rain_accumulation}
+    for flag, key in (("rain_density", "density"), ("rain_length", "length"), ("rain_intensity", "intensity")):
+        if getattr(FLAGS, flag) is not None:
+            kwargs[key] = getattr(FLAGS, flag)
+    pairs = rain_synthesis.synthesize_folder(clean_dir, output_dir, renders_per_image=FLAGS.renders_per_image,
+                                             seed=FLAGS.seed, **kwargs)
+    print(f"Wrote {len(pairs)} rainy/clean pairs to {output_dir}/rainy and {output_dir}/clean "
+          f"(train on them with --dataset=folder:{output_dir})")
+
+
+def main(argv):
+    global FLAGS_VERB
+    if len(argv) < 2 or argv[1] not in VERBS:
+        print(__doc__, file=sys.stderr)
+        got = argv[1] if len(argv) > 1 else "nothing"
+        print(f"erl-derain: expected a verb ({', '.join(VERBS)}), got {got}", file=sys.stderr)
+        return 2
+    verb, args = argv[1], argv[2:]
+    FLAGS_VERB = verb
+    if args and verb != "derain":
+        print(f"erl-derain {verb}: unexpected arguments {args} (flags are written --name=value)", file=sys.stderr)
+        return 2
+    from erl_derain.data.pipelines import DatasetError
+    from erl_derain.training import TrainingError
+
+    try:
+        if verb == "train":
+            return cmd_train()
+        if verb == "evaluate":
+            return cmd_evaluate()
+        if verb == "derain":
+            return cmd_derain(args)
+        if verb == "export":
+            return cmd_export()
+        if verb == "synthesize":
+            return cmd_synthesize()
+    except (UsageError, DatasetError, TrainingError, FileNotFoundError, FileExistsError, ValueError) as e:
+        logging.debug("error", exc_info=True)
+        print(f"erl-derain {verb}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

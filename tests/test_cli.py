@@ -1,0 +1,146 @@
+"""The `erl-derain` verbs end to end on tiny networks: train, derain, evaluate, export, errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from erl_derain import metrics
+from erl_derain.data.image_io import load_rgb
+
+from .conftest import TINY_FLAGS, make_folder_dataset
+
+FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
+
+
+def _train(run_cli, model_dir, data, *extra):
+    code, out, err = run_cli("train", f"--model_dir={model_dir}", f"--dataset=folder:{data}", "--crop_size=16",
+                             "--batch_size=2", "--jit_compile=false", "--noevaluate_after", *TINY_FLAGS, *extra)
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("base", ["memd", "memd-", "memd--"])
+def test_memd_variants_train_and_derain_odd_sizes(run_cli, tmp_path, base):
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    model_dir = tmp_path / f"run_{base}"
+    _train(run_cli, model_dir, data, "--method=memd", f"--base={base}", "--stage_steps=1")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(photos / "odd.jpg"), (rng.random((37, 53, 3)) * 255).astype(np.uint8))
+    cv2.imwrite(str(photos / "gray.png"), (rng.random((19, 23)) * 255).astype(np.uint8))
+    cv2.imwrite(str(photos / "tiny.png"), (rng.random((3, 5, 3)) * 255).astype(np.uint8))
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli("derain", f"--model_dir={model_dir}", f"--output_dir={out_dir}", str(photos))
+    assert code == 0, err
+    for name, shape in (("odd", (37, 53, 3)), ("gray", (19, 23, 3)), ("tiny", (3, 5, 3))):
+        result = load_rgb(str(out_dir / f"{name}.png"))
+        assert result.shape == shape
+    # Existing outputs are kept unless --overwrite.
+    code, out, _ = run_cli("derain", f"--model_dir={model_dir}", f"--output_dir={out_dir}", str(photos / "odd.jpg"))
+    assert code == 0 and "1 skipped" in out
+
+
+def test_derain_one_bad_file_does_not_stop_the_others(run_cli, tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    _train(run_cli, tmp_path / "run", data, "--method=memd", "--stage_steps=1")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "broken.png").write_bytes(b"not an image")
+    cv2.imwrite(str(photos / "good.png"), np.full((20, 20, 3), 128, np.uint8))
+    code, out, err = run_cli("derain", f"--model_dir={tmp_path / 'run'}", f"--output_dir={tmp_path / 'out'}",
+                             str(photos))
+    assert code == 1
+    assert "broken.png" in err and (tmp_path / "out" / "good.png").exists()
+
+
+def test_train_evaluate_export_roundtrip(run_cli, tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n=3, size=(24, 32))
+    model_dir = tmp_path / "run"
+    out = _train(run_cli, model_dir, data, "--erl_strategy=ma_d", "--stage_steps=2,1,1", "--evaluate_after",
+                 "--eval_split=test")
+    assert "Stage III (3/3)" in out and "Mean over 3 images" in out
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["method"] == "erlnet" and config["widths"] == [8, 16]
+    assert (model_dir / "flags.txt").read_text().count("--erl_strategy=ma_d") == 1
+    assert list((model_dir / "logs").iterdir())
+
+    code, out, err = run_cli("evaluate", f"--model_dir={model_dir}", f"--output={tmp_path / 'ev'}")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "per_image.csv")))
+    summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert [r["name"] for r in rows] == ["img0", "img1", "img2"]
+    # The rainy-input columns are the metric of the files themselves (full size, no crop).
+    for r in rows:
+        rainy = cv2.imread(str(data / "rainy" / f"{r['name']}.png"))[..., ::-1]
+        clean = cv2.imread(str(data / "clean" / f"{r['name']}.png"))[..., ::-1]
+        assert float(r["input_psnr_y"]) == pytest.approx(metrics.psnr_y(rainy, clean), abs=1e-6)
+        assert (int(r["height"]), int(r["width"])) == (24, 32)
+    assert summary["psnr_y"] == pytest.approx(np.mean([float(r["psnr_y"]) for r in rows]), abs=1e-9)
+
+    export_base = tmp_path / "export" / "erlnet"
+    code, out, err = run_cli("export", f"--model_dir={model_dir}", f"--export_base={export_base}")
+    assert code == 0, err
+    code, out, err = run_cli("export", f"--model_dir={model_dir}", f"--export_base={export_base}")
+    assert sorted(p.name for p in export_base.iterdir()) == ["1", "2"]
+    loaded = tf.saved_model.load(str(export_base / "1"))
+    serve = loaded.signatures["serving_default"]
+    x = tf.random.uniform((2, 21, 35, 3), seed=4)
+    y = serve(images=x)["derained"]
+    assert y.shape == (2, 21, 35, 3)
+    # Same numbers as the checkpoint run in Python (pad to 4, crop back, clip).
+    from erl_derain.inference import apply_padded
+    from erl_derain.training import load_trainer
+
+    trainer, _ = load_trainer(str(model_dir))
+    np.testing.assert_allclose(y.numpy(), apply_padded(trainer.inference_model(), x, 4).numpy(), atol=1e-5)
+
+
+def test_missing_partner_gives_clear_error(run_cli, tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    (data / "clean" / "img1.png").unlink()
+    code, out, err = run_cli("train", f"--model_dir={tmp_path / 'run'}", f"--dataset=folder:{data}",
+                             "--crop_size=16", "--stage_steps=1,1,1", *TINY_FLAGS)
+    assert code == 1
+    assert "img1.png" in err and "Traceback" not in err
+
+
+def test_bad_verb_and_bad_flags(run_cli, tmp_path):
+    code, _, err = run_cli("fly")
+    assert code == 2 and "expected a verb" in err
+    code, _, err = run_cli("train", f"--model_dir={tmp_path}", "--stage_steps=1,1", "--crop_size=16", *TINY_FLAGS,
+                           f"--dataset=folder:{make_folder_dataset(tmp_path / 'd', n=1, size=(16, 16))}")
+    assert code == 1 and "--stage_steps has 2 value(s)" in err
+    code, _, err = run_cli("train", f"--model_dir={tmp_path / 'm'}", "--crop_size=18", "--stage_steps=1,1,1",
+                           *TINY_FLAGS)
+    assert code == 1 and "--crop_size=18 must be a multiple of 4" in err
+    code, _, err = run_cli("evaluate", f"--model_dir={tmp_path / 'nothing'}")
+    assert code == 1 and "config.json" in err
+
+
+@pytest.mark.parametrize("flagfile", sorted(FLAGS_DIR.rglob("*.flags")), ids=lambda p: p.name)
+def test_flagfiles_parse_and_match_their_strategy(flagfile):
+    from erl_derain import cli
+    from erl_derain.methods import make_trainer
+
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["erl-derain", f"--flagfile={flagfile}"])
+        config = cli._run_config()
+        trainer = make_trainer(config)
+        per_stage = flags.FLAGS.stage_steps or flags.FLAGS.stage_epochs
+        assert len(per_stage) == len(trainer.stages), flagfile
+        assert flags.FLAGS.model_dir
+        if flagfile.parent.name == "erlnet" and not flagfile.name.endswith("_baseline.flags"):
+            ds, rest = flagfile.stem.split("_", 1)
+            strategy, entanglement = rest.rsplit("_", 1)
+            assert (config["dataset"], config["erl_strategy"], config["entanglement"]) == (ds, strategy, entanglement)
+            assert (config["crop_size"], config["batch_size"], config["lr"], config["lambda_fre"]) == (320, 1, 4e-4, 0.01)
+    finally:
+        flags.FLAGS.unparse_flags()

@@ -1,0 +1,152 @@
+"""Rain synthesis (intensity-aware paper's recipe) and image I/O conversions."""
+
+import cv2
+import numpy as np
+import pytest
+
+from erl_derain.data import rain_synthesis as rs
+from erl_derain.data.image_io import load_rgb, save_rgb
+
+
+def grey(h=96, w=96, v=0.3):
+    return np.full((h, w, 3), v, np.float32)
+
+
+def streak_angle(layer: np.ndarray) -> float:
+    """Dominant streak direction in degrees from vertical (positive: top to the right, "/"), as the
+    principal axis of the layer's autocorrelation peak (independent of how streaks are drawn)."""
+    x = layer.astype(np.float64) - layer.mean()
+    ac = np.fft.fftshift(np.real(np.fft.ifft2(np.abs(np.fft.fft2(x)) ** 2)))
+    c = np.array(ac.shape) // 2
+    win = ac[c[0] - 20:c[0] + 21, c[1] - 20:c[1] + 21]
+    win = np.where(win > 0.3 * win.max(), win, 0.0)
+    ys, xs = np.mgrid[-20:21, -20:21]
+    cov = np.cov(np.stack([xs.ravel(), ys.ravel()]), aweights=win.ravel())
+    d = np.linalg.eigh(cov)[1][:, -1]
+    if d[1] > 0:  # point upwards (y grows downwards)
+        d = -d
+    return float(np.degrees(np.arctan2(d[0], -d[1])))
+
+
+def test_deterministic_for_a_seed():
+    a, ra = rs.synthesize_rain(grey(), density=0.01, seed=3)
+    b, rb = rs.synthesize_rain(grey(), density=0.01, seed=3)
+    c, _ = rs.synthesize_rain(grey(), density=0.01, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    np.testing.assert_allclose(a, grey() + ra, atol=1e-6)
+
+
+def test_range_clipping_and_no_rain_cases():
+    ones = np.ones((64, 64, 3), np.float32)
+    rainy, _ = rs.synthesize_rain(ones, density=0.05, intensity=0.9, seed=0)
+    np.testing.assert_array_equal(rainy, ones)
+    rainy, rain = rs.synthesize_rain(grey(), density=0.05, intensity=0.0, seed=0)
+    np.testing.assert_array_equal(rainy, grey())
+    rainy, _ = rs.synthesize_rain(grey(), density=0.0, intensity=0.8, seed=0)
+    np.testing.assert_array_equal(rainy, grey())
+    rainy, _ = rs.synthesize_rain(grey(v=0.0), density=0.05, intensity=5.0, layers=3, seed=0)
+    assert rainy.min() >= 0.0 and rainy.max() <= 1.0 and rainy.max() == 1.0
+    # Rain is additive and achromatic: it only brightens, equally in R, G and B.
+    rainy, rain = rs.synthesize_rain(grey(), density=0.01, seed=1)
+    assert (rain >= -1e-7).all()
+    np.testing.assert_allclose(rain[..., 0], rain[..., 2], atol=1e-6)
+
+
+@pytest.mark.parametrize("angle", rs.DIRECTIONS)
+def test_streak_direction(angle):
+    _, rain = rs.synthesize_rain(grey(160, 160, 0.0), density=0.004, length=31, intensity=0.5, angle=angle,
+                                 blur_sigma=0.4, seed=5)
+    assert abs(streak_angle(rain[..., 0]) - angle) < 4.0
+
+
+def test_motion_kernel_is_a_line_of_the_given_length():
+    k = rs.motion_kernel(15, 0.0)
+    assert k.shape == (15, 15) and k.max() == 1.0
+    cols = np.nonzero(k.sum(0))[0]
+    rows = np.nonzero(k.sum(1))[0]
+    assert list(cols) == [7] and len(rows) == 15  # one vertical column through the centre
+    k30 = rs.motion_kernel(21, 30.0)
+    ys, xs = np.nonzero(k30 > 0.5)
+    # top of the line (small y) is to the right (large x) for a positive angle
+    assert np.corrcoef(xs, ys)[0, 1] < -0.9
+
+
+def test_density_thickness_and_length_increase_the_rain():
+    means = [rs.synthesize_rain(grey(128, 128, 0.0), density=d, seed=7, angle=0.0, blur_sigma=0.4)[1].mean()
+             for d in (0.002, 0.006, 0.02)]
+    assert means[0] < means[1] < means[2]
+    thick = [rs.synthesize_rain(grey(128, 128, 0.0), density=0.004, seed=7, angle=0.0, blur_sigma=s)[1].mean()
+             for s in (0.2, 0.6, 1.0)]
+    assert thick[0] < thick[1] < thick[2]
+
+
+def test_accumulation_model_worked_value():
+    clean = grey(64, 64, 0.2)
+    _, s = rs.synthesize_rain(clean, density=0.01, intensity=0.3, angle=0.0, blur_sigma=0.4, seed=11)
+    assert (clean + s).max() < 1.0  # no clipping in the reference
+    veiled, _ = rs.synthesize_rain(clean, density=0.01, intensity=0.3, angle=0.0, blur_sigma=0.4, seed=11,
+                                   accumulation=True, alpha=0.8, atmospheric_light=0.9)
+    # O = alpha (B + S) + (1 - alpha) A
+    np.testing.assert_allclose(veiled, 0.8 * (clean + s) + 0.2 * 0.9, atol=1e-6)
+    # On a textured image the veil lowers contrast.
+    rng = np.random.default_rng(0)
+    tex = rng.random((64, 64, 3)).astype(np.float32) * 0.6
+    plain, _ = rs.synthesize_rain(tex, density=0.0, seed=1)
+    veil, _ = rs.synthesize_rain(tex, density=0.0, seed=1, accumulation=True)
+    assert veil.std() < plain.std()
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(ValueError, match="angle"):
+        rs.synthesize_rain(grey(), angle=20.0)
+    with pytest.raises(ValueError, match="HxWx3"):
+        rs.synthesize_rain(np.zeros((8, 8)))
+
+
+def test_rain_params_sample_light_to_heavy():
+    rng = np.random.default_rng(0)
+    light = [rs.RainParams.sample(rng, 0.0) for _ in range(20)]
+    heavy = [rs.RainParams.sample(rng, 1.0) for _ in range(20)]
+    assert max(p.density for p in light) < min(p.density for p in heavy)
+    assert all(p.layers == 1 and not p.accumulation for p in light)
+    assert all(p.layers == 3 and p.accumulation for p in heavy)
+    assert {p.angle for p in light + heavy} <= set(rs.DIRECTIONS)
+    assert {p.blur_sigma for p in light + heavy} <= set(rs.BLUR_SIGMAS)
+
+
+def test_synthesize_folder_pairs_and_errors(tmp_path):
+    src = tmp_path / "clean_in"
+    src.mkdir()
+    save_rgb(str(src / "a.png"), grey(40, 50))
+    cv2.imwrite(str(src / "b.JPG"), np.full((30, 20, 3), 90, np.uint8))
+    pairs = rs.synthesize_folder(str(src), str(tmp_path / "out"), renders_per_image=2, seed=1, density=0.02)
+    names = sorted(p.name for p in (tmp_path / "out" / "rainy").iterdir())
+    assert names == ["a_0.png", "a_1.png", "b_0.png", "b_1.png"]
+    assert names == sorted(p.name for p in (tmp_path / "out" / "clean").iterdir())
+    assert len(pairs) == 4
+    assert load_rgb(str(tmp_path / "out" / "rainy" / "b_1.png")).shape == (30, 20, 3)
+    (src / "c.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="c.png"):
+        rs.synthesize_folder(str(src), str(tmp_path / "out2"))
+    with pytest.raises(ValueError, match="no such folder"):
+        rs.synthesize_folder(str(tmp_path / "missing"), str(tmp_path / "out3"))
+
+
+def test_load_rgb_conversions(tmp_path):
+    g = np.array([[0, 51], [102, 255]], np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), g)
+    out = load_rgb(str(tmp_path / "g.png"))
+    assert out.shape == (2, 2, 3)
+    np.testing.assert_allclose(out[..., 1], g / 255.0, atol=1e-7)
+    bgra = np.zeros((2, 2, 4), np.uint8)
+    bgra[..., 0], bgra[..., 1], bgra[..., 2], bgra[..., 3] = 10, 20, 30, 0  # fully transparent
+    cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+    np.testing.assert_allclose(load_rgb(str(tmp_path / "rgba.png"))[0, 0], np.array([30, 20, 10]) / 255.0, atol=1e-7)
+    deep = np.full((3, 3, 3), 65535, np.uint16)
+    deep[..., 2] = 32768  # red channel in BGR order
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    np.testing.assert_allclose(load_rgb(str(tmp_path / "deep.png"))[1, 1], [32768 / 65535, 1, 1], atol=1e-7)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.png"):
+        load_rgb(str(tmp_path / "empty.png"))

@@ -68,7 +68,8 @@ flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
 flags.DEFINE_integer("version", None, "export: version number (default: next integer).")
 # -- synthesis --------------------------------------------------------------------------------------
-flags.DEFINE_string("clean_dir", None, "synthesize: folder of clean images.")
+flags.DEFINE_string("clean_dir", None, "synthesize: folder of clean images; train/evaluate with "
+                    "--dataset=synthetic_rain: synthesise the dataset on these photos instead of scikit-image's.")
 flags.DEFINE_integer("renders_per_image", 1, "synthesize: rainy renderings per clean image.")
 flags.DEFINE_float("rain_density", None, "synthesize: fraction of streak seeds (default: the library's).")
 flags.DEFINE_float("rain_length", None, "synthesize: streak length in pixels.")
@@ -77,7 +78,7 @@ flags.DEFINE_integer("rain_layers", 1, "synthesize: streak layers.")
 flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER veil (rain accumulation) model.")
 
 # Flags that describe a training run (saved to <model_dir>/config.json).
-RUN_KEYS = ("method", "dataset", "data_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
+RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
             "lr", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
             "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
             "jit_compile")
@@ -103,13 +104,25 @@ def _run_config() -> dict:
     return config
 
 
+def _dataset_source(name: str, clean_dir: str | None):
+    """The --dataset value for the pipelines: a name, or for synthetic_rain on --clean_dir photos a
+    TFDS builder with a config of its own (prepared into its own folder of the data_dir)."""
+    if clean_dir and name.split("/")[0] == "synthetic_rain":
+        from tfds_builders.synthetic_rain.synthetic_rain_dataset_builder import Builder, custom_config
+
+        if not os.path.isdir(clean_dir):
+            raise UsageError(f"--clean_dir={clean_dir}: no such folder")
+        return Builder(config=custom_config(clean_dir), data_dir=FLAGS.data_dir)
+    return name
+
+
 def _stage_steps(trainer, config) -> list[int]:
     if FLAGS.stage_steps:
         return [int(s) for s in FLAGS.stage_steps]
     if FLAGS.stage_epochs:
         from erl_derain.data import pipelines
 
-        n = pipelines.num_examples(FLAGS.dataset, "train", data_dir=FLAGS.data_dir)
+        n = pipelines.num_examples(_dataset_source(FLAGS.dataset, FLAGS.clean_dir), "train", data_dir=FLAGS.data_dir)
         return [max(1, int(round(float(e) * n / FLAGS.batch_size))) for e in FLAGS.stage_epochs]
     raise UsageError("give --stage_steps (or --stage_epochs), one value per stage of "
                      f"--erl_strategy={FLAGS.erl_strategy}: " + ", ".join(s.name for s in trainer.stages))
@@ -132,13 +145,14 @@ def cmd_train():
     if FLAGS.crop_size % multiple:
         raise UsageError(f"--crop_size={FLAGS.crop_size} must be a multiple of {multiple} (the network "
                          f"down-samples {multiple}x)")
+    dataset = _dataset_source(FLAGS.dataset, FLAGS.clean_dir)
     # Fail on a bad dataset before any training work starts.
-    pipelines.paired_dataset(FLAGS.dataset, split, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size,
+    pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size,
                              training=True, seed=FLAGS.seed, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
                              shuffle_buffer=FLAGS.shuffle_buffer)
 
     def dataset_fn(start_index: int) -> tf.data.Dataset:
-        return pipelines.paired_dataset(FLAGS.dataset, split, batch_size=FLAGS.batch_size,
+        return pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size,
                                         crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
                                         start_index=start_index, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
                                         shuffle_buffer=FLAGS.shuffle_buffer)
@@ -152,7 +166,8 @@ def cmd_train():
     print(f"Training done in {summary['seconds']:.1f} s ({summary['global_step']} steps); "
           f"checkpoints in {os.path.join(model_dir, 'checkpoints')}", flush=True)
     if FLAGS.evaluate_after:
-        _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, FLAGS.dataset, FLAGS.eval_split)
+        _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, FLAGS.dataset, FLAGS.eval_split,
+                  FLAGS.clean_dir)
 
 
 def keras_seed(seed: int):
@@ -167,11 +182,11 @@ def _predict_fn(model):
     return tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
 
-def _evaluate(model, multiple, model_dir, dataset, split):
+def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None):
     from erl_derain import evaluation
     from erl_derain.data import pipelines
 
-    ds = pipelines.paired_dataset(dataset, split, batch_size=1, crop_size=None, training=False,
+    ds = pipelines.paired_dataset(_dataset_source(dataset, clean_dir), split, batch_size=1, crop_size=None, training=False,
                                   data_dir=FLAGS.data_dir)
     print(f"Evaluating on {dataset} [{split}] (full-size images, Y channel {FLAGS.y_rounding}):", flush=True)
     rows = evaluation.evaluate(_predict_fn(model), multiple, ds, rounded=FLAGS.y_rounding == "rounded",
@@ -198,8 +213,11 @@ def cmd_evaluate():
 
     model_dir = _require("model_dir")
     trainer, config = load_trainer(model_dir)
-    dataset = FLAGS.dataset if FLAGS["dataset"].present else config.get("dataset", FLAGS.dataset)
-    _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, dataset, FLAGS.split or "test")
+    if FLAGS["dataset"].present:
+        dataset, clean_dir = FLAGS.dataset, FLAGS.clean_dir
+    else:
+        dataset, clean_dir = config.get("dataset", FLAGS.dataset), FLAGS.clean_dir or config.get("clean_dir")
+    _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, dataset, FLAGS.split or "test", clean_dir)
 
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

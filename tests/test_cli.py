@@ -144,3 +144,29 @@ def test_flagfiles_parse_and_match_their_strategy(flagfile):
             assert (config["crop_size"], config["batch_size"], config["lr"], config["lambda_fre"]) == (320, 1, 4e-4, 0.01)
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_synthesize_and_train_on_own_photos(run_cli, tmp_path):
+    from erl_derain.data.image_io import save_rgb
+
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        save_rgb(str(photos / f"p{i}.png"), rng.random((32, 40, 3)))
+    out = tmp_path / "rain"
+    code, stdout, err = run_cli("synthesize", f"--clean_dir={photos}", f"--output_dir={out}", "--renders_per_image=2",
+                                "--rain_density=0.02", "--rain_intensity=0.5")
+    assert code == 0, err
+    assert "Wrote 10 rainy/clean pairs" in stdout
+    rainy = sorted(p.name for p in (out / "rainy").iterdir())
+    assert rainy == sorted(p.name for p in (out / "clean").iterdir()) and len(rainy) == 10
+    r, c = load_rgb(str(out / "rainy" / "p0_0.png")), load_rgb(str(out / "clean" / "p0_0.png"))
+    assert (r >= c - 1 / 255).all() and (r > c + 0.1).any()  # additive streaks
+    _train(run_cli, tmp_path / "run_folder", out, "--method=memd", "--stage_steps=1")
+    # --dataset=synthetic_rain on your own photos (a TFDS config of its own in --data_dir).
+    _train_out = run_cli("train", f"--model_dir={tmp_path / 'run_syn'}", "--dataset=synthetic_rain",
+                         f"--clean_dir={photos}", f"--data_dir={tmp_path / 'tfds'}", "--method=memd",
+                         "--stage_steps=1", "--crop_size=16", "--jit_compile=false", "--noevaluate_after", *TINY_FLAGS)
+    assert _train_out[0] == 0, _train_out[2]
+    assert list((tmp_path / "tfds" / "synthetic_rain").glob("custom_*"))
+    assert json.loads((tmp_path / "run_syn" / "config.json").read_text())["clean_dir"] == str(photos)

@@ -485,7 +485,10 @@ def _tfds_builder(dataset: str, data_dir: str | None):
 
     _import_builders()
     try:
-        builder = tfds.builder(dataset, data_dir=data_dir)
+        if isinstance(dataset, tfds.core.DatasetBuilder):  # e.g. a builder made with a custom config
+            builder, dataset = dataset, dataset.name
+        else:
+            builder = tfds.builder(dataset, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
         builders = available_builders()
         listed = "\n".join(f"  - {n}" for n in builders) or "  (none: the tfds_builders package did not import)"
@@ -621,7 +624,8 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
     """A `tf.data.Dataset` of paired rainy/clean batches.
 
     Args:
-      dataset: a TFDS name (``'synthetic_rain'``, ``'name/config'``) or ``'folder:/path'``.
+      dataset: a TFDS name (``'synthetic_rain'``, ``'name/config'``), ``'folder:/path'``, or a
+        ``tfds.core.DatasetBuilder`` (prepared on first use).
       split: TFDS split (sub-split syntax such as ``'train[:90%]'`` works) or, for a folder, the
         sub-folder ``/path/<split>`` if it has ``rainy/`` (else ``/path`` is used for any split).
       batch_size: examples per batch.
@@ -651,7 +655,13 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
         raise DatasetError(f"crop_size must be a positive integer or None, got {crop_size!r}")
     if not isinstance(start_index, int) or start_index < 0:
         raise DatasetError(f"start_index must be a non-negative integer, got {start_index!r}")
-    if not isinstance(dataset, str) or not dataset:
+    if not isinstance(dataset, str):
+        return _tfds_pipeline(
+            _tfds_builder(dataset, data_dir), split, dataset=dataset.name, batch_size=batch_size,
+            crop_size=crop_size, training=training, seed=int(seed), start_index=start_index,
+            flip=bool(flip) and training, shuffle_buffer=shuffle_buffer,
+            cache_limit_bytes=DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes)
+    if not dataset:
         raise DatasetError(f"dataset must be a TFDS name or '{FOLDER_PREFIX}/path', got {dataset!r}")
     flip = bool(flip) and training
     seed = int(seed)
@@ -668,7 +678,7 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
 
 def num_examples(dataset: str, split: str = "train", *, data_dir: str | None = None) -> int:
     """Number of examples (pairs) in a split: used to turn epochs into steps."""
-    if dataset.startswith(FOLDER_PREFIX):
+    if isinstance(dataset, str) and dataset.startswith(FOLDER_PREFIX):
         return len(list_folder_pairs(dataset, split))
     builder = _tfds_builder(dataset, data_dir)
     try:

@@ -1,0 +1,155 @@
+"""synthetic_rain: the embedded default dataset (no download).
+
+Clean images are the natural photographs that scikit-image installs with itself (or any folder of
+clean photos: ``custom_config(clean_dir)``); rain is added by ``erl_derain.data.rain_synthesis`` with
+a fixed seed, sampling light to heavy rain (streak density, length, thickness, direction, several
+layers and the accumulation veil for the heaviest). The train and test splits come from different
+source photographs:
+
+* test: ``chelsea`` and ``coffee`` (full size, 6 renderings each, levels spread evenly light->heavy);
+* train: the other colour photos (astronaut, rocket, motorcycle_left/right, hubble_deep_field, ihc,
+  retina) and the grey natural photos (camera, brick, grass, gravel, moon, coins; converted to RGB),
+  reduced to at most 768 pixels per side and cut into 256x256 tiles, 4 renderings per tile at random
+  levels.
+
+For a user folder, every 5th photo (sorted by name, at least one) goes to test, the others to train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from erl_derain.data.image_io import load_rgb
+from erl_derain.data.rain_synthesis import RainParams, list_images, synthesize_rain
+
+TEST_SOURCES = ("chelsea", "coffee")
+TRAIN_SOURCES = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field", "ihc", "retina",
+                 "camera", "brick", "grass", "gravel", "moon", "coins")
+SEED = 20190627  # fixed: the dataset is the same on every machine
+
+
+class SyntheticRainConfig(tfds.core.BuilderConfig):
+    def __init__(self, *, clean_dir: str | None = None, train_renders: int = 4, test_renders: int = 6,
+                 tile: int = 256, max_side: int = 768, levels: tuple[float, float] = (0.0, 1.0), **kwargs):
+        super().__init__(**kwargs)
+        self.clean_dir = clean_dir
+        self.train_renders = train_renders
+        self.test_renders = test_renders
+        self.tile = tile
+        self.max_side = max_side
+        self.levels = levels
+
+
+def custom_config(clean_dir: str, **kwargs) -> SyntheticRainConfig:
+    """A config for a user's folder of clean photos; its name carries a hash of the absolute path so
+    that different folders are prepared into different TFDS directories."""
+    path = os.path.abspath(clean_dir)
+    digest = hashlib.sha1(path.encode()).hexdigest()[:10]
+    return SyntheticRainConfig(name=f"custom_{digest}", clean_dir=path,
+                               description=f"rain synthesised on the clean photos of {path}", **kwargs)
+
+
+def skimage_photo_paths() -> dict[str, str]:
+    import skimage
+
+    data = os.path.join(os.path.dirname(skimage.__file__), "data")
+    paths = {}
+    for name in TEST_SOURCES + TRAIN_SOURCES:
+        for ext in (".png", ".jpg"):
+            if os.path.exists(os.path.join(data, name + ext)):
+                paths[name] = os.path.join(data, name + ext)
+    missing = [n for n in TEST_SOURCES + TRAIN_SOURCES if n not in paths]
+    if missing:
+        raise FileNotFoundError(f"scikit-image's bundled photos {missing} are missing from {data}; "
+                                "reinstall scikit-image or build from a folder with --clean_dir")
+    return paths
+
+
+def _shrink(img: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return img
+    return cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def _tiles(img: np.ndarray, tile: int):
+    h, w = img.shape[:2]
+    if h < tile or w < tile:
+        yield 0, img
+        return
+    k = 0
+    for y in range(0, h - tile + 1, tile):
+        for x in range(0, w - tile + 1, tile):
+            yield k, img[y:y + tile, x:x + tile]
+            k += 1
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(img * 255.0 + 0.5), 0, 255).astype(np.uint8)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """Rain synthesised on clean photos that ship with scikit-image (or a user's folder)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [SyntheticRainConfig(name="default", description="scikit-image's photos, light to heavy rain")]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "rainy": tfds.features.Image(shape=(None, None, 3)),
+                "clean": tfds.features.Image(shape=(None, None, 3)),
+                "name": tfds.features.Text(),
+            }),
+            supervised_keys=("rainy", "clean"),
+            homepage="https://github.com/erl-derain/erl_derain",
+        )
+
+    def _sources(self) -> tuple[dict[str, str], dict[str, str]]:
+        cfg = self.builder_config
+        if cfg.clean_dir:
+            files = list_images(cfg.clean_dir)
+            named = {os.path.splitext(os.path.basename(f))[0]: f for f in files}
+            names = sorted(named)
+            test = set(names[::5])
+            return ({n: named[n] for n in names if n not in test}, {n: named[n] for n in names if n in test})
+        paths = skimage_photo_paths()
+        return {n: paths[n] for n in TRAIN_SOURCES}, {n: paths[n] for n in TEST_SOURCES}
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        train, test = self._sources()
+        return {"train": self._generate_examples(train, "train"), "test": self._generate_examples(test, "test")}
+
+    def _generate_examples(self, sources: dict[str, str], split: str):
+        cfg = self.builder_config
+        lo, hi = cfg.levels
+        for index, (name, path) in enumerate(sorted(sources.items())):
+            # One generator per source photo, so that examples do not depend on the order of others.
+            rng = np.random.default_rng([SEED, index, 0 if split == "train" else 1])
+            clean = load_rgb(path)
+            if split == "train":
+                clean = _shrink(clean, cfg.max_side)
+                pieces = list(_tiles(clean, cfg.tile))
+                renders = cfg.train_renders
+            else:
+                pieces = [(0, clean)]
+                renders = cfg.test_renders
+            for t, piece in pieces:
+                for r in range(renders):
+                    if split == "train":
+                        level = rng.uniform(lo, hi)
+                    else:  # evenly spread, light to heavy
+                        level = lo + (hi - lo) * r / max(1, renders - 1)
+                    params = RainParams.sample(rng, level)
+                    rainy, _ = synthesize_rain(piece, rng=rng, **asdict(params))
+                    key = f"{name}_t{t:02d}_r{r:02d}" if split == "train" else f"{name}_r{r:02d}"
+                    yield key, {"rainy": _to_uint8(rainy), "clean": _to_uint8(piece), "name": key}

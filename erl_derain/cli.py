@@ -220,14 +220,13 @@ def cmd_evaluate():
     _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, dataset, FLAGS.split or "test", clean_dir)
 
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def _expand_inputs(paths: list[str]) -> list[str]:
+    from erl_derain.data.image_io import list_images
+
     files = []
     for p in paths:
         if os.path.isdir(p):
-            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS))
+            files += list_images(p)
         elif os.path.isfile(p):
             files.append(p)
         else:

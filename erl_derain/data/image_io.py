@@ -12,6 +12,20 @@ import os
 import cv2
 import numpy as np
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: str) -> list[str]:
+    """The image files of ``folder`` (by extension, any case), sorted by name."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such folder")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return files
+
 
 def load_rgb(path: str) -> np.ndarray:
     """Read ``path`` as float32 HxWx3 RGB in [0, 1]."""
@@ -47,9 +61,12 @@ def save_rgb(path: str, image: np.ndarray) -> None:
     """Write a float HxWx3 RGB image in [0, 1] as 8-bit (PNG unless the extension says otherwise)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    img = np.clip(np.floor(np.asarray(image, np.float64) * 255.0 + 0.5), 0, 255).astype(np.uint8)
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"{path}: expected an HxWx3 image to write, got shape {img.shape}")
+    from erl_derain.metrics import to_uint8
+
+    try:
+        img = to_uint8(np.asarray(image, np.float32))
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot write: {e}") from e
     ext = os.path.splitext(path)[1] or ".png"
     ok, buf = cv2.imencode(ext, img[..., ::-1])
     if not ok:

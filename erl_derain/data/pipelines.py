@@ -53,6 +53,8 @@ from PIL import Image
 
 import tensorflow as tf
 
+from erl_derain.data.image_io import IMAGE_EXTENSIONS
+
 __all__ = [
     "DatasetError",
     "FOLDER_PREFIX",
@@ -66,7 +68,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # TFDS splits whose serialized size is at most this are cached in memory and fully permuted each
 # epoch; larger ones stream through a shuffle buffer of `shuffle_buffer` records.
@@ -594,20 +595,22 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
         else:
             buffer = max(1, min(shuffle_buffer, num))
 
-        def load(position, record):
+        def load_training(position, record):
             rainy, clean = _checked_decode(*record, dataset, crop_size)
             rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip)
             return {"rainy": rainy, "clean": clean, "name": record[2]}
 
         ds = _training_positions(num, start_index, lambda epoch: _seeded_shuffle(records, buffer, seed, epoch))
+        load = load_training
     else:
-        def load(rainy_bytes, clean_bytes, name):
+        def load_evaluation(rainy_bytes, clean_bytes, name):
             rainy, clean = _checked_decode(rainy_bytes, clean_bytes, name, dataset, crop_size)
             if crop_size is not None:
                 rainy, clean = _center_crop(rainy, crop_size), _center_crop(clean, crop_size)
             return {"rainy": rainy, "clean": clean, "name": name}
 
         ds = records.skip(start_index)
+        load = load_evaluation
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, training=training, batch_size=batch_size)
 

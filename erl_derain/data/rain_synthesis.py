@@ -28,11 +28,10 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from erl_derain.data.image_io import load_rgb, save_rgb
+from erl_derain.data.image_io import list_images, load_rgb, save_rgb
 
 DIRECTIONS = (0.0, 15.0, -15.0, 30.0, -30.0, 40.0, -40.0)  # degrees from vertical
 BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: streak thickness
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def motion_kernel(length: float, angle: float) -> np.ndarray:
@@ -138,15 +137,6 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
     return rainy, rainy - clean
 
 
-def list_images(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        raise ValueError(f"{folder}: no such folder of clean images")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return files
-
-
 def synthesize_folder(clean_dir: str, output_dir: str, *, renders_per_image: int = 1, seed: int = 0,
                       levels: tuple[float, float] | None = None, **rain_kwargs) -> list[tuple[str, str]]:
     """Render rain on every image of ``clean_dir`` into ``output_dir/rainy`` and ``output_dir/clean``
@@ -155,7 +145,10 @@ def synthesize_folder(clean_dir: str, output_dir: str, *, renders_per_image: int
     ``rain_kwargs`` are passed to ``synthesize_rain``. Returns the written (rainy, clean) paths."""
     if renders_per_image < 1:
         raise ValueError(f"--renders_per_image must be >= 1, got {renders_per_image}")
-    files = list_images(clean_dir)
+    try:
+        files = list_images(clean_dir)
+    except ValueError as e:
+        raise ValueError(f"--clean_dir: {e}") from e
     rng = np.random.default_rng(seed)
     written = []
     for path in files:

@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from erl_derain.data.image_io import load_rgb
-from erl_derain.data.rain_synthesis import RainParams, list_images, synthesize_rain
+from erl_derain.data.image_io import list_images, load_rgb
+from erl_derain.data.rain_synthesis import RainParams, synthesize_rain
+from erl_derain.metrics import to_uint8
 
 TEST_SOURCES = ("chelsea", "coffee")
 TRAIN_SOURCES = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field", "ihc", "retina",
@@ -91,10 +92,6 @@ def _tiles(img: np.ndarray, tile: int):
             k += 1
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor(img * 255.0 + 0.5), 0, 255).astype(np.uint8)
-
-
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Rain synthesised on clean photos that ship with scikit-image (or a user's folder)."""
 
@@ -152,4 +149,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     params = RainParams.sample(rng, level)
                     rainy, _ = synthesize_rain(piece, rng=rng, **asdict(params))
                     key = f"{name}_t{t:02d}_r{r:02d}" if split == "train" else f"{name}_r{r:02d}"
-                    yield key, {"rainy": _to_uint8(rainy), "clean": _to_uint8(piece), "name": key}
+                    yield key, {"rainy": to_uint8(rainy), "clean": to_uint8(piece), "name": key}

@@ -61,7 +61,8 @@ flags.DEFINE_enum("y_rounding", "rounded", ["rounded", "unrounded"], "Y channel 
 flags.DEFINE_integer("crop_border", 0, "Pixels removed from each side before PSNR/SSIM.")
 flags.DEFINE_string("output", None, "evaluate: output folder for per_image.csv and metrics.json.")
 flags.DEFINE_integer("max_images", None, "evaluate: only the first N images.")
-flags.DEFINE_integer("tile", 512, "Tile side for inference on large images (0: whole image).")
+flags.DEFINE_integer("tile", 512, "derain: tile side for large images (0: whole image); evaluate uses whole "
+                     "images unless --tile is given.")
 flags.DEFINE_integer("tile_overlap", 32, "Overlap between tiles, pixels.")
 flags.DEFINE_string("output_dir", None, "derain / synthesize: output folder.")
 flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs.")
@@ -189,8 +190,10 @@ def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None):
     ds = pipelines.paired_dataset(_dataset_source(dataset, clean_dir), split, batch_size=1, crop_size=None, training=False,
                                   data_dir=FLAGS.data_dir)
     print(f"Evaluating on {dataset} [{split}] (full-size images, Y channel {FLAGS.y_rounding}):", flush=True)
+    # Papers evaluate whole images: tile only when asked (--tile on the command line).
+    tile = FLAGS.tile if FLAGS["tile"].present else 0
     rows = evaluation.evaluate(_predict_fn(model), multiple, ds, rounded=FLAGS.y_rounding == "rounded",
-                               crop_border=FLAGS.crop_border, tile=FLAGS.tile, tile_overlap=FLAGS.tile_overlap,
+                               crop_border=FLAGS.crop_border, tile=tile, tile_overlap=FLAGS.tile_overlap,
                                max_images=FLAGS.max_images)
     summary = evaluation.summarize(rows)
     safe = dataset.replace("folder:", "folder_").replace("/", "_").strip("_")

@@ -28,7 +28,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        "test": ["pytest", "pytest-xdist", "dill"],  # dill: tfds.testing imports it
         "gpu": ["tensorflow[and-cuda]>=2.20"],
         "serving": ["tensorflow-serving-api"],
     },

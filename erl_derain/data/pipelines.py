@@ -492,7 +492,9 @@ def _tfds_builder(dataset: str, data_dir: str | None):
             builder = tfds.builder(dataset, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
         builders = available_builders()
-        listed = "\n".join(f"  - {n}" for n in builders) or "  (none: the tfds_builders package did not import)"
+        listed = "\n".join(f"  - {n}" for n in builders) or (
+            "  (none: the tfds_builders package did not import: "
+            f"{_builders_import_error[0] if _builders_import_error else 'unknown error'})")
         raise DatasetError(
             f"unknown dataset {dataset!r}. erl_derain TFDS datasets:\n{listed}\n"
             f"or a folder of pairs: '{FOLDER_PREFIX}/path' with rainy/ and clean/ sub-folders "

@@ -23,6 +23,7 @@ with transmission ``alpha`` and atmospheric light ``A``.
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -141,21 +142,40 @@ def synthesize_folder(clean_dir: str, output_dir: str, *, renders_per_image: int
                       levels: tuple[float, float] | None = None, **rain_kwargs) -> list[tuple[str, str]]:
     """Render rain on every image of ``clean_dir`` into ``output_dir/rainy`` and ``output_dir/clean``
     (same file names: ``<stem>.png``, or ``<stem>_<k>.png`` with several renders). With ``levels``
-    (lo, hi), each rendering samples ``RainParams`` at a random level in [lo, hi]; otherwise
-    ``rain_kwargs`` are passed to ``synthesize_rain``. Returns the written (rainy, clean) paths."""
+    (lo, hi), each rendering samples ``RainParams`` at a random level in [lo, hi] (any ``rain_kwargs``
+    override the sampled values); otherwise ``rain_kwargs`` are passed to ``synthesize_rain``.
+
+    Each photo gets its own generator, seeded from ``seed`` and its file name, so its renderings do
+    not change when other photos are added to or removed from the folder. The clean image is rounded
+    to 8 bits before the rain is added, so the written pair satisfies the rain model exactly (up to
+    the rounding of the rainy image). Returns the written (rainy, clean) paths.
+
+    Raises:
+      ValueError: ``clean_dir`` is missing or holds no images; two files share a stem (``a.png`` and
+        ``a.jpg`` would write the same outputs); a file cannot be read (the message names it).
+    """
     if renders_per_image < 1:
         raise ValueError(f"--renders_per_image must be >= 1, got {renders_per_image}")
     try:
         files = list_images(clean_dir)
     except ValueError as e:
         raise ValueError(f"--clean_dir: {e}") from e
-    rng = np.random.default_rng(seed)
-    written = []
+    stems: dict[str, str] = {}
     for path in files:
-        clean = load_rgb(path)
         stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise ValueError(f"--clean_dir: {stems[stem]} and {path} have the same name stem {stem!r}; "
+                             "their outputs would overwrite each other (rename one)")
+        stems[stem] = path
+    written = []
+    for stem, path in stems.items():
+        clean = np.round(load_rgb(path) * 255.0) / 255.0
+        rng = np.random.default_rng([seed, zlib.crc32(stem.encode("utf-8"))])
         for k in range(renders_per_image):
-            kwargs = asdict(RainParams.sample(rng, rng.uniform(*levels))) if levels else dict(rain_kwargs)
+            if levels:
+                kwargs = {**asdict(RainParams.sample(rng, rng.uniform(*levels))), **rain_kwargs}
+            else:
+                kwargs = dict(rain_kwargs)
             rainy, _ = synthesize_rain(clean, rng=rng, **kwargs)
             name = stem if renders_per_image == 1 else f"{stem}_{k}"
             rainy_path = os.path.join(output_dir, "rainy", name + ".png")

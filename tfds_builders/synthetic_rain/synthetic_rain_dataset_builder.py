@@ -12,7 +12,8 @@ source photographs:
   reduced to at most 768 pixels per side and cut into 256x256 tiles, 4 renderings per tile at random
   levels.
 
-For a user folder, every 5th photo (sorted by name, at least one) goes to test, the others to train.
+For a user folder (at least 2 photos with distinct name stems), every 5th photo (sorted by name,
+at least one) goes to test, the others to train.
 """
 
 from __future__ import annotations
@@ -114,7 +115,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         if cfg.clean_dir:
             files = list_images(cfg.clean_dir)
-            named = {os.path.splitext(os.path.basename(f))[0]: f for f in files}
+            named: dict[str, str] = {}
+            for f in files:
+                stem = os.path.splitext(os.path.basename(f))[0]
+                if stem in named:
+                    raise ValueError(f"{named[stem]} and {f} have the same name stem {stem!r}: the examples' "
+                                     "names would collide (rename one)")
+                named[stem] = f
+            if len(named) < 2:
+                raise ValueError(f"{cfg.clean_dir}: synthetic_rain needs at least 2 clean photos (train and test "
+                                 f"come from different photos), found {len(named)}")
             names = sorted(named)
             test = set(names[::5])
             return ({n: named[n] for n in names if n not in test}, {n: named[n] for n in names if n in test})

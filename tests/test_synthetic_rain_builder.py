@@ -1,0 +1,137 @@
+"""synthetic_rain: TFDS conformance (tfds.testing.DatasetBuilderTestCase) and the builder's guarantees.
+
+The builder downloads nothing, so instead of a checked-in ``dummy_data/`` folder the conformance test
+writes a few tiny clean photos into a temporary folder and builds a ``custom_config`` on them (the
+same code path as the scikit-image default, minus the photo list). The full default build is tested
+in ``tfds_builders/synthetic_rain/synthetic_rain_dataset_builder_test.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import tfds_builders  # noqa: F401  (registers the builders)
+from erl_derain.data.image_io import load_rgb, save_rgb
+from tfds_builders.synthetic_rain import synthetic_rain_dataset_builder as srb
+
+
+def _write_photos(folder, n: int = 5, size=(64, 80)) -> None:
+    """Smooth colour gradients with a little texture: stand-ins for clean photos."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.stack([0.2 + 0.5 * xx, 0.3 + 0.4 * yy, np.full_like(xx, 0.1 * i + 0.2)], -1)
+        img[: h // 3, : w // 3] *= 0.2  # a dark corner
+        save_rgb(f"{folder}/p{i}.png", np.clip(img + 0.05 * rng.random((h, w, 3)), 0, 1))
+
+
+def _source(name: str) -> str:
+    return name.split("_t")[0] if "_t" in name else name.rsplit("_r", 1)[0]
+
+
+try:  # tfds.testing imports dill, which TFDS does not install (the "test" extra of setup.py should)
+    import dill  # noqa: F401
+except ImportError:
+    dill = None
+
+if dill is None:
+
+    def test_conformance_needs_dill():
+        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
+
+else:
+
+    class SyntheticRainConformanceTest(tfds.testing.DatasetBuilderTestCase):
+        """Registered, info, build, as_dataset, split sizes, reload, and no example shared by two splits."""
+
+        DATASET_CLASS = srb.Builder
+        # 5 photos: every 5th by name (p0) is the test photo, p1..p4 train; photos smaller than a tile are
+        # kept whole: 4 photos x 2 renders and 1 photo x 3 renders.
+        SPLITS = {"train": 8, "test": 3}
+        SKIP_CHECKSUMS = True  # nothing is downloaded
+
+        @classmethod
+        def setUpClass(cls):
+            cls._photos = tempfile.mkdtemp(prefix="synthetic_rain_photos_")
+            _write_photos(cls._photos)
+            cls.EXAMPLE_DIR = cls._photos
+            cls.BUILDER_CONFIG_NAMES_TO_TEST = [srb.custom_config(cls._photos, train_renders=2, test_renders=3)]
+            super().setUpClass()
+
+        @classmethod
+        def tearDownClass(cls):
+            super().tearDownClass()
+            shutil.rmtree(cls._photos, ignore_errors=True)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _write_photos(folder, size=(160, 200))  # big enough for light rain to start a few streaks
+    return folder
+
+
+def _build(config, data_dir):
+    builder = srb.Builder(config=config, data_dir=str(data_dir))
+    builder.download_and_prepare()
+    return builder
+
+
+def test_light_rain_is_additive_and_heavy_rain_veils(photos, tmp_path):
+    """Light/medium levels (no veil): rainy >= clean everywhere. Heavy levels add the accumulation veil
+    O = alpha (B + S) + (1 - alpha) A, which darkens pixels brighter than A and lifts the dark ones."""
+    light = _build(srb.custom_config(str(photos), train_renders=2, test_renders=2, levels=(0.0, 0.4)),
+                   tmp_path / "light")
+    for ex in tfds.as_numpy(light.as_dataset(split="train")):
+        rainy, clean = ex["rainy"].astype(int), ex["clean"].astype(int)
+        assert (rainy >= clean).all()
+        assert (rainy > clean).mean() > 0.005  # some rain was added
+    heavy = _build(srb.custom_config(str(photos), train_renders=2, test_renders=2, levels=(0.9, 1.0)),
+                   tmp_path / "heavy")
+    for ex in tfds.as_numpy(heavy.as_dataset(split="train")):
+        rainy, clean = ex["rainy"].astype(float) / 255, ex["clean"].astype(float) / 255
+        assert np.abs(rainy - clean).mean() > 0.05
+        # the veil lifts the darkest clean pixels (every one of them, even without a streak)
+        dark = clean < 0.15
+        assert dark.any()
+        assert (rainy[dark] > clean[dark]).all()
+
+
+def test_custom_folder_needs_two_distinct_photos(tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    save_rgb(str(one / "a.png"), np.full((32, 32, 3), 0.5))
+    with pytest.raises(ValueError, match="at least 2"):
+        _build(srb.custom_config(str(one)), tmp_path / "tfds1")
+    save_rgb(str(one / "a.jpg"), np.full((32, 32, 3), 0.5))  # same stem as a.png
+    with pytest.raises(ValueError, match="same name stem"):
+        _build(srb.custom_config(str(one)), tmp_path / "tfds2")
+
+
+def test_custom_config_names_differ_per_folder(tmp_path):
+    a = srb.custom_config(str(tmp_path / "a"))
+    b = srb.custom_config(str(tmp_path / "b"))
+    assert a.name != b.name and a.name.startswith("custom_") and b.name.startswith("custom_")
+    assert srb.custom_config(str(tmp_path / "a")).name == a.name  # stable for the same folder
+
+
+def test_default_sources_are_disjoint_and_big_enough():
+    """Without building: the default's photos exist, the splits share no photo (the stereo pair
+    motorcycle_left/right shows one scene, so both must be on the same side), and every example
+    (test photos whole, train photos shrunk and tiled) is at least 128x128."""
+    assert not set(srb.TRAIN_SOURCES) & set(srb.TEST_SOURCES)
+    assert ("motorcycle_left" in srb.TRAIN_SOURCES) == ("motorcycle_right" in srb.TRAIN_SOURCES)
+    paths = srb.skimage_photo_paths()
+    cfg = srb.Builder.BUILDER_CONFIGS[0]
+    for name in srb.TEST_SOURCES:
+        assert min(load_rgb(paths[name]).shape[:2]) >= 128
+    for name in srb.TRAIN_SOURCES:
+        pieces = list(srb._tiles(srb._shrink(load_rgb(paths[name]), cfg.max_side), cfg.tile))
+        assert pieces and all(min(p.shape[:2]) >= 128 for _, p in pieces)

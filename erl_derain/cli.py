@@ -17,6 +17,8 @@ import sys
 
 from absl import app, flags, logging
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines drown the progress bar
+
 VERBS = ("train", "evaluate", "derain", "export", "synthesize")
 
 FLAGS = flags.FLAGS
@@ -313,6 +315,8 @@ def main(argv):
         return 2
     verb, args = argv[1], argv[2:]
     FLAGS_VERB = verb
+    if not FLAGS["verbosity"].present:  # TFDS and TF log every file they open at INFO
+        logging.set_verbosity(logging.WARNING)
     if args and verb != "derain":
         print(f"erl-derain {verb}: unexpected arguments {args} (flags are written --name=value)", file=sys.stderr)
         return 2

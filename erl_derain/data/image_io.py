@@ -27,6 +27,18 @@ def list_images(folder: str) -> list[str]:
     return files
 
 
+def images_by_stem(folder: str) -> dict[str, str]:
+    """``{name stem: path}`` of the images of ``folder``; two files with one stem (``a.png`` and
+    ``a.jpg``) raise ``ValueError`` naming both, since outputs and example names would collide."""
+    by_stem: dict[str, str] = {}
+    for path in list_images(folder):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in by_stem:
+            raise ValueError(f"{by_stem[stem]} and {path} have the same name stem {stem!r}; rename one")
+        by_stem[stem] = path
+    return by_stem
+
+
 def load_rgb(path: str) -> np.ndarray:
     """Read ``path`` as float32 HxWx3 RGB in [0, 1]."""
     path = os.fspath(path)

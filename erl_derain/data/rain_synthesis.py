@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from erl_derain.data.image_io import list_images, load_rgb, save_rgb
+from erl_derain.data.image_io import images_by_stem, load_rgb, save_rgb
 
 DIRECTIONS = (0.0, 15.0, -15.0, 30.0, -30.0, 40.0, -40.0)  # degrees from vertical
 BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: streak thickness
@@ -157,16 +157,9 @@ def synthesize_folder(clean_dir: str, output_dir: str, *, renders_per_image: int
     if renders_per_image < 1:
         raise ValueError(f"--renders_per_image must be >= 1, got {renders_per_image}")
     try:
-        files = list_images(clean_dir)
+        stems = images_by_stem(clean_dir)
     except ValueError as e:
         raise ValueError(f"--clean_dir: {e}") from e
-    stems: dict[str, str] = {}
-    for path in files:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in stems:
-            raise ValueError(f"--clean_dir: {stems[stem]} and {path} have the same name stem {stem!r}; "
-                             "their outputs would overwrite each other (rename one)")
-        stems[stem] = path
     written = []
     for stem, path in stems.items():
         clean = np.round(load_rgb(path) * 255.0) / 255.0

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from erl_derain.data.image_io import list_images, load_rgb
+from erl_derain.data.image_io import images_by_stem, load_rgb
 from erl_derain.data.rain_synthesis import RainParams, synthesize_rain
 from erl_derain.metrics import to_uint8
 
@@ -114,14 +114,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _sources(self) -> tuple[dict[str, str], dict[str, str]]:
         cfg = self.builder_config
         if cfg.clean_dir:
-            files = list_images(cfg.clean_dir)
-            named: dict[str, str] = {}
-            for f in files:
-                stem = os.path.splitext(os.path.basename(f))[0]
-                if stem in named:
-                    raise ValueError(f"{named[stem]} and {f} have the same name stem {stem!r}: the examples' "
-                                     "names would collide (rename one)")
-                named[stem] = f
+            named = images_by_stem(cfg.clean_dir)
             if len(named) < 2:
                 raise ValueError(f"{cfg.clean_dir}: synthetic_rain needs at least 2 clean photos (train and test "
                                  f"come from different photos), found {len(named)}")

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import time
-
-import numpy as np
 
 from erl_derain import metrics
 from erl_derain.inference import derain_image
@@ -49,15 +46,18 @@ def evaluate(predict, multiple: int, dataset, *, rounded: bool = True, crop_bord
 
 
 def summarize(rows: list[dict]) -> dict:
-    out = {"num_images": len(rows)}
+    """Means over the images (finite values only, see ``metrics.summarize``) and the gains over the
+    rainy input."""
+    means = metrics.summarize(rows)
+    out = {"num_images": means["num_images"]}
     for prefix in ("", "input_"):
         for k in METRIC_KEYS:
-            vals = np.array([r[prefix + k] for r in rows], np.float64)
-            finite = vals[np.isfinite(vals)]
-            out[prefix + k] = float(finite.mean()) if finite.size else math.inf
+            out[prefix + k] = means[prefix + k]
+            if k.startswith("psnr"):
+                out[f"{prefix}{k}_num_inf"] = means.get(f"{prefix}{k}_num_inf", 0)
     out["gain_psnr_y"] = out["psnr_y"] - out["input_psnr_y"]
     out["gain_ssim_y"] = out["ssim_y"] - out["input_ssim_y"]
-    out["seconds_per_image"] = float(np.mean([r["seconds"] for r in rows]))
+    out["seconds_per_image"] = means["seconds"]
     return out
 
 

@@ -33,6 +33,19 @@ Conventions (DESIGN.md section 4; reference values in ``shared/data/README.md``)
 
 Means over a test set are means of the per-image values (:func:`summarize`,
 :class:`MetricAccumulator`).
+
+ERL-Net's dissection (Section 4.3) compares a candidate with a baseline on one test set:
+
+* improved proportions (Fig. 3, :func:`improved_proportions`): the share of images whose candidate
+  PSNR is higher than the baseline's, over all images and over the *hard* (baseline PSNR below the
+  baseline's mean) and *easy* (the others) subsets;
+* the result indicator map RIM (Eq. 6, :func:`result_indicator_map`): on the Y channel, 1 where
+  ``|candidate - clean| < |baseline - clean|`` and 0 otherwise (ties count as not improved);
+* the binary maps of rain (BMR) and background (BMB) regions (:func:`rain_region_map`):
+  ``|Y(rainy) - Y(clean)|`` above its mean over the image is rain, the rest background -- or a
+  dataset's own rain mask (Rain100H's ``rainregion`` files) when it has one;
+* IoR / IoB (Eq. 7, :func:`intersection_over_region`): the fraction of the rain (background)
+  region whose pixels the candidate improved; mIoR / mIoB (Eq. 8) are their means over the images.
 """
 
 from __future__ import annotations
@@ -56,6 +69,11 @@ __all__ = [
     "evaluate_pair",
     "summarize",
     "MetricAccumulator",
+    "result_indicator_map",
+    "rain_region_map",
+    "intersection_over_region",
+    "dissect_pair",
+    "improved_proportions",
 ]
 
 #: Peak value used by every metric here (8-bit images).
@@ -377,3 +395,87 @@ class MetricAccumulator:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# ERL-Net's dissection (Section 4.3): improved proportions, RIM, IoR/IoB
+# --------------------------------------------------------------------------------------------------
+
+
+def _y_of(img, rounded: bool) -> np.ndarray:
+    return rgb_to_y(to_uint8(img), rounded=rounded)
+
+
+def result_indicator_map(candidate, baseline, clean, *, rounded: bool = True) -> np.ndarray:
+    """ERL-Net's RIM (Eq. 6): boolean ``H x W``, True where the candidate's Y is strictly closer to
+    the clean Y than the baseline's (``|Yc - Yg| < |Yb - Yg|``); ties are not improvements."""
+    yc, yb, yg = (_y_of(x, rounded) for x in (candidate, baseline, clean))
+    if not yc.shape == yb.shape == yg.shape:
+        raise ValueError(f"image shapes differ: candidate {yc.shape}, baseline {yb.shape}, clean {yg.shape}")
+    return np.abs(yc - yg) < np.abs(yb - yg)
+
+
+def rain_region_map(rainy, clean, *, rounded: bool = True) -> np.ndarray:
+    """Binary map of rain regions (BMR, boolean ``H x W``): ``|Y(rainy) - Y(clean)|`` above its mean
+    over the image (ERL-Net's threshold, in place of the fixed 30 of JORDER). The background map
+    (BMB) is its complement."""
+    yr, yg = _y_of(rainy, rounded), _y_of(clean, rounded)
+    if yr.shape != yg.shape:
+        raise ValueError(f"image shapes differ: rainy {yr.shape}, clean {yg.shape}")
+    diff = np.abs(yr - yg)
+    return diff > diff.mean()
+
+
+def intersection_over_region(rim, region) -> float:
+    """Eq. 7: ``sum(region AND rim) / sum(region)`` for boolean maps; NaN for an empty region."""
+    rim, region = np.asarray(rim, bool), np.asarray(region, bool)
+    if rim.shape != region.shape:
+        raise ValueError(f"map shapes differ: rim {rim.shape}, region {region.shape}")
+    size = int(region.sum())
+    return float(np.logical_and(rim, region).sum() / size) if size else math.nan
+
+
+def dissect_pair(candidate, baseline, rainy, clean, *, rain_mask=None, rounded: bool = True) -> Dict[str, object]:
+    """RIM, rain/background maps and IoR/IoB of one test image.
+
+    ``rain_mask``: the dataset's own rain-region map (any non-zero value is rain) used instead of the
+    thresholded difference. Returns ``{'rim', 'rain_map', 'ior', 'iob', 'improved_pixels'}`` with
+    the maps as boolean arrays.
+    """
+    rim = result_indicator_map(candidate, baseline, clean, rounded=rounded)
+    if rain_mask is not None:
+        rain = np.asarray(rain_mask)
+        rain = (rain[..., 0] if rain.ndim == 3 else rain) != 0
+        if rain.shape != rim.shape:
+            raise ValueError(f"rain mask shape {rain.shape} differs from the image's {rim.shape}")
+    else:
+        rain = rain_region_map(rainy, clean, rounded=rounded)
+    return {"rim": rim, "rain_map": rain, "ior": intersection_over_region(rim, rain),
+            "iob": intersection_over_region(rim, ~rain), "improved_pixels": float(rim.mean())}
+
+
+def improved_proportions(baseline_psnr, candidate_psnr) -> Dict[str, float]:
+    """ERL-Net Fig. 3: share of images the candidate improves (PSNR strictly higher than the
+    baseline's), over all images and over the hard and easy subsets.
+
+    Hard images have a baseline PSNR below the mean of the baseline's PSNRs (finite values; an
+    infinite PSNR is easy); the others are easy. A proportion over an empty subset is NaN.
+    Returns ``all``, ``hard``, ``easy`` and the counts ``num_*`` / ``num_*_improved``.
+    """
+    base = np.asarray(baseline_psnr, np.float64)
+    cand = np.asarray(candidate_psnr, np.float64)
+    if base.shape != cand.shape or base.ndim != 1 or not base.size:
+        raise ValueError(f"expected two equally long non-empty lists of PSNRs, got shapes {base.shape} and {cand.shape}")
+    if np.isnan(base).any() or np.isnan(cand).any():
+        raise ValueError("PSNR lists contain NaN")
+    finite = base[np.isfinite(base)]
+    mean = float(finite.mean()) if finite.size else math.inf
+    hard = base < mean
+    improved = cand > base
+    out: Dict[str, float] = {"baseline_mean_psnr": mean}
+    for key, subset in (("all", np.ones_like(hard)), ("hard", hard), ("easy", ~hard)):
+        n, k = int(subset.sum()), int((improved & subset).sum())
+        out[key] = k / n if n else math.nan
+        out[f"num_{key}"] = n
+        out[f"num_{key}_improved"] = k
+    return out

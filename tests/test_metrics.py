@@ -471,3 +471,62 @@ def test_metric_accumulator():
     assert res["ssim_y"] == pytest.approx((1.0 + m["ssim_y"]) / 2)
     acc.reset()
     assert len(acc) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# ERL-Net's dissection (Section 4.3), checked on hand-worked maps and lists
+# --------------------------------------------------------------------------------------------------
+
+
+def _grey_rgb(values) -> np.ndarray:
+    """uint8 RGB image with R = G = B = values: its MATLAB Y is round(16 + 219 * v / 255)."""
+    v = np.asarray(values, np.uint8)
+    return np.repeat(v[..., None], 3, axis=-1)
+
+
+def test_intersection_over_region_hand_worked_4x4():
+    rim = np.zeros((4, 4), bool)
+    rim[0, :] = True                      # improved: the whole first row (4 pixels)
+    rain = np.zeros((4, 4), bool)
+    rain[:2, :2] = True                   # rain: the top-left 2x2 block (4 pixels)
+    # rain AND rim = (0,0), (0,1) -> IoR = 2/4; background = 12 pixels, of which (0,2), (0,3) improved.
+    assert metrics.intersection_over_region(rim, rain) == pytest.approx(0.5)
+    assert metrics.intersection_over_region(rim, ~rain) == pytest.approx(2 / 12)
+    assert np.isnan(metrics.intersection_over_region(rim, np.zeros((4, 4), bool)))
+
+
+def test_result_indicator_map_and_rain_map_hand_worked():
+    # Grey levels -> MATLAB Y: 100 -> 101.88 -> 102, 140 -> 136.24 -> 136, 120 -> 119.06 -> 119,
+    # 60 -> 67.53 -> 68, 90 -> 93.29 -> 93.
+    clean = _grey_rgb([[100, 100], [100, 100]])
+    baseline = _grey_rgb([[140, 140], [100, 90]])
+    candidate = _grey_rgb([[120, 60], [100, 100]])
+    # |c - g| vs |b - g|: (0,0) 17 < 34 improved; (0,1) 34 = 34 tie -> not; (1,0) 0 = 0 tie -> not;
+    # (1,1) 0 < 9 improved.
+    rim = metrics.result_indicator_map(candidate, baseline, clean)
+    np.testing.assert_array_equal(rim, [[True, False], [False, True]])
+    # Rain map: |Y(rainy) - Y(clean)| = [[34, 0], [9, 0]], mean 10.75 -> only (0,0) is rain.
+    rainy = _grey_rgb([[140, 100], [90, 100]])
+    np.testing.assert_array_equal(metrics.rain_region_map(rainy, clean), [[True, False], [False, False]])
+    d = metrics.dissect_pair(candidate, baseline, rainy, clean)
+    assert d["ior"] == pytest.approx(1.0)          # the one rain pixel is improved
+    assert d["iob"] == pytest.approx(1 / 3)        # 1 of 3 background pixels improved
+    assert d["improved_pixels"] == pytest.approx(0.5)
+    # A dataset mask replaces the thresholded map: rain = bottom row (mask values 255).
+    mask = np.array([[0, 0], [255, 255]], np.uint8)[..., None]
+    d = metrics.dissect_pair(candidate, baseline, rainy, clean, rain_mask=mask)
+    assert d["ior"] == pytest.approx(0.5) and d["iob"] == pytest.approx(0.5)
+
+
+def test_improved_proportions_hard_easy_hand_worked():
+    baseline = [20.0, 25.0, 30.0, 35.0]      # mean 27.5: hard = {20, 25}, easy = {30, 35}
+    candidate = [21.0, 26.0, 29.0, 35.0]     # improves 20 and 25; 30 gets worse; 35 ties (not improved)
+    p = metrics.improved_proportions(baseline, candidate)
+    assert p["baseline_mean_psnr"] == pytest.approx(27.5)
+    assert (p["all"], p["hard"], p["easy"]) == (0.5, 1.0, 0.0)
+    assert (p["num_hard"], p["num_easy"], p["num_all_improved"]) == (2, 2, 2)
+    # All equal: nothing is below the mean, so the hard subset is empty.
+    p = metrics.improved_proportions([30.0, 30.0], [31.0, 29.0])
+    assert np.isnan(p["hard"]) and p["easy"] == 0.5
+    with pytest.raises(ValueError, match="equally long"):
+        metrics.improved_proportions([1.0, 2.0], [1.0])

@@ -56,3 +56,73 @@ def test_tiled_inference_blends_local_model_close_to_whole_image():
     tiled = derain_image(blur, image, 8, tile=40, overlap=16)
     # Away from the image border, a 16-pixel overlap with linear ramps keeps the error small.
     assert np.abs(tiled - whole)[2:-2, 2:-2].max() < 0.05
+
+
+def test_tiles_share_one_size_within_the_tile_and_weights_sum_to_one():
+    from erl_derain.inference import tile_grid
+
+    seen = []
+
+    def model(t):
+        seen.append(tuple(t.shape[1:3]))
+        return tf.ones_like(t) * 0.7  # a constant output exposes any weight that does not sum to one
+
+    out = derain_image(model, np.zeros((70, 131, 3), np.float32), 4, tile=32, overlap=8)
+    # 3 x 6 tiles, all of one size, within the tile, a multiple of 4 (no padding)
+    assert len(set(seen)) == 1 and len(seen) == 3 * 6 == np.prod(tile_grid(70, 131, 32, 8))
+    assert seen[0][0] <= 32 and seen[0][0] % 4 == 0 and seen[0][1] <= 32 and seen[0][1] % 4 == 0
+    np.testing.assert_allclose(out, 0.7, atol=1e-6)
+    assert tile_grid(30, 32, 32, 8) == (1, 1) and tile_grid(3000, 4000, 512, 32) == (7, 9)
+    with pytest.raises(ValueError, match="smaller than --tile"):
+        derain_image(model, np.zeros((70, 131, 3), np.float32), 1, tile=32, overlap=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_erlnet():
+    import keras
+
+    from erl_derain.methods import make_trainer
+
+    keras.utils.set_random_seed(0)  # the tiled-vs-whole error depends on the (random) weights
+    trainer = make_trainer({"method": "erlnet", "erl_strategy": "ma_d", "widths": [8, 16], "bottleneck_width": 16,
+                            "dense_layers": 2, "growth": 8, "se_ratio": 2})
+    trainer.build_networks((1, 32, 32, 3))
+    model = trainer.inference_model()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    def predict(x):
+        return model(x)
+
+    return predict, trainer.pad_multiple
+
+
+def _scene(h, w):
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([0.5 + 0.3 * np.sin(xx / 7), 0.4 + 0.3 * np.cos(yy / 5), 0.5 + 0.2 * np.sin((xx + yy) / 9)], -1)
+    return np.clip(img + 0.05 * np.random.default_rng(0).random((h, w, 3)), 0, 1).astype(np.float32)
+
+
+def test_erlnet_tiled_equals_whole_image_within_a_tile_and_is_close_beyond(tiny_erlnet):
+    predict, multiple = tiny_erlnet
+    small = _scene(45, 62)  # within one tile: the same single run, bit for bit
+    np.testing.assert_array_equal(derain_image(predict, small, multiple, tile=64, overlap=16),
+                                  derain_image(predict, small, multiple, tile=0))
+    image = _scene(100, 150)  # 2 x 3 tiles of 64 with 16-pixel blended overlaps
+    whole = derain_image(predict, image, multiple, tile=0)
+    tiled = derain_image(predict, image, multiple, tile=64, overlap=16)
+    err = np.abs(tiled - whole)[4:-4, 4:-4]  # the borders differ by padding (whole image: reflect to x4)
+    assert err.mean() < 0.01 and err.max() < 0.15, (err.mean(), err.max())  # measured: 0.004, 0.05
+
+
+def test_derain_file_tiles_large_images(tiny_erlnet, tmp_path):
+    from PIL import Image
+
+    from erl_derain.inference import derain_file
+
+    predict, multiple = tiny_erlnet
+    image = _scene(100, 150)
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    info = derain_file(predict, multiple, str(tmp_path / "in.png"), str(tmp_path / "out.png"), tile=64, overlap=16)
+    assert info["tiles"] == (2, 3) and (info["width"], info["height"]) == (150, 100)
+    expected = derain_image(predict, np.round(image * 255) / np.float32(255), multiple, tile=64, overlap=16)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.floor(expected * 255 + 0.5))

@@ -1,3 +1,17 @@
-"""TFDS builders for the deraining datasets. Importing this package registers them with TFDS."""
+"""TFDS builders for the deraining datasets. Importing this package registers them with TFDS.
+
+``synthetic_rain`` needs no download. The benchmarks (``rain100h``, ``rain100l``, ``ddn``, ``did``,
+``agan``, ``rain800``) and ``real_rain`` read a manual_dir:
+``tfds.builder(name, data_dir=...).download_and_prepare(
+download_config=tfds.download.DownloadConfig(manual_dir=...))``; their shared code is
+``tfds_builders.paired_common``.
+"""
 
 from tfds_builders.synthetic_rain import synthetic_rain_dataset_builder  # noqa: F401  (registers 'synthetic_rain')
+from tfds_builders.rain100h import rain100h_dataset_builder  # noqa: F401  (registers 'rain100h')
+from tfds_builders.rain100l import rain100l_dataset_builder  # noqa: F401  (registers 'rain100l')
+from tfds_builders.ddn import ddn_dataset_builder  # noqa: F401  (registers 'ddn')
+from tfds_builders.did import did_dataset_builder  # noqa: F401  (registers 'did')
+from tfds_builders.agan import agan_dataset_builder  # noqa: F401  (registers 'agan')
+from tfds_builders.rain800 import rain800_dataset_builder  # noqa: F401  (registers 'rain800')
+from tfds_builders.real_rain import real_rain_dataset_builder  # noqa: F401  (registers 'real_rain')

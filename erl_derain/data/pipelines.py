@@ -62,7 +62,9 @@ __all__ = [
     "available_builders",
     "diagnose_folder",
     "list_folder_pairs",
+    "load_builder",
     "paired_dataset",
+    "prepare",
 ]
 
 log = logging.getLogger(__name__)
@@ -477,11 +479,22 @@ def available_builders() -> list[str]:
         stack.extend(cls.__subclasses__())
         if cls.__module__.startswith("tfds_builders.") and getattr(cls, "name", None):
             names.add(cls.name)
-    return sorted(names)
+    # Abstract bases shared by several builders are subclasses too, but not registered datasets.
+    return sorted(names & set(tfds.list_builders(with_community_datasets=False)))
 
 
-def _tfds_builder(dataset: str, data_dir: str | None):
-    """`tfds.builder(dataset)`, prepared; every failure becomes a DatasetError naming the dataset."""
+def _tfds_builder(dataset: str, data_dir: str | None, manual_dir: str | None = None):
+    """`tfds.builder(dataset)`, prepared (from `manual_dir` for the benchmarks that cannot be
+    downloaded); every failure becomes a DatasetError naming the dataset."""
+    builder = load_builder(dataset, data_dir)
+    if not builder.is_prepared():
+        prepare(builder, manual_dir=manual_dir)
+    return builder
+
+
+def load_builder(dataset, data_dir: str | None = None):
+    """The TFDS builder of `dataset` (a name, ``name/config``, or a builder), not prepared; an
+    unknown name raises a DatasetError listing the erl_derain datasets."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     _import_builders()
@@ -501,18 +514,37 @@ def _tfds_builder(dataset: str, data_dir: str | None):
             f"(any other TFDS dataset with 'rainy' and 'clean' image features works too)") from err
     except ValueError as err:  # e.g. an unknown config or version
         raise DatasetError(f"cannot load TFDS dataset {dataset!r}: {err}") from err
-    if not builder.is_prepared():
-        log.info("preparing TFDS dataset %s in %s", dataset, builder.data_dir)
-        try:
-            builder.download_and_prepare()
-        except (AssertionError, ValueError, OSError) as err:  # e.g. a missing manual_dir
-            raise DatasetError(f"TFDS dataset {dataset!r} is not prepared (data_dir={data_dir or 'default'}) "
-                               f"and preparing it failed: {err}") from err
     return builder
 
 
+def prepare(builder, *, manual_dir: str | None = None) -> None:
+    """Write the TFRecords of `builder` (a TFDS builder) into its data_dir, reading the benchmark's
+    files from `manual_dir` (TFDS's default: ``<data_dir>/downloads/manual``)."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    log.info("preparing TFDS dataset %s in %s", builder.name, builder.data_dir)
+    if manual_dir is not None:
+        manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+        if not os.path.isdir(manual_dir):
+            raise DatasetError(f"--manual_dir={manual_dir}: no such folder (it should hold the files of "
+                               f"dataset {builder.name!r}; see its instructions with `erl-derain prepare "
+                               f"--dataset={builder.name}`)")
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except (AssertionError, ValueError, OSError) as err:  # e.g. a missing or incomplete manual_dir
+        raise DatasetError(f"TFDS dataset {builder.name!r} is not prepared (data_dir={builder.data_dir}) "
+                           f"and preparing it failed: {err}") from err
+
+
+# Features passed through (evaluation only) when a dataset has them: the Rain100H/L rain-region masks.
+_EXTRA_FEATURES = ("rain_mask", "has_rain_mask")
+
+
 def _tfds_records(builder, split: str):
-    """Serialized (undecoded) (rainy, clean, name) in file order, the split's size and its bytes."""
+    """Serialized (undecoded) (rainy, clean, name, extras) in file order, the split's size and bytes.
+
+    ``extras`` holds the undecoded `_EXTRA_FEATURES` the dataset has."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     features = builder.info.features
@@ -530,9 +562,11 @@ def _tfds_records(builder, split: str):
                             read_config=tfds.ReadConfig(try_autocache=False))
     has_name = "name" in features
 
+    extra_keys = [k for k in _EXTRA_FEATURES if k in features]
+
     def select(index, example):
         name = example["name"] if has_name else tf.strings.join([split, tf.strings.as_string(index)], "-")
-        return example["rainy"], example["clean"], name
+        return example["rainy"], example["clean"], name, {k: example[k] for k in extra_keys}
 
     ds = ds.enumerate().map(select)
     num, num_bytes = int(split_info.num_examples), int(split_info.num_bytes or 0)
@@ -598,18 +632,25 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
             buffer = max(1, min(shuffle_buffer, num))
 
         def load_training(position, record):
-            rainy, clean = _checked_decode(*record, dataset, crop_size)
+            rainy, clean = _checked_decode(*record[:3], dataset, crop_size)
             rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip)
             return {"rainy": rainy, "clean": clean, "name": record[2]}
 
         ds = _training_positions(num, start_index, lambda epoch: _seeded_shuffle(records, buffer, seed, epoch))
         load = load_training
     else:
-        def load_evaluation(rainy_bytes, clean_bytes, name):
+        def load_evaluation(rainy_bytes, clean_bytes, name, extras):
             rainy, clean = _checked_decode(rainy_bytes, clean_bytes, name, dataset, crop_size)
+            out = {"name": name}
+            if "rain_mask" in extras:  # uint8 [h, w, 1], non-zero = rain
+                out["rain_mask"] = tf.io.decode_png(extras["rain_mask"], channels=1)
+                out["has_rain_mask"] = tf.cast(extras.get("has_rain_mask", True), tf.bool)
             if crop_size is not None:
                 rainy, clean = _center_crop(rainy, crop_size), _center_crop(clean, crop_size)
-            return {"rainy": rainy, "clean": clean, "name": name}
+                if "rain_mask" in out:
+                    out["rain_mask"] = _center_crop(out["rain_mask"], crop_size)
+            out.update(rainy=rainy, clean=clean)
+            return out
 
         ds = records.skip(start_index)
         load = load_evaluation
@@ -625,7 +666,7 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
 def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, crop_size: int | None = None,
                    training: bool = True, seed: int = 0, start_index: int = 0, flip: bool = True,
                    data_dir: str | None = None, shuffle_buffer: int = 256,
-                   cache_limit_bytes: int | None = None) -> tf.data.Dataset:
+                   cache_limit_bytes: int | None = None, manual_dir: str | None = None) -> tf.data.Dataset:
     """A `tf.data.Dataset` of paired rainy/clean batches.
 
     Args:
@@ -644,12 +685,16 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
         evaluation it skips that many examples.
       flip: random horizontal flips in training.
       data_dir: TFDS data directory (None: the TFDS default).
+      manual_dir: where the files of a benchmark that cannot be downloaded are (used when the TFDS
+        dataset is not prepared yet; None: TFDS's ``<data_dir>/downloads/manual``).
       shuffle_buffer: shuffle buffer (in records) for TFDS splits too large to cache.
       cache_limit_bytes: TFDS splits up to this serialized size are cached in memory and fully
         permuted per epoch (default `DEFAULT_CACHE_LIMIT_BYTES`).
 
     Returns:
-      Batches ``{'rainy': float32 [B,h,w,3] in [0,1], 'clean': same, 'name': tf.string [B]}``.
+      Batches ``{'rainy': float32 [B,h,w,3] in [0,1], 'clean': same, 'name': tf.string [B]}``; in
+      evaluation, datasets with rain-region masks add ``'rain_mask'`` (uint8 [B,h,w,1], non-zero =
+      rain) and ``'has_rain_mask'`` (bool [B]).
 
     Raises:
       DatasetError: bad arguments, unknown dataset, or a bad folder/file (named in the message).
@@ -662,7 +707,7 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
         raise DatasetError(f"start_index must be a non-negative integer, got {start_index!r}")
     if not isinstance(dataset, str):
         return _tfds_pipeline(
-            _tfds_builder(dataset, data_dir), split, dataset=dataset.name, batch_size=batch_size,
+            _tfds_builder(dataset, data_dir, manual_dir), split, dataset=dataset.name, batch_size=batch_size,
             crop_size=crop_size, training=training, seed=int(seed), start_index=start_index,
             flip=bool(flip) and training, shuffle_buffer=shuffle_buffer,
             cache_limit_bytes=DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes)
@@ -674,18 +719,19 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
     if dataset.startswith(FOLDER_PREFIX):
         return _folder_dataset(dataset, split, batch_size=batch_size, crop_size=crop_size, training=training,
                                seed=seed, start_index=start_index, flip=flip)
-    builder = _tfds_builder(dataset, data_dir)
+    builder = _tfds_builder(dataset, data_dir, manual_dir)
     return _tfds_pipeline(
         builder, split, dataset=dataset, batch_size=batch_size, crop_size=crop_size, training=training,
         seed=seed, start_index=start_index, flip=flip, shuffle_buffer=shuffle_buffer,
         cache_limit_bytes=DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes)
 
 
-def num_examples(dataset: str, split: str = "train", *, data_dir: str | None = None) -> int:
+def num_examples(dataset: str, split: str = "train", *, data_dir: str | None = None,
+                 manual_dir: str | None = None) -> int:
     """Number of examples (pairs) in a split: used to turn epochs into steps."""
     if isinstance(dataset, str) and dataset.startswith(FOLDER_PREFIX):
         return len(list_folder_pairs(dataset, split))
-    builder = _tfds_builder(dataset, data_dir)
+    builder = _tfds_builder(dataset, data_dir, manual_dir)
     try:
         return int(builder.info.splits[split].num_examples)
     except (KeyError, ValueError) as err:

@@ -1,0 +1,1 @@
+"""real_rain: unpaired real rainy photographs from a folder (manual_dir)."""

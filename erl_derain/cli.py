@@ -4,8 +4,11 @@ Verbs::
 
     erl-derain train      --flagfile=flags/quickstart.flags [--model_dir=...]
     erl-derain evaluate   --model_dir=... [--dataset=... --split=test]
-    erl-derain derain     --model_dir=... --output_dir=... photo.jpg folder/ ...
+    erl-derain evaluate   --model_dir=run_a,run_b --dataset=rain100h,ddn --output=table/  (cross-dataset)
+    erl-derain compare    --baseline=<model_dir> --candidate=<model_dir> [--dataset=... --output=...]
+    erl-derain derain     --model_dir=... --output_dir=... photo.jpg folder/
     erl-derain export     --model_dir=... --export_base=.../<model_name> [--version=N]
+    erl-derain prepare    --dataset=rain100h --manual_dir=/path/to/the/unpacked/archive [--data_dir=...]
     erl-derain synthesize --clean_dir=... --output_dir=...
 """
 
@@ -19,7 +22,7 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines drown the progress bar
 
-VERBS = ("train", "evaluate", "derain", "export", "synthesize")
+VERBS = ("train", "evaluate", "compare", "derain", "export", "prepare", "synthesize")
 
 FLAGS = flags.FLAGS
 
@@ -28,6 +31,8 @@ flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd (see erl
 flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard logs.")
 flags.DEFINE_string("dataset", "synthetic_rain", "TFDS name (e.g. synthetic_rain) or folder:/path with rainy/ and clean/.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, ~/tensorflow_datasets).")
+flags.DEFINE_string("manual_dir", None, "Folder holding a benchmark's files (rain100h, ddn, did, agan, ...), read "
+                    "when its TFDS dataset is prepared (default: <data_dir>/downloads/manual).")
 flags.DEFINE_string("split", None, "Split: 'train' for training, 'test' for evaluation by default.")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, shuffling and crops.")
 # -- training schedule ----------------------------------------------------------------------------
@@ -61,11 +66,19 @@ flags.DEFINE_float("lambda_fre", 0.01, "Weight of L_fre in L_ERL (Eq. 5).")
 # -- evaluation / inference -------------------------------------------------------------------------
 flags.DEFINE_enum("y_rounding", "rounded", ["rounded", "unrounded"], "Y channel rounded to uint8 (MATLAB) or kept in double.")
 flags.DEFINE_integer("crop_border", 0, "Pixels removed from each side before PSNR/SSIM.")
-flags.DEFINE_string("output", None, "evaluate: output folder for per_image.csv and metrics.json.")
+flags.DEFINE_string("output", None, "evaluate / compare: output folder (per_image.csv, metrics.json, figures; "
+                    "the cross-dataset table when evaluate gets several model_dirs or datasets).")
+flags.DEFINE_string("baseline", None, "compare: model_dir of the baseline (e.g. MEMD).")
+flags.DEFINE_string("candidate", None, "compare: model_dir of the candidate (e.g. ERL-Net).")
+flags.DEFINE_integer("figures", 4, "compare: images shown in the before/after grid and RIM overlays (0: none).")
 flags.DEFINE_integer("max_images", None, "evaluate: only the first N images.")
-flags.DEFINE_integer("tile", 512, "derain: tile side for large images (0: whole image); evaluate uses whole "
-                     "images unless --tile is given.")
-flags.DEFINE_integer("tile_overlap", 32, "Overlap between tiles, pixels.")
+flags.DEFINE_integer("tile", 512, "Images larger than this (pixels per side) are processed in overlapping tiles "
+                     "(0: always whole images). derain: 512; evaluate/compare use whole images up to 1024 unless "
+                     "--tile is given, so the standard benchmarks are evaluated whole, as in the papers.")
+flags.DEFINE_integer("tile_overlap", 32, "Minimum overlap between neighbouring tiles, pixels (blended linearly).")
+flags.DEFINE_enum("output_format", "png", ["png", "same", "jpg", "webp", "tif"],
+                  "derain: output file type; png keeps alpha and 16-bit, 'same' keeps each input's extension "
+                  "(an input whose alpha or bit depth the format cannot hold is refused, not degraded).")
 flags.DEFINE_string("output_dir", None, "derain / synthesize: output folder.")
 flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
@@ -81,7 +94,7 @@ flags.DEFINE_integer("rain_layers", 1, "synthesize: streak layers.")
 flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER veil (rain accumulation) model.")
 
 # Flags that describe a training run (saved to <model_dir>/config.json).
-RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
+RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
             "lr", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
             "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
             "jit_compile")
@@ -125,7 +138,8 @@ def _stage_steps(trainer, config) -> list[int]:
     if FLAGS.stage_epochs:
         from erl_derain.data import pipelines
 
-        n = pipelines.num_examples(_dataset_source(FLAGS.dataset, FLAGS.clean_dir), "train", data_dir=FLAGS.data_dir)
+        n = pipelines.num_examples(_dataset_source(FLAGS.dataset, FLAGS.clean_dir), FLAGS.split or "train",
+                                   data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
         return [max(1, int(round(float(e) * n / FLAGS.batch_size))) for e in FLAGS.stage_epochs]
     raise UsageError("give --stage_steps (or --stage_epochs), one value per stage of "
                      f"--erl_strategy={FLAGS.erl_strategy}: " + ", ".join(s.name for s in trainer.stages))
@@ -152,13 +166,13 @@ def cmd_train():
     # Fail on a bad dataset before any training work starts.
     pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size,
                              training=True, seed=FLAGS.seed, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
-                             shuffle_buffer=FLAGS.shuffle_buffer)
+                             shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir)
 
     def dataset_fn(start_index: int) -> tf.data.Dataset:
         return pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size,
                                         crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
                                         start_index=start_index, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
-                                        shuffle_buffer=FLAGS.shuffle_buffer)
+                                        shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir)
 
     plateau = training.PlateauSchedule(FLAGS.lr_plateau_window, FLAGS.lr_plateau_patience,
                                        FLAGS.lr_plateau_factor, FLAGS.min_lr)
@@ -185,27 +199,43 @@ def _predict_fn(model):
     return tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
 
-def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None):
-    from erl_derain import evaluation
+def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None):
     from erl_derain.data import pipelines
 
-    ds = pipelines.paired_dataset(_dataset_source(dataset, clean_dir), split, batch_size=1, crop_size=None, training=False,
-                                  data_dir=FLAGS.data_dir)
-    print(f"Evaluating on {dataset} [{split}] (full-size images, Y channel {FLAGS.y_rounding}):", flush=True)
-    # Papers evaluate whole images: tile only when asked (--tile on the command line).
-    tile = FLAGS.tile if FLAGS["tile"].present else 0
+    return pipelines.paired_dataset(_dataset_source(dataset, clean_dir), split, batch_size=1, crop_size=None,
+                                    training=False, data_dir=FLAGS.data_dir, manual_dir=manual_dir or FLAGS.manual_dir)
+
+
+# evaluate / compare without --tile: whole images up to this side (every standard benchmark's test
+# images: Rain100H/L 481x321, DDN 512x384, DID 512x512, AGAN up to 720x480), tiles of it above.
+EVAL_TILE = 1024
+
+
+def _eval_tile() -> int:
+    """Papers evaluate whole images: evaluate tiles only images larger than EVAL_TILE (or --tile)."""
+    return FLAGS.tile if FLAGS["tile"].present else EVAL_TILE
+
+
+def _safe_name(dataset: str) -> str:
+    return dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
+
+
+def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None, output=None):
+    from erl_derain import evaluation
+
+    ds = _eval_dataset(dataset, split, clean_dir)
+    print(f"Evaluating {model_dir or 'the model'} on {dataset} [{split}] (full-size images, Y channel "
+          f"{FLAGS.y_rounding}):", flush=True)
     rows = evaluation.evaluate(_predict_fn(model), multiple, ds, rounded=FLAGS.y_rounding == "rounded",
-                               crop_border=FLAGS.crop_border, tile=tile, tile_overlap=FLAGS.tile_overlap,
+                               crop_border=FLAGS.crop_border, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap,
                                max_images=FLAGS.max_images)
     summary = evaluation.summarize(rows)
-    safe = dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
-    out_dir = FLAGS.output or os.path.join(model_dir, f"eval_{safe}_{split}")
+    out_dir = output or os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}")
     csv_path, json_path = evaluation.write_results(
         rows, summary, out_dir, extra={"dataset": dataset, "split": split, "model_dir": model_dir,
                                        "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border})
     if model_dir and os.path.isdir(model_dir):
-        with open(os.path.join(model_dir, "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump({"dataset": dataset, "split": split, **summary}, f, indent=2, sort_keys=True)
+        evaluation.write_json(os.path.join(model_dir, "metrics.json"), {"dataset": dataset, "split": split, **summary})
     print(f"Mean over {summary['num_images']} images: Y-PSNR {summary['input_psnr_y']:.2f} (rainy) -> "
           f"{summary['psnr_y']:.2f} dB ({summary['gain_psnr_y']:+.2f}), Y-SSIM {summary['input_ssim_y']:.4f} -> "
           f"{summary['ssim_y']:.4f}; RGB PSNR {summary['input_psnr_rgb']:.2f} -> {summary['psnr_rgb']:.2f} dB")
@@ -213,16 +243,104 @@ def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None):
     return summary
 
 
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def cmd_evaluate():
+    from erl_derain import evaluation
     from erl_derain.training import load_trainer
 
-    model_dir = _require("model_dir")
-    trainer, config = load_trainer(model_dir)
+    model_dirs = _split_list(_require("model_dir"))
+    datasets = _split_list(FLAGS.dataset) if FLAGS["dataset"].present else []
+    split = FLAGS.split or "test"
+    if len(model_dirs) == 1 and len(datasets) <= 1:
+        trainer, config = load_trainer(model_dirs[0])
+        if datasets:
+            dataset, clean_dir = datasets[0], FLAGS.clean_dir
+        else:
+            dataset, clean_dir = config.get("dataset", FLAGS.dataset), FLAGS.clean_dir or config.get("clean_dir")
+        _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dirs[0], dataset, split, clean_dir,
+                  output=FLAGS.output)
+        return 0
+    # Cross-dataset evaluation: every model on every dataset (default: each model's own training set).
+    runs = [(m, *load_trainer(m)) for m in model_dirs]
+    if not datasets:
+        datasets = list(dict.fromkeys(config.get("dataset", FLAGS.dataset) for _, _, config in runs))
+    trained_on = [config.get("dataset", "?") for _, _, config in runs]
+    labels = [t if trained_on.count(t) == 1 else f"{t} ({os.path.basename(os.path.normpath(m))})"
+              for t, (m, _, _) in zip(trained_on, runs)]
+    results = {}
+    for label, (model_dir, trainer, _) in zip(labels, runs):
+        model = trainer.inference_model()
+        for dataset in datasets:
+            results[(label, dataset)] = _evaluate(model, trainer.pad_multiple, model_dir, dataset, split)
+    output = FLAGS.output or "cross_dataset_eval"
+    md_path, csv_path = evaluation.cross_dataset_table(results, output)
+    with open(md_path, encoding="utf-8") as f:
+        print(f.read())
+    print(f"Cross-dataset table: {md_path} and {csv_path}")
+    return 0
+
+
+def cmd_compare():
+    from erl_derain import evaluation, plots
+    from erl_derain.training import load_trainer
+
+    baseline_dir, candidate_dir = _require("baseline"), _require("candidate")
+    base_trainer, base_config = load_trainer(baseline_dir)
+    cand_trainer, cand_config = load_trainer(candidate_dir)
     if FLAGS["dataset"].present:
         dataset, clean_dir = FLAGS.dataset, FLAGS.clean_dir
     else:
-        dataset, clean_dir = config.get("dataset", FLAGS.dataset), FLAGS.clean_dir or config.get("clean_dir")
-    _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, dataset, FLAGS.split or "test", clean_dir)
+        dataset, clean_dir = cand_config.get("dataset", FLAGS.dataset), FLAGS.clean_dir or cand_config.get("clean_dir")
+    split = FLAGS.split or "test"
+    ds = _eval_dataset(dataset, split, clean_dir)
+    print(f"Comparing candidate {candidate_dir} with baseline {baseline_dir} on {dataset} [{split}]:", flush=True)
+    rows, kept = evaluation.compare(
+        _predict_fn(base_trainer.inference_model()), base_trainer.pad_multiple,
+        _predict_fn(cand_trainer.inference_model()), cand_trainer.pad_multiple, ds,
+        rounded=FLAGS.y_rounding == "rounded", crop_border=FLAGS.crop_border, tile=_eval_tile(),
+        tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, keep_images=FLAGS.figures)
+    summary = evaluation.summarize_comparison(rows)
+    out_dir = FLAGS.output or os.path.join(
+        candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}_{split}")
+    csv_path, json_path = evaluation.write_results(
+        rows, summary, out_dir, extra={"dataset": dataset, "split": split, "baseline": baseline_dir,
+                                       "candidate": candidate_dir, "baseline_method": base_config.get("method"),
+                                       "candidate_method": cand_config.get("method"),
+                                       "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border})
+    figures = evaluation.comparison_figures(rows, kept, summary, out_dir, dataset=dataset)
+    print(f"Candidate improves {summary['num_all_improved']}/{summary['num_all']} images "
+          f"({summary['improved_proportion']:.1%}); hard {summary['num_hard_improved']}/{summary['num_hard']}, "
+          f"easy {summary['num_easy_improved']}/{summary['num_easy']}; mIoR {summary['mIoR']:.3f}, "
+          f"mIoB {summary['mIoB']:.3f}; Y-PSNR {summary['baseline_psnr_y']:.2f} -> {summary['candidate_psnr_y']:.2f} dB")
+    print(f"Per-image results: {csv_path}; summary: {json_path}; {len(figures)} figures in {out_dir}", flush=True)
+    return 0
+
+
+def cmd_prepare():
+    import tensorflow_datasets as tfds
+
+    from erl_derain.data import pipelines
+
+    dataset = _require("dataset")
+    source = _dataset_source(dataset, FLAGS.clean_dir)
+    if isinstance(source, str):
+        if source.startswith(pipelines.FOLDER_PREFIX):
+            raise UsageError(f"--dataset={source} is a folder: it is read directly, nothing to prepare")
+        builder = pipelines.load_builder(source, FLAGS.data_dir)
+    else:
+        builder = source
+    if builder.is_prepared():
+        print(f"{builder.name} is already prepared in {builder.data_dir}")
+    else:
+        tfds.enable_progress_bar()
+        pipelines.prepare(builder, manual_dir=FLAGS.manual_dir)
+    splits = ", ".join(f"{k}: {v.num_examples}" for k, v in sorted(builder.info.splits.items()))
+    print(f"Prepared {builder.name} in {builder.data_dir} ({splits}); train with --dataset={dataset}"
+          + (f" --data_dir={FLAGS.data_dir}" if FLAGS.data_dir else ""))
+    return 0
 
 
 def _expand_inputs(paths: list[str]) -> list[str]:
@@ -241,9 +359,14 @@ def _expand_inputs(paths: list[str]) -> list[str]:
     return files
 
 
+def _output_path(path: str, output_dir: str) -> str:
+    stem, ext = os.path.splitext(os.path.basename(path))
+    fmt = FLAGS.output_format
+    return os.path.join(output_dir, stem + (ext if fmt == "same" else "." + fmt))
+
+
 def cmd_derain(args: list[str]):
-    from erl_derain.data.image_io import load_rgb, save_rgb
-    from erl_derain.inference import derain_image
+    from erl_derain.inference import derain_file
     from erl_derain.training import load_trainer
 
     model_dir = _require("model_dir")
@@ -257,16 +380,18 @@ def cmd_derain(args: list[str]):
     os.makedirs(output_dir, exist_ok=True)
     failures, written, skipped = [], 0, 0
     for path in files:
-        out_path = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        out_path = _output_path(path, output_dir)
         if os.path.exists(out_path) and not FLAGS.overwrite:
             skipped += 1
             continue
         try:
-            image = load_rgb(path)
-            result = derain_image(predict, image, trainer.pad_multiple, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
-            save_rgb(out_path, result)
+            info = derain_file(predict, trainer.pad_multiple, path, out_path, tile=FLAGS.tile,
+                               overlap=FLAGS.tile_overlap)
             written += 1
-            print(f"  {path} ({image.shape[1]}x{image.shape[0]}) -> {out_path}", flush=True)
+            rows, cols = info["tiles"]
+            tiles = f", {rows}x{cols} tiles" if rows * cols > 1 else ""
+            print(f"  {path} ({info['width']}x{info['height']} {info['mode']} {info['bit_depth']}-bit{tiles}, "
+                  f"{info['seconds']:.1f} s) -> {out_path}", flush=True)
         except Exception as e:  # one bad file must not stop the others
             failures.append((path, str(e)))
             print(f"  FAILED {path}: {e}", file=sys.stderr, flush=True)
@@ -330,8 +455,12 @@ def main(argv):
             return cmd_evaluate()
         if verb == "derain":
             return cmd_derain(args)
+        if verb == "compare":
+            return cmd_compare()
         if verb == "export":
             return cmd_export()
+        if verb == "prepare":
+            return cmd_prepare()
         if verb == "synthesize":
             return cmd_synthesize()
     except (UsageError, DatasetError, TrainingError, FileNotFoundError, FileExistsError, ValueError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 
@@ -69,6 +70,170 @@ def write_results(rows: list[dict], summary: dict, output_dir: str, extra: dict 
         writer.writeheader()
         writer.writerows(rows)
     json_path = os.path.join(output_dir, "metrics.json")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump({**(extra or {}), **summary}, f, indent=2, sort_keys=True)
+    write_json(json_path, {**(extra or {}), **summary})
     return csv_path, json_path
+
+
+def _json_safe(value):
+    """NaN/inf become null/strings so the file is standard JSON (``json.dump`` writes bare NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str, data: dict) -> str:
+    """Standard JSON (NaN -> null, inf -> "inf"), sorted keys, written atomically."""
+    from erl_derain.training import atomic_write_text
+
+    atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# ERL-Net's dissection: a candidate against a baseline on one test set (Section 4.3)
+# --------------------------------------------------------------------------------------------------
+
+COMPARE_KEYS = ("psnr_y", "ssim_y")
+
+
+def compare(predict_baseline, multiple_baseline: int, predict_candidate, multiple_candidate: int, dataset, *,
+            rounded: bool = True, crop_border: int = 0, tile: int = 0, tile_overlap: int = 32,
+            max_images: int | None = None, keep_images: int = 4, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Run both networks on every image of ``dataset`` (dicts with ``rainy``, ``clean``, ``name`` and
+    optionally ``rain_mask``/``has_rain_mask``, batch 1) and dissect the difference.
+
+    Returns ``(rows, kept)``: one row per image with both networks' Y/RGB PSNR/SSIM, the rainy
+    input's, IoR/IoB (Eq. 7) and the share of improved pixels; and, for the first ``keep_images``
+    images, the arrays the figures need (rainy, baseline, candidate, clean, rim, rain_map).
+    """
+    rows, kept = [], []
+    for i, ex in enumerate(dataset):
+        if max_images is not None and i >= max_images:
+            break
+        rainy, clean = ex["rainy"].numpy()[0], ex["clean"].numpy()[0]
+        name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
+        mask = None
+        if "rain_mask" in ex and bool(ex["has_rain_mask"].numpy()[0]):
+            mask = ex["rain_mask"].numpy()[0]
+        base = derain_image(predict_baseline, rainy, multiple_baseline, tile=tile, overlap=tile_overlap)
+        cand = derain_image(predict_candidate, rainy, multiple_candidate, tile=tile, overlap=tile_overlap)
+        row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1]}
+        for prefix, img in (("baseline_", base), ("candidate_", cand), ("input_", rainy)):
+            for k, v in metrics.evaluate_pair(img, clean, rounded=rounded, crop_border=crop_border).items():
+                row[prefix + k] = v
+        c = crop_border
+        crop = (lambda a: a[c:a.shape[0] - c, c:a.shape[1] - c]) if c else (lambda a: a)  # noqa: E731
+        d = metrics.dissect_pair(crop(cand), crop(base), crop(rainy), crop(clean),
+                                 rain_mask=None if mask is None else crop(mask), rounded=rounded)
+        row.update(ior=d["ior"], iob=d["iob"], improved_pixels=d["improved_pixels"],
+                   rain_map="dataset_mask" if mask is not None else "threshold",
+                   rain_fraction=float(d["rain_map"].mean()))
+        rows.append(row)
+        if len(kept) < keep_images:
+            kept.append({"name": name, "rainy": rainy, "baseline": base, "candidate": cand, "clean": clean,
+                         "rim": d["rim"], "rain_map": d["rain_map"], "row": row})
+        if progress:
+            print(f"  {name}: Y-PSNR baseline {row['baseline_psnr_y']:.2f}, candidate {row['candidate_psnr_y']:.2f} dB; "
+                  f"IoR {row['ior']:.3f}, IoB {row['iob']:.3f}", flush=True)
+    if not rows:
+        raise ValueError("the evaluation split holds no images")
+    prop = metrics.improved_proportions([r["baseline_psnr_y"] for r in rows], [r["candidate_psnr_y"] for r in rows])
+    for r in rows:
+        r["hard"] = r["baseline_psnr_y"] < prop["baseline_mean_psnr"]
+        r["improved"] = r["candidate_psnr_y"] > r["baseline_psnr_y"]
+    return rows, kept
+
+
+def summarize_comparison(rows: list[dict]) -> dict:
+    """Improved proportions (all/hard/easy, on Y-PSNR), mIoR/mIoB (Eq. 8; images whose rain or
+    background region is empty are left out and counted) and both networks' means."""
+    prop = metrics.improved_proportions([r["baseline_psnr_y"] for r in rows], [r["candidate_psnr_y"] for r in rows])
+    means = metrics.summarize(rows)
+    out = {"num_images": len(rows), "improved_proportion": prop["all"], "improved_proportion_hard": prop["hard"],
+           "improved_proportion_easy": prop["easy"], "hard_threshold_psnr_y": prop["baseline_mean_psnr"]}
+    for key in ("num_all", "num_hard", "num_easy", "num_all_improved", "num_hard_improved", "num_easy_improved"):
+        out[key] = prop[key]
+    out["mIoR"], out["mIoB"] = means["ior"], means["iob"]
+    out["num_images_without_rain_region"] = sum(1 for r in rows if r["ior"] != r["ior"])
+    out["num_images_without_background"] = sum(1 for r in rows if r["iob"] != r["iob"])
+    out["improved_pixels"] = means["improved_pixels"]
+    out["rain_maps"] = sorted({r["rain_map"] for r in rows})
+    for prefix in ("baseline_", "candidate_", "input_"):
+        for k in METRIC_KEYS:
+            out[prefix + k] = means[prefix + k]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-dataset table (ERL-Net rebuttal Table R2): trained-on x tested-on
+# --------------------------------------------------------------------------------------------------
+
+
+def cross_dataset_table(results: dict, output_dir: str, *, digits: int = 2) -> tuple[str, str]:
+    """Write ``results[(trained_on, tested_on)] = summary`` as ``cross_dataset.md`` (cells
+    ``PSNR / SSIM`` on Y, rows trained-on, columns tested-on) and ``cross_dataset.csv`` (one line per
+    cell with every metric). Returns both paths."""
+    rows = list(dict.fromkeys(k[0] for k in results))
+    cols = list(dict.fromkeys(k[1] for k in results))
+    os.makedirs(output_dir, exist_ok=True)
+    md = ["| trained on \\ tested on | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            s = results.get((r, c))
+            cells.append(f"{s['psnr_y']:.{digits}f} / {s['ssim_y']:.4f}" if s else "")
+        md.append(f"| {r} | " + " | ".join(cells) + " |")
+    md.append("")
+    md.append("Y-channel PSNR (dB) / SSIM of the derained test images, mean over each test set.")
+    md_path = os.path.join(output_dir, "cross_dataset.md")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    csv_path = os.path.join(output_dir, "cross_dataset.csv")
+    fields = ["trained_on", "tested_on", "num_images"] + [p + k for p in ("", "input_") for k in METRIC_KEYS]
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for (r, c), s in results.items():
+            writer.writerow({"trained_on": r, "tested_on": c, **s})
+    return md_path, csv_path
+
+
+def comparison_figures(rows: list[dict], kept: list[dict], summary: dict, output_dir: str, *,
+                       dataset: str = "", baseline: str = "baseline", candidate: str = "candidate") -> list[str]:
+    """The figures of a comparison (PNG, in ``output_dir``): per-image Y-PSNR histograms and Y-SSIM
+    boxplots of rainy input / baseline / candidate (MENET Figs. 8-9), the improved proportions over
+    all, hard and easy images (ERL-Net Fig. 3), a rainy / baseline / candidate / clean grid of the
+    kept images and their RIM overlays on the clean image (ERL-Net Fig. 5)."""
+    from erl_derain import plots  # matplotlib only when figures are drawn
+
+    def per_image(key):
+        return {"rainy input": [r["input_" + key] for r in rows], baseline: [r["baseline_" + key] for r in rows],
+                candidate: [r["candidate_" + key] for r in rows]}
+
+    label = dataset or "test set"
+    paths = [
+        plots.psnr_histograms(per_image("psnr_y"), os.path.join(output_dir, "psnr_histogram.png"),
+                              title=f"Per-image Y-PSNR on {label}"),
+        plots.ssim_boxplots(per_image("ssim_y"), os.path.join(output_dir, "ssim_boxplot.png"),
+                            title=f"Per-image Y-SSIM on {label}"),
+        plots.improved_proportion_bars(
+            {label: {"all": summary["improved_proportion"], "hard": summary["improved_proportion_hard"],
+                     "easy": summary["improved_proportion_easy"]}},
+            os.path.join(output_dir, "improved_proportion.png"), candidate=candidate, baseline=baseline),
+    ]
+    if kept:
+        grid = [(k["name"], {"rainy": k["rainy"], baseline: k["baseline"], candidate: k["candidate"],
+                             "clean": k["clean"]}) for k in kept]
+        captions = {k["name"]: {"rainy": k["row"]["input_psnr_y"], baseline: k["row"]["baseline_psnr_y"],
+                                candidate: k["row"]["candidate_psnr_y"]} for k in kept}
+        paths.append(plots.comparison_grid(grid, os.path.join(output_dir, "grid.png"), captions=captions))
+        for k in kept:
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in k["name"])
+            paths.append(plots.rim_overlay(
+                k["clean"], k["rim"], os.path.join(output_dir, f"rim_{safe}.png"), rain_map=k["rain_map"],
+                title=f"{k['name']}: IoR {k['row']['ior']:.3f}, IoB {k['row']['iob']:.3f}"))
+    return paths

@@ -170,3 +170,31 @@ def test_synthesize_and_train_on_own_photos(run_cli, tmp_path):
     assert _train_out[0] == 0, _train_out[2]
     assert list((tmp_path / "tfds" / "synthetic_rain").glob("custom_*"))
     assert json.loads((tmp_path / "run_syn" / "config.json").read_text())["clean_dir"] == str(photos)
+
+
+def test_derain_keeps_grey_alpha_and_16_bit(run_cli, tmp_path):
+    from PIL import Image
+
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
+    _train(run_cli, tmp_path / "run", data, "--method=memd", "--stage_steps=1")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((21, 30)) * 255).astype(np.uint8), "L").save(photos / "grey.png")
+    rgba = (rng.random((21, 30, 4)) * 255).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(photos / "rgba.png")
+    cv2.imwrite(str(photos / "deep.png"), (rng.random((21, 30, 3)) * 65535).astype(np.uint16))
+    code, out, err = run_cli("derain", f"--model_dir={tmp_path / 'run'}", f"--output_dir={tmp_path / 'out'}",
+                             str(photos))
+    assert code == 0, err
+    with Image.open(tmp_path / "out" / "grey.png") as im:
+        assert im.mode == "L" and im.size == (30, 21)
+    with Image.open(tmp_path / "out" / "rgba.png") as im:
+        assert im.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(im)[..., 3], rgba[..., 3])  # alpha untouched
+    deep = cv2.imread(str(tmp_path / "out" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (21, 30, 3)
+    # A JPEG cannot hold alpha: refused by name, the other files still written.
+    code, _, err = run_cli("derain", f"--model_dir={tmp_path / 'run'}", f"--output_dir={tmp_path / 'jpg'}",
+                           "--output_format=jpg", str(photos))
+    assert code == 1 and "rgba" in err and (tmp_path / "jpg" / "grey.jpg").exists()

@@ -27,7 +27,7 @@ VERBS = ("train", "evaluate", "compare", "derain", "export", "prepare", "synthes
 FLAGS = flags.FLAGS
 
 # -- what and where -------------------------------------------------------------------------------
-flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd (see erl_derain.methods).")
+flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd | menet (see erl_derain.methods).")
 flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard logs.")
 flags.DEFINE_string("dataset", "synthetic_rain", "TFDS name (e.g. synthetic_rain) or folder:/path with rainy/ and clean/.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, ~/tensorflow_datasets).")
@@ -41,7 +41,13 @@ flags.DEFINE_integer("crop_size", 320, "Random training crop, pixels (ERL-Net pa
 flags.DEFINE_boolean("flip", False, "Random horizontal flips (ERL-Net trains 'without any data augmentation').")
 flags.DEFINE_list("stage_steps", None, "Training steps of each stage of the strategy, e.g. 2000,1000,1000 for MA_D.")
 flags.DEFINE_list("stage_epochs", None, "Alternative to --stage_steps: epochs of the training split per stage.")
-flags.DEFINE_float("lr", 4e-4, "Initial learning rate of every stage (ERL-Net: 4e-4, Adam defaults).")
+flags.DEFINE_float("lr", None, "Initial learning rate of every stage (default: the method's; ERL-Net 4e-4, MENET 1e-3).")
+flags.DEFINE_list("lr_decay_epochs", None, "Multiply the learning rate by --lr_decay_factor after these epochs of "
+                  "each stage (MENET: 40,80); replaces the plateau rule.")
+flags.DEFINE_list("lr_decay_steps", None, "Same as --lr_decay_epochs in steps.")
+flags.DEFINE_float("lr_decay_factor", 0.1, "Factor of --lr_decay_epochs / --lr_decay_steps.")
+flags.DEFINE_enum("crop_mode", "random", ["random", "ten_crop"], "Training crops: a random window per example, or "
+                  "MENET's ten crops of every image (corners + centre of it and of its mirror; 10 examples per image).")
 flags.DEFINE_integer("lr_plateau_window", 500, "Steps averaged into one loss value for the plateau rule (0: off).")
 flags.DEFINE_integer("lr_plateau_patience", 5, "Windows without improvement before lr is divided.")
 flags.DEFINE_float("lr_plateau_factor", 0.1, "Learning-rate factor on a plateau (paper: divided by 10).")
@@ -63,6 +69,16 @@ flags.DEFINE_enum("entanglement", "mlgd", ["mlgd", "clgd", "none"], "CLGD: bottl
 flags.DEFINE_enum("erl_strategy", "ma_d", ["ma_a", "ma_b", "ma_c", "ma_d", "dt", "memd"], "Training strategy (Table 1).")
 flags.DEFINE_integer("se_ratio", 16, "Squeeze-excitation reduction ratio inside FUS.")
 flags.DEFINE_float("lambda_fre", 0.01, "Weight of L_fre in L_ERL (Eq. 5).")
+# -- MENET ------------------------------------------------------------------------------------------
+flags.DEFINE_integer("menet_blocks", 8, "MENET residual blocks: 8 (MENET), 16 (MENET-deep).")
+flags.DEFINE_boolean("menet_ca", True, "MENET channel-attention (CA) block.")
+flags.DEFINE_list("tasks", ["p", "e", "t"], "MENET tasks: p = MSE (L_p), e = edge-aware Sobel (L_e), t = texture (L_t).")
+flags.DEFINE_enum("task_weighting", "gb", ["fixed", "gb", "lb"], "Task weighting: fixed (--task_weights), GB "
+                  "(gradient balance, Algorithm 1) or LB (loss balance, Algorithm 2).")
+flags.DEFINE_list("task_weights", None, "Fixed weights, one per --tasks entry (default 1 each; the paper's "
+                  "L_p + L_e fixed: 1,0.01).")
+flags.DEFINE_enum("texture_reduction", "frobenius", ["frobenius", "mean"], "L_t: the paper's squared Frobenius "
+                  "norm of the Gram difference (Eq. 7) or the authors' code's squared difference of the Gram means.")
 # -- evaluation / inference -------------------------------------------------------------------------
 flags.DEFINE_enum("y_rounding", "rounded", ["rounded", "unrounded"], "Y channel rounded to uint8 (MATLAB) or kept in double.")
 flags.DEFINE_integer("crop_border", 0, "Pixels removed from each side before PSNR/SSIM.")
@@ -95,7 +111,8 @@ flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER vei
 
 # Flags that describe a training run (saved to <model_dir>/config.json).
 RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
-            "lr", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
+            "lr", "lr_decay_epochs", "lr_decay_steps", "lr_decay_factor", "crop_mode", "menet_blocks", "menet_ca",
+            "tasks", "task_weighting", "task_weights", "texture_reduction", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
             "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
             "jit_compile")
 
@@ -115,8 +132,12 @@ FLAGS_VERB = ""
 
 
 def _run_config() -> dict:
+    from erl_derain.methods import get_method
+
     config = {k: getattr(FLAGS, k) for k in RUN_KEYS}
     config["widths"] = [int(w) for w in FLAGS.widths]
+    if config["lr"] is None:
+        config["lr"] = get_method(FLAGS.method).default_lr
     return config
 
 
@@ -132,15 +153,37 @@ def _dataset_source(name: str, clean_dir: str | None):
     return name
 
 
+def _steps_per_epoch() -> float:
+    from erl_derain.data import pipelines
+
+    n = pipelines.num_examples(_dataset_source(FLAGS.dataset, FLAGS.clean_dir), FLAGS.split or "train",
+                               data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
+    if FLAGS.crop_mode == "ten_crop":
+        n *= pipelines.TEN_CROPS
+    return n / FLAGS.batch_size
+
+
+def _lr_schedule(config):
+    from erl_derain import training
+
+    if FLAGS.lr_decay_epochs and FLAGS.lr_decay_steps:
+        raise UsageError("give --lr_decay_epochs or --lr_decay_steps, not both")
+    if FLAGS.lr_decay_steps:
+        boundaries = [int(s) for s in FLAGS.lr_decay_steps]
+    elif FLAGS.lr_decay_epochs:
+        per_epoch = _steps_per_epoch()
+        boundaries = [max(1, int(round(float(e) * per_epoch))) for e in FLAGS.lr_decay_epochs]
+    else:
+        return None
+    return training.StepSchedule(config["lr"], boundaries, FLAGS.lr_decay_factor)
+
+
 def _stage_steps(trainer, config) -> list[int]:
     if FLAGS.stage_steps:
         return [int(s) for s in FLAGS.stage_steps]
     if FLAGS.stage_epochs:
-        from erl_derain.data import pipelines
-
-        n = pipelines.num_examples(_dataset_source(FLAGS.dataset, FLAGS.clean_dir), FLAGS.split or "train",
-                                   data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
-        return [max(1, int(round(float(e) * n / FLAGS.batch_size))) for e in FLAGS.stage_epochs]
+        per_epoch = _steps_per_epoch()
+        return [max(1, int(round(float(e) * per_epoch))) for e in FLAGS.stage_epochs]
     raise UsageError("give --stage_steps (or --stage_epochs), one value per stage of "
                      f"--erl_strategy={FLAGS.erl_strategy}: " + ", ".join(s.name for s in trainer.stages))
 
@@ -166,20 +209,23 @@ def cmd_train():
     # Fail on a bad dataset before any training work starts.
     pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size,
                              training=True, seed=FLAGS.seed, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
-                             shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir)
+                             shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir,
+                             crop_mode=FLAGS.crop_mode)
 
     def dataset_fn(start_index: int) -> tf.data.Dataset:
         return pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size,
                                         crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
                                         start_index=start_index, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
-                                        shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir)
+                                        shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir,
+                                        crop_mode=FLAGS.crop_mode)
 
     plateau = training.PlateauSchedule(FLAGS.lr_plateau_window, FLAGS.lr_plateau_patience,
                                        FLAGS.lr_plateau_factor, FLAGS.min_lr)
     summary = training.train(trainer, config, dataset_fn, model_dir=model_dir, stage_steps=stage_steps,
                              batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile,
                              checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
-                             keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau)
+                             keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
+                             lr_schedule=_lr_schedule(config))
     print(f"Training done in {summary['seconds']:.1f} s ({summary['global_step']} steps); "
           f"checkpoints in {os.path.join(model_dir, 'checkpoints')}", flush=True)
     if FLAGS.evaluate_after:

@@ -79,6 +79,22 @@ def config_to_flagfile(config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+class StepSchedule:
+    """Piecewise-constant learning rate within a stage: ``base * factor**k`` after ``k`` boundaries
+    (stage steps), e.g. MENET's Adam 1e-3 divided by 10 at epochs 40 and 80. A pure function of the
+    step, so a resumed run continues on the same schedule."""
+
+    def __init__(self, base_lr: float, boundaries, factor: float = 0.1):
+        self.base_lr, self.factor = float(base_lr), float(factor)
+        self.boundaries = sorted(int(b) for b in boundaries)
+        if any(b < 1 for b in self.boundaries):
+            raise TrainingError(f"learning-rate decay boundaries must be positive steps, got {self.boundaries}")
+
+    def __call__(self, step: int) -> float:
+        """Learning rate of (1-based) step ``step``: the first step after a boundary is decayed."""
+        return self.base_lr * self.factor ** sum(step > b for b in self.boundaries)
+
+
 class PlateauSchedule(tf.Module):
     """Divide the learning rate by ``1/factor`` when the training loss plateaus (paper: lr 4e-4,
     "divided by 10 when the losses plateau"). The loss is averaged over windows of ``window``
@@ -197,12 +213,13 @@ def prepare_model_dir(model_dir: str, config: dict) -> None:
 def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *, model_dir: str,
           stage_steps: list[int], batch_size: int, jit_compile: str | bool = "auto",
           checkpoint_every: int = 500, log_every: int = 50, keep_checkpoints: int = 3,
-          plateau: PlateauSchedule | None = None, verbose: int = 1,
+          plateau: PlateauSchedule | None = None, lr_schedule: StepSchedule | None = None, verbose: int = 1,
           on_step_end: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
 
-    Returns a summary dict (final losses, steps, wall time)."""
+    ``lr_schedule`` (a StepSchedule) sets every stage's learning rate from its step; it replaces the
+    plateau rule. Returns a summary dict (final losses, steps, wall time)."""
     stages = trainer.stages
     if len(stage_steps) != len(stages):
         raise TrainingError(f"--stage_steps has {len(stage_steps)} value(s) but the training strategy has "
@@ -238,6 +255,10 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
             iterator = iter(dataset_fn(int(run.global_step) * batch_size))
             for step in range(start_step + 1, target + 1):
                 batch = next(iterator)
+                if lr_schedule is not None:
+                    scheduled = lr_schedule(step)
+                    if abs(float(optimizer.learning_rate) - scheduled) > 1e-12 * scheduled:
+                        optimizer.learning_rate.assign(scheduled)
                 logs = step_fn({k: batch[k] for k in ("rainy", "clean")})
                 values = {k: float(v) for k, v in logs.items()}
                 if not all(math.isfinite(v) for v in values.values()):
@@ -248,7 +269,7 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
                         f"({run.manager.latest_checkpoint}) is kept")
                 run.step.assign(step)
                 run.global_step.assign_add(1)
-                new_lr = run.plateau.update(values["loss"], optimizer)
+                new_lr = None if lr_schedule is not None else run.plateau.update(values["loss"], optimizer)
                 if new_lr is not None:
                     logging.info("loss plateaued: learning rate -> %g", new_lr)
                 lr = float(optimizer.learning_rate)

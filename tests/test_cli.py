@@ -142,6 +142,17 @@ def test_flagfiles_parse_and_match_their_strategy(flagfile):
             strategy, entanglement = rest.rsplit("_", 1)
             assert (config["dataset"], config["erl_strategy"], config["entanglement"]) == (ds, strategy, entanglement)
             assert (config["crop_size"], config["batch_size"], config["lr"], config["lambda_fre"]) == (320, 1, 4e-4, 0.01)
+        if flagfile.parent.name == "menet":
+            ds, rest = flagfile.stem.split("_", 1)
+            assert config["dataset"] == ds and config["method"] == "menet"
+            parts = rest.split("_")
+            mode = "fixed" if rest == "lp" else [p for p in parts if p in ("fixed", "gb", "lb")][0]
+            tasks = {"p", "e", "t"} if rest.startswith("menet") else {p[1] for p in parts if p in ("lp", "le", "lt")}
+            assert trainer.weighting.mode == mode and set(trainer.tasks) == tasks
+            assert trainer.cfg.channel_attention == rest.startswith("menet")
+            assert trainer.cfg.blocks == (16 if rest.endswith("_deep") else 8)
+            assert (config["crop_size"], config["batch_size"], config["lr"], config["crop_mode"]) == (224, 20, 1e-3, "ten_crop")
+            assert config["lr_decay_epochs"] == ["40", "80"] and config["stage_epochs"] == ["100"]
     finally:
         flags.FLAGS.unparse_flags()
 

@@ -17,6 +17,8 @@ from PIL import Image
 from erl_derain.data import pipelines
 from erl_derain.data.pipelines import DatasetError, diagnose_folder, list_folder_pairs, paired_dataset
 
+from .conftest import make_folder_dataset
+
 tfds.disable_progress_bar()
 
 # (name, height, width); natural order img1 < img2 < img10 differs from lexicographic order.
@@ -375,3 +377,48 @@ def test_tfds_bad_split_and_unknown_dataset(tfds_dir):
     assert "no_such_rain_dataset" in message and "folder:" in message
     for name in pipelines.available_builders():
         assert name in message
+
+
+def test_ten_crop_yields_every_corner_centre_and_mirror_once(tmp_path):
+    """crop_mode='ten_crop' (MENET): each image gives the 4 corners + centre of itself and of its
+    mirror, each exactly once per epoch, rainy and clean cut at the same place."""
+    import cv2
+
+    root = make_folder_dataset(tmp_path / "data", n=2, size=(20, 27))
+    ds = paired_dataset(f"folder:{root}", "train", batch_size=1, crop_size=8, training=True, seed=4,
+                        crop_mode="ten_crop")
+    got = [(ex["name"].numpy()[0].decode(), ex["rainy"].numpy()[0], ex["clean"].numpy()[0]) for ex in ds.take(20)]
+    for name in ("img0", "img1"):
+        rainy = cv2.imread(str(root / "rainy" / f"{name}.png"))[..., ::-1].astype(np.float32) / 255
+        clean = cv2.imread(str(root / "clean" / f"{name}.png"))[..., ::-1].astype(np.float32) / 255
+        expected = []
+        for r, c in ((rainy, clean), (rainy[:, ::-1], clean[:, ::-1])):
+            # 20x27 image, 8x8 crops: tops 0, 0, 12, 12, 6; lefts 0, 19, 0, 19, 9
+            for top, left in ((0, 0), (0, 19), (12, 0), (12, 19), (6, 9)):
+                expected.append((r[top:top + 8, left:left + 8], c[top:top + 8, left:left + 8]))
+        mine = [(r, c) for n, r, c in got if n == name]
+        assert len(mine) == 10
+        for er, ec in expected:
+            matches = [i for i, (r, c) in enumerate(mine) if np.allclose(r, er, atol=1e-6) and np.allclose(c, ec, atol=1e-6)]
+            assert len(matches) == 1
+    # Resuming at position k gives what the uninterrupted stream gives from k on.
+    tail = paired_dataset(f"folder:{root}", "train", batch_size=1, crop_size=8, training=True, seed=4,
+                          crop_mode="ten_crop", start_index=13)
+    for (_, r, _), ex in zip(got[13:], tail.take(7)):
+        np.testing.assert_array_equal(r, ex["rainy"].numpy()[0])
+
+
+def test_ten_crop_from_tfds_records(tmp_path):
+    """The TFDS path of ten_crop: one epoch holds every image exactly ten times, crops of one size."""
+    from pathlib import Path
+
+    dummy = Path(__file__).resolve().parents[1] / "tfds_builders" / "rain100h" / "dummy_data"
+    builder = pipelines.load_builder("rain100h", str(tmp_path / "tfds"))
+    pipelines.prepare(builder, manual_dir=str(dummy))
+    n = builder.info.splits["train"].num_examples
+    ds = paired_dataset("rain100h", "train", data_dir=str(tmp_path / "tfds"), batch_size=1, crop_size=8,
+                        crop_mode="ten_crop", seed=1)
+    names = [ex["name"].numpy()[0].decode() for ex in ds.take(10 * n)]
+    assert sorted(set(names.count(x) for x in names)) == [10] and len(set(names)) == n
+    ex = next(iter(ds))
+    assert ex["rainy"].shape == (1, 8, 8, 3) and ex["clean"].shape == (1, 8, 8, 3)

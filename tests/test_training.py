@@ -133,3 +133,20 @@ def test_killed_training_resumes_at_saved_step(tmp_path):
     assert f"steps {step_in_stage}->{step_in_stage + 2}" in out.stdout
     final = tf.train.latest_checkpoint(str(ckpt_dir))
     assert int(final.rsplit("-", 1)[1]) == 4 + step_in_stage + 2 + 1
+
+
+def test_step_schedule_hand_worked_and_applied_by_the_loop(tmp_path):
+    rule = training.StepSchedule(1e-3, [2, 4], factor=0.1)
+    # steps 1-2 at 1e-3, 3-4 at 1e-4 (the first step after a boundary is decayed), 5 on at 1e-5
+    np.testing.assert_allclose([rule(s) for s in range(1, 7)], [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-12)
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(16, 16))
+    trainer = make_trainer({"method": "memd", **TINY})
+    seen = []
+
+    def dataset_fn(start):
+        return pipelines.paired_dataset(f"folder:{data}", "train", batch_size=1, crop_size=16, start_index=start)
+
+    training.train(trainer, {"method": "memd", **TINY}, dataset_fn, model_dir=str(tmp_path / "run"),
+                   stage_steps=[5], batch_size=1, jit_compile=False, verbose=0, lr_schedule=rule,
+                   on_step_end=lambda stage, step, logs: seen.append(float(trainer.current_optimizer.learning_rate)))
+    np.testing.assert_allclose(seen, [rule(s) for s in range(1, 6)], rtol=1e-6)

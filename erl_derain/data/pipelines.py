@@ -376,6 +376,23 @@ def _center_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
     return tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
 
 
+TEN_CROPS = 10  # crop_mode="ten_crop": corners + centre of the image and of its mirror
+
+
+def _ten_crop(rainy, clean, k, crop_size: int):
+    """Crop ``k`` (0..9) of the ten-crop scheme, the same window for rainy and clean: k % 5 = top-left,
+    top-right, bottom-left, bottom-right, centre; k >= 5 on the horizontally mirrored image."""
+    pair = tf.concat([rainy, clean], axis=-1)
+    pair = tf.cond(k >= 5, lambda: tf.image.flip_left_right(pair), lambda: pair)
+    shape = tf.shape(pair)
+    dh, dw = shape[0] - crop_size, shape[1] - crop_size
+    corner = tf.cast(k % 5, tf.int32)
+    top = tf.gather(tf.stack([0, 0, dh, dh, dh // 2]), corner)
+    left = tf.gather(tf.stack([0, dw, 0, dw, dw // 2]), corner)
+    pair = tf.image.crop_to_bounding_box(pair, top, left, crop_size, crop_size)
+    return pair[..., :3], pair[..., 3:]
+
+
 def _finish(ds: tf.data.Dataset, *, training: bool, batch_size: int) -> tf.data.Dataset:
     # Training batches of a stream that never ends: drop_remainder keeps static batch shapes.
     ds = ds.batch(batch_size, drop_remainder=training)
@@ -398,7 +415,7 @@ def _training_positions(num_examples: int, start_index: int, epoch_fn) -> tf.dat
 # --------------------------------------------------------------------------------------------------
 
 
-def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start_index, flip):
+def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start_index, flip, crop_mode="random"):
     pairs = list_folder_pairs(path, split)
     headers = _scan_headers([p for pair in pairs for p in pair[:2]])
     _check_pairs(pairs, headers, crop_size)
@@ -427,17 +444,24 @@ def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start
         return rainy, clean, names[index]
 
     if training:
+        ten = crop_mode == "ten_crop"
+        per_epoch = num * TEN_CROPS if ten else num  # ten_crop: every (image, crop) is one example
+
         def epoch_indices(epoch):
             perm = tf.random.experimental.stateless_shuffle(
-                tf.range(num, dtype=tf.int64), seed=_op_seed(seed, _STREAM_SHUFFLE, epoch))
+                tf.range(per_epoch, dtype=tf.int64), seed=_op_seed(seed, _STREAM_SHUFFLE, epoch))
             return tf.data.Dataset.from_tensor_slices(perm)
 
         def load(position, index):
-            rainy, clean, name = read(index)
-            rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip)
+            if ten:
+                rainy, clean, name = read(index // TEN_CROPS)
+                rainy, clean = _ten_crop(rainy, clean, index % TEN_CROPS, crop_size)
+            else:
+                rainy, clean, name = read(index)
+                rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip)
             return {"rainy": rainy, "clean": clean, "name": name}
 
-        ds = _training_positions(num, start_index, epoch_indices)
+        ds = _training_positions(per_epoch, start_index, epoch_indices)
     else:
         def load(index):
             rainy, clean, name = read(index)
@@ -618,7 +642,7 @@ def _seeded_shuffle(ds: tf.data.Dataset, buffer_size: int, seed: int, epoch: tf.
 
 
 def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, seed, start_index, flip,
-                   shuffle_buffer, cache_limit_bytes):
+                   shuffle_buffer, cache_limit_bytes, crop_mode="random"):
     """The paired pipeline over a prepared TFDS builder (see `paired_dataset`)."""
     _static_size_check(builder, crop_size)
     records, num, num_bytes = _tfds_records(builder, split)
@@ -636,8 +660,25 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
             rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip)
             return {"rainy": rainy, "clean": clean, "name": record[2]}
 
-        ds = _training_positions(num, start_index, lambda epoch: _seeded_shuffle(records, buffer, seed, epoch))
-        load = load_training
+        if crop_mode == "ten_crop":
+            # Records are shuffled, decoded and cut into their ten crops, which a second seeded buffer
+            # mixes across images; positions count crops (TEN_CROPS per record and epoch).
+            def ten_crops(rainy_bytes, clean_bytes, name, extras):
+                del extras  # masks are for evaluation
+                rainy, clean = _checked_decode(rainy_bytes, clean_bytes, name, dataset, crop_size)
+                return tf.data.Dataset.range(TEN_CROPS).map(
+                    lambda k: dict(zip(("rainy", "clean"), _ten_crop(rainy, clean, k, crop_size)), name=name))
+
+            def epoch_crops(epoch):
+                crops = _seeded_shuffle(records, buffer, seed, epoch).flat_map(ten_crops)
+                return _seeded_shuffle(crops, max(TEN_CROPS, min(shuffle_buffer, num * TEN_CROPS)),
+                                       seed + 1, epoch)
+
+            ds = _training_positions(num * TEN_CROPS, start_index, epoch_crops)
+            load = lambda position, example: example  # noqa: E731  (already decoded and cropped)
+        else:
+            ds = _training_positions(num, start_index, lambda epoch: _seeded_shuffle(records, buffer, seed, epoch))
+            load = load_training
     else:
         def load_evaluation(rainy_bytes, clean_bytes, name, extras):
             rainy, clean = _checked_decode(rainy_bytes, clean_bytes, name, dataset, crop_size)
@@ -666,7 +707,8 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
 def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, crop_size: int | None = None,
                    training: bool = True, seed: int = 0, start_index: int = 0, flip: bool = True,
                    data_dir: str | None = None, shuffle_buffer: int = 256,
-                   cache_limit_bytes: int | None = None, manual_dir: str | None = None) -> tf.data.Dataset:
+                   cache_limit_bytes: int | None = None, manual_dir: str | None = None,
+                   crop_mode: str = "random") -> tf.data.Dataset:
     """A `tf.data.Dataset` of paired rainy/clean batches.
 
     Args:
@@ -677,6 +719,9 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
       batch_size: examples per batch.
       crop_size: side of the square crop; None keeps full images (then batch_size > 1 needs images of
         one size). Training crops at random, evaluation at the centre.
+      crop_mode: ``'random'`` (a random window per example, optional flip) or ``'ten_crop'`` (MENET:
+        every image gives ten examples per epoch, the four corners and the centre of the image and of
+        its mirror; ``flip`` is ignored). An epoch then holds ``10 * N`` examples.
       training: True: endless, shuffled, randomly cropped/flipped stream with full batches only.
         False: one pass in file order, no augmentation, a last partial batch is kept.
       seed: the stream (order, crops, flips) is a deterministic function of (seed, position).
@@ -705,11 +750,15 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
         raise DatasetError(f"crop_size must be a positive integer or None, got {crop_size!r}")
     if not isinstance(start_index, int) or start_index < 0:
         raise DatasetError(f"start_index must be a non-negative integer, got {start_index!r}")
+    if crop_mode not in ("random", "ten_crop"):
+        raise DatasetError(f"--crop_mode must be 'random' or 'ten_crop', got {crop_mode!r}")
+    if crop_mode == "ten_crop" and crop_size is None and training:
+        raise DatasetError("--crop_mode=ten_crop needs --crop_size (the side of the ten crops)")
     if not isinstance(dataset, str):
         return _tfds_pipeline(
             _tfds_builder(dataset, data_dir, manual_dir), split, dataset=dataset.name, batch_size=batch_size,
             crop_size=crop_size, training=training, seed=int(seed), start_index=start_index,
-            flip=bool(flip) and training, shuffle_buffer=shuffle_buffer,
+            flip=bool(flip) and training, shuffle_buffer=shuffle_buffer, crop_mode=crop_mode,
             cache_limit_bytes=DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes)
     if not dataset:
         raise DatasetError(f"dataset must be a TFDS name or '{FOLDER_PREFIX}/path', got {dataset!r}")
@@ -718,11 +767,11 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
 
     if dataset.startswith(FOLDER_PREFIX):
         return _folder_dataset(dataset, split, batch_size=batch_size, crop_size=crop_size, training=training,
-                               seed=seed, start_index=start_index, flip=flip)
+                               seed=seed, start_index=start_index, flip=flip, crop_mode=crop_mode)
     builder = _tfds_builder(dataset, data_dir, manual_dir)
     return _tfds_pipeline(
         builder, split, dataset=dataset, batch_size=batch_size, crop_size=crop_size, training=training,
-        seed=seed, start_index=start_index, flip=flip, shuffle_buffer=shuffle_buffer,
+        seed=seed, start_index=start_index, flip=flip, shuffle_buffer=shuffle_buffer, crop_mode=crop_mode,
         cache_limit_bytes=DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes)
 
 

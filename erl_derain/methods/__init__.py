@@ -17,22 +17,31 @@ class MethodSpec:
     name: str
     description: str
     make_trainer: Callable[[dict], object]
+    default_lr: float = 4e-4  # used when --lr is not given
 
 
 def _erlnet_trainer(config: dict):
     from erl_derain.methods import erlnet
 
     return erlnet.ERLNetTrainer(erlnet.config_from_dict(config), strategy=config.get("erl_strategy", "ma_d"),
-                                lambda_fre=config.get("lambda_fre", 0.01), learning_rate=config.get("lr", 4e-4))
+                                lambda_fre=config.get("lambda_fre", 0.01), learning_rate=config.get("lr") or 4e-4)
 
 
 def _memd_trainer(config: dict):
     return _erlnet_trainer({**config, "entanglement": "none", "erl_strategy": "memd"})
 
 
+def _menet_trainer(config: dict):
+    from erl_derain.methods import menet
+
+    return menet.trainer_from_config(config)
+
+
 METHODS: dict[str, MethodSpec] = {
     "erlnet": MethodSpec("erlnet", "ERL-Net (ICCV 2019): MEMD + residual encoder, MA_A..MA_D / DT", _erlnet_trainer),
     "memd": MethodSpec("memd", "ERL-Net's basic MEMD / MEMD- / MEMD-- (no residual encoder)", _memd_trainer),
+    "menet": MethodSpec("menet", "MENET: desubpixel U-Net with CA, L_p/L_e/L_t tasks, fixed/GB/LB weighting",
+                        _menet_trainer, default_lr=1e-3),
 }
 
 

@@ -1,0 +1,106 @@
+"""MENET: network shape and structure, BN at test time, one training step of each weighting, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from erl_derain.inference import apply_padded
+from erl_derain.methods import menet
+
+from .conftest import make_folder_dataset
+
+
+def _params(model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.weights))
+
+
+@pytest.mark.parametrize("h,w", [(37, 53), (16, 16), (5, 9)])
+def test_output_has_the_input_shape_for_any_size(h, w):
+    net = menet.MENET(menet.MENETConfig(blocks=2))
+    x = tf.random.uniform((1, h, w, 3), seed=1)
+    y = apply_padded(net, x, net.cfg.pad_multiple)
+    assert y.shape == (1, h, w, 3)
+    assert float(tf.reduce_min(y)) >= 0.0 and float(tf.reduce_max(y)) <= 1.0
+
+
+def test_channel_attention_adds_exactly_its_parameters():
+    plain = menet.MENET(menet.MENETConfig(channel_attention=False))
+    with_ca = menet.MENET(menet.MENETConfig(channel_attention=True))
+    x = tf.zeros((1, 32, 32, 3))
+    plain(x), with_ca(x)
+    # CA at width 64, worked by hand (bias-free convs; BN: gamma, beta, moving mean and variance):
+    #   squeeze_1, squeeze_2: 1x1 on s2d(2) of 64 channels = 256 -> 64:  2 * 256 * 64   =  32768
+    #   layer_1, layer_2, excitation: 3x3, 64 -> 64:                    3 * 9 * 64 * 64 = 110592
+    #   five BN of 64 channels:                                         5 * 4 * 64      =   1280
+    assert _params(with_ca) - _params(plain) == 32768 + 110592 + 1280
+    assert plain.cfg.pad_multiple == 4 and with_ca.cfg.pad_multiple == 16
+
+
+def test_deep_variant_has_sixteen_blocks_and_no_biases():
+    net = menet.MENET(menet.MENETConfig(blocks=16))
+    net(tf.zeros((1, 16, 16, 3)))
+    assert len(net.res_blocks) == 16 and net.res_blocks[-1].last and not net.res_blocks[0].last
+    # 8 more residual blocks = 8 * (2 convs 3x3 64->64 + 2 BN) parameters more than MENET.
+    base = menet.MENET(menet.MENETConfig(blocks=8))
+    base(tf.zeros((1, 16, 16, 3)))
+    assert _params(net) - _params(base) == 8 * (2 * 9 * 64 * 64 + 2 * 4 * 64)
+    assert not [v for v in net.weights if "bias" in v.path]
+
+
+def test_batchnorm_uses_moving_averages_at_test_time():
+    net = menet.MENET(menet.MENETConfig(blocks=2))
+    a = tf.random.uniform((1, 16, 16, 3), seed=2)
+    b = tf.random.uniform((1, 16, 16, 3), seed=3)
+    alone = net(a).numpy()
+    in_batch = net(tf.concat([a, b], 0)).numpy()[:1]
+    np.testing.assert_allclose(alone, in_batch, atol=1e-6)  # per-sample: no batch statistics
+    trained = net(tf.concat([a, b], 0), training=True).numpy()[:1]
+    assert np.abs(trained - alone).max() > 1e-4  # training mode does use the batch statistics
+
+
+@pytest.mark.parametrize("mode,tasks", [("gb", ("p", "e", "t")), ("lb", ("p", "e")), ("fixed", ("p", "e"))])
+def test_one_training_step_per_weighting(mode, tasks):
+    trainer = menet.MENETTrainer(menet.MENETConfig(blocks=2), tasks=tasks, task_weighting=mode,
+                                 task_weights=[1.0, 0.01] if mode == "fixed" else None,
+                                 texture_reduction="mean")
+    trainer.build_networks((2, 32, 32, 3))
+    rng = np.random.default_rng(0)
+    clean = tf.constant(rng.random((2, 32, 32, 3)), tf.float32)
+    rainy = tf.clip_by_value(clean + 0.3 * tf.cast(rng.random((2, 32, 32, 3)) > 0.9, tf.float32), 0, 1)
+    before = [v.numpy().copy() for v in trainer.net.trainable_variables]
+    step = tf.function(trainer.train_step)
+    logs = {k: float(v) for k, v in step({"rainy": rainy, "clean": clean}).items()}
+    after = [v.numpy() for v in trainer.net.trainable_variables]
+    assert any(np.abs(x - y).max() > 0 for x, y in zip(before, after))
+    weights = {t: logs[f"w_{t}"] for t in tasks}
+    assert logs["loss"] == pytest.approx(sum(weights[t] * logs[f"l_{t}"] for t in tasks), rel=1e-5)
+    if mode == "fixed":
+        assert weights == pytest.approx({"p": 1.0, "e": 0.01})
+    else:  # GB and LB weights are 1 - share, so they sum to T - 1
+        assert sum(weights.values()) == pytest.approx(len(tasks) - 1, rel=1e-5)
+    if mode == "lb":
+        total = logs["l_p"] + logs["l_e"]
+        assert weights["p"] == pytest.approx(1 - logs["l_p"] / total, rel=1e-5)
+
+
+def test_bad_task_configuration_is_named():
+    with pytest.raises(ValueError, match="--tasks"):
+        menet.MENETTrainer(menet.MENETConfig(), tasks=("p", "x"))
+    with pytest.raises(ValueError, match="--task_weights"):
+        menet.MENETTrainer(menet.MENETConfig(), tasks=("p", "e"), task_weighting="fixed", task_weights=[1.0])
+
+
+def test_cli_trains_with_ten_crops_and_step_decay_then_evaluates(run_cli, tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 32))
+    model_dir = tmp_path / "run"
+    code, out, err = run_cli("train", "--method=menet", f"--model_dir={model_dir}", f"--dataset=folder:{data}",
+                             "--menet_blocks=2", "--crop_size=16", "--crop_mode=ten_crop", "--batch_size=4",
+                             "--stage_epochs=0.6", "--lr_decay_steps=2", "--task_weighting=lb", "--tasks=p,e",
+                             "--jit_compile=false", "--evaluate_after", "--eval_split=test")
+    assert code == 0, err
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["method"] == "menet" and config["lr"] == pytest.approx(1e-3)  # MENET's default lr
+    # 2 images x 10 crops = 20 examples per epoch; 0.6 epoch at batch 4 = 3 steps.
+    assert "steps 0->3" in out and "w_p" in out and "Mean over 2 images" in out

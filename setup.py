@@ -28,7 +28,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "dill"],  # dill: tfds.testing imports it
+        # dill: tfds.testing imports it; tensorflow-serving-api: the PredictRequest round-trip tests
+        "test": ["pytest", "pytest-xdist", "dill", "tensorflow-serving-api"],
         "gpu": ["tensorflow[and-cuda]>=2.20"],
         "serving": ["tensorflow-serving-api"],
     },

@@ -96,9 +96,15 @@ flags.DEFINE_enum("output_format", "png", ["png", "same", "jpg", "webp", "tif"],
                   "derain: output file type; png keeps alpha and 16-bit, 'same' keeps each input's extension "
                   "(an input whose alpha or bit depth the format cannot hold is refused, not degraded).")
 flags.DEFINE_string("output_dir", None, "derain / synthesize: output folder.")
-flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs.")
+flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs; export: replace an existing --version.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
-flags.DEFINE_integer("version", None, "export: version number (default: next integer).")
+flags.DEFINE_integer("version", None, "export: version number (default: next integer); derain --server: the "
+                     "served version to query (default: the server's latest).")
+flags.DEFINE_string("server", None, "derain: host:port of a TF Serving server (REST 8501 / gRPC 8500) to de-rain on "
+                    "instead of --model_dir.")
+flags.DEFINE_string("model_name", None, "derain --server: the served model's name (its export_base folder name).")
+flags.DEFINE_enum("protocol", "rest", ["rest", "grpc"], "derain --server: REST (standard library) or gRPC "
+                  "(pip install 'erl_derain[serving]').")
 # -- synthesis --------------------------------------------------------------------------------------
 flags.DEFINE_string("clean_dir", None, "synthesize: folder of clean images; train/evaluate with "
                     "--dataset=synthetic_rain: synthesise the dataset on these photos instead of scikit-image's.")
@@ -411,10 +417,34 @@ def _output_path(path: str, output_dir: str) -> str:
     return os.path.join(output_dir, stem + (ext if fmt == "same" else "." + fmt))
 
 
+def _derain_via_server(args: list[str]):
+    from erl_derain.serving import ServerUnavailable, derain_files_via_server
+
+    output_dir, model_name = _require("output_dir"), _require("model_name")
+    if not args:
+        raise UsageError("give the photos or folders to de-rain: erl-derain derain --server=host:8501 "
+                         "--model_name=... --output_dir=... photo.jpg folder/")
+    files = _expand_inputs(args)
+    try:
+        written, skipped, failures = derain_files_via_server(
+            FLAGS.server, model_name, files, output_dir, protocol=FLAGS.protocol, overwrite=FLAGS.overwrite,
+            output_format=FLAGS.output_format, version=FLAGS.version, tile=FLAGS.tile,
+            tile_overlap=FLAGS.tile_overlap)
+    except (ServerUnavailable, ImportError) as e:
+        raise UsageError(str(e)) from e
+    print(f"De-rained {written} image(s) into {output_dir} via {FLAGS.server}; {skipped} skipped (exist, use "
+          f"--overwrite); {len(failures)} failed")
+    for p, e in failures:
+        print(f"  failed: {p}: {e}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def cmd_derain(args: list[str]):
     from erl_derain.inference import derain_file
     from erl_derain.training import load_trainer
 
+    if FLAGS.server:
+        return _derain_via_server(args)
     model_dir = _require("model_dir")
     output_dir = _require("output_dir")
     if not args:
@@ -451,15 +481,19 @@ def cmd_derain(args: list[str]):
 
 
 def cmd_export():
-    from erl_derain.serving import export_saved_model
+    from erl_derain.serving import export_saved_model, server_command_lines
     from erl_derain.training import load_trainer
 
     model_dir = _require("model_dir")
     export_base = _require("export_base")
     trainer, config = load_trainer(model_dir)
     path = export_saved_model(trainer.inference_model(), trainer.pad_multiple, export_base, FLAGS.version,
-                              metadata={"method": config["method"], "config": config})
-    print(f"Exported SavedModel to {path} (signature serving_default: images -> derained)")
+                              metadata={"method": config["method"], "config": config}, overwrite=FLAGS.overwrite)
+    lines = server_command_lines(export_base)
+    print(f"Exported SavedModel to {path}: signatures serving_default (images -> derained), derain_image "
+          f"(image_bytes -> derained_png_bytes), metadata")
+    print(f"Server files in {os.path.dirname(os.path.abspath(export_base))}: models.config, models.docker.config, "
+          f"batching_parameters.txt. Serve with:\n  {lines['tensorflow_model_server']}\n  {lines['docker']}")
 
 
 def cmd_synthesize():

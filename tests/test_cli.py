@@ -209,3 +209,18 @@ def test_derain_keeps_grey_alpha_and_16_bit(run_cli, tmp_path):
     code, _, err = run_cli("derain", f"--model_dir={tmp_path / 'run'}", f"--output_dir={tmp_path / 'jpg'}",
                            "--output_format=jpg", str(photos))
     assert code == 1 and "rgba" in err and (tmp_path / "jpg" / "grey.jpg").exists()
+
+
+def test_derain_via_server_needs_a_server(run_cli, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.full((8, 8, 3), 100, np.uint8))
+    code, _, err = run_cli("derain", f"--server=127.0.0.1:{port}", "--model_name=erlnet",
+                           f"--output_dir={tmp_path / 'out'}", str(photo))
+    assert code == 1 and f"127.0.0.1:{port}" in err
+    code, _, err = run_cli("derain", f"--server=127.0.0.1:{port}", f"--output_dir={tmp_path / 'out'}", str(photo))
+    assert code == 1 and "--model_name is required" in err

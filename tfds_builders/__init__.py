@@ -1,7 +1,8 @@
 """TFDS builders for the deraining datasets. Importing this package registers them with TFDS.
 
 ``synthetic_rain`` needs no download. The benchmarks (``rain100h``, ``rain100l``, ``ddn``, ``did``,
-``agan``, ``rain800``) and ``real_rain`` read a manual_dir:
+``agan``, ``rain800``), ``real_rain`` and ``cityscapes_rain`` (rain synthesised on Cityscapes) read a
+manual_dir:
 ``tfds.builder(name, data_dir=...).download_and_prepare(
 download_config=tfds.download.DownloadConfig(manual_dir=...))``; their shared code is
 ``tfds_builders.paired_common``.
@@ -15,3 +16,4 @@ from tfds_builders.did import did_dataset_builder  # noqa: F401  (registers 'did
 from tfds_builders.agan import agan_dataset_builder  # noqa: F401  (registers 'agan')
 from tfds_builders.rain800 import rain800_dataset_builder  # noqa: F401  (registers 'rain800')
 from tfds_builders.real_rain import real_rain_dataset_builder  # noqa: F401  (registers 'real_rain')
+from tfds_builders.cityscapes_rain import cityscapes_rain_dataset_builder  # noqa: F401  (registers 'cityscapes_rain')

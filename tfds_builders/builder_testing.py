@@ -172,6 +172,49 @@ def real_rain_tree(root: Path) -> Path:
     return root
 
 
+CITYSCAPES_SIZE = (16, 32)  # dummy Cityscapes images: height, width (2:1 like the real 1024x2048)
+CITYSCAPES_LABEL_IDS = tuple(range(34))  # labelIds of the gtFine maps (0..33; -1 license plate is never stored)
+
+
+def cityscapes_label_ids(seed: int, h: int = CITYSCAPES_SIZE[0], w: int = CITYSCAPES_SIZE[1],
+                         block: int = 4) -> np.ndarray:
+    """A fake ``*_gtFine_labelIds.png`` map: uint8 HxW of random labelIds (trained-on and ignored ones)
+    in ``block`` x ``block`` patches, so that nearest-neighbour downscaling keeps regions."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.choice(np.array(CITYSCAPES_LABEL_IDS, np.uint8), size=(-(-h // block), -(-w // block)))
+    return np.kron(coarse, np.ones((block, block), np.uint8))[:h, :w]
+
+
+def cityscapes_tree(root: Path, cities: dict[str, dict[str, int]], *, seed: int = 0,
+                    size: tuple[int, int] = CITYSCAPES_SIZE, images_dir: str = "leftImg8bit",
+                    labels_dir: str = "gtFine", extras: bool = True) -> Path:
+    """The Cityscapes archive layout with tiny fake images: ``cities = {split: {city: n_images}}``
+    writes ``<images_dir>/<split>/<city>/<city>_000000_<frame>_leftImg8bit.png`` (noise) and
+    ``<labels_dir>/<split>/<city>/<city>_000000_<frame>_gtFine_labelIds.png`` (`cityscapes_label_ids`),
+    plus with ``extras`` the archive's other files (``*_gtFine_color.png``, ``*_gtFine_instanceIds.png``,
+    ``*_gtFine_polygons.json``, ``license.txt``, ``README``), which the builder must ignore."""
+    root = Path(root)
+    h, w = size
+    s = seed
+    for split, per_city in cities.items():
+        for city, count in per_city.items():
+            for i in range(count):
+                s += 1
+                stem = f"{city}_000000_{19 + 10 * i:06d}"
+                write_image(root / images_dir / split / city / f"{stem}_leftImg8bit.png", noise(s, h, w))
+                labels = root / labels_dir / split / city
+                write_image(labels / f"{stem}_gtFine_labelIds.png", cityscapes_label_ids(s, h, w))
+                if extras:
+                    write_image(labels / f"{stem}_gtFine_color.png", noise(s + 5000, h, w))
+                    write_image(labels / f"{stem}_gtFine_instanceIds.png", cityscapes_label_ids(s + 7000, h, w))
+                    (labels / f"{stem}_gtFine_polygons.json").write_text('{"imgHeight": %d, "imgWidth": %d, '
+                                                                         '"objects": []}\n' % (h, w))
+    if extras:
+        (root / "license.txt").write_text("fake Cityscapes test fixture (noise images, no real data)\n")
+        (root / "README").write_text("fake Cityscapes test fixture\n")
+    return root
+
+
 # --------------------------------------------------------------------------------------------------
 # dummy_data/ of every builder
 # --------------------------------------------------------------------------------------------------
@@ -197,12 +240,14 @@ def make_dummy_data(name: str, root: Path | None = None) -> Path:
         rain800_tree(root, 3, 2, seed=500)
     elif name == "real_rain":
         real_rain_tree(root)
+    elif name == "cityscapes_rain":  # the two archives unpacked into one folder
+        cityscapes_tree(root, {"train": {"aachen": 2, "bochum": 1}, "val": {"frankfurt": 2}}, seed=600)
     else:
         raise ValueError(f"no dummy data for {name!r}")
     return root
 
 
-DUMMY_DATASETS = ("rain100h", "rain100l", "ddn", "did", "agan", "rain800", "real_rain")
+DUMMY_DATASETS = ("rain100h", "rain100l", "ddn", "did", "agan", "rain800", "real_rain", "cityscapes_rain")
 
 
 # --------------------------------------------------------------------------------------------------

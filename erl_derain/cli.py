@@ -27,7 +27,7 @@ VERBS = ("train", "evaluate", "compare", "derain", "export", "prepare", "synthes
 FLAGS = flags.FLAGS
 
 # -- what and where -------------------------------------------------------------------------------
-flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd | menet (see erl_derain.methods).")
+flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd | menet | iadn (see erl_derain.methods).")
 flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard logs.")
 flags.DEFINE_string("dataset", "synthetic_rain", "TFDS name (e.g. synthetic_rain) or folder:/path with rainy/ and clean/.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, ~/tensorflow_datasets).")
@@ -46,8 +46,9 @@ flags.DEFINE_list("lr_decay_epochs", None, "Multiply the learning rate by --lr_d
                   "each stage (MENET: 40,80); replaces the plateau rule.")
 flags.DEFINE_list("lr_decay_steps", None, "Same as --lr_decay_epochs in steps.")
 flags.DEFINE_float("lr_decay_factor", 0.1, "Factor of --lr_decay_epochs / --lr_decay_steps.")
-flags.DEFINE_enum("crop_mode", "random", ["random", "ten_crop"], "Training crops: a random window per example, or "
-                  "MENET's ten crops of every image (corners + centre of it and of its mirror; 10 examples per image).")
+flags.DEFINE_enum("crop_mode", "random", ["random", "ten_crop", "scale_rotate"], "Training crops: a random window "
+                  "per example; MENET's ten crops of every image (corners + centre of it and of its mirror; 10 "
+                  "examples per image); or the intensity-aware paper's random scale (0.5-1) + crop + flip + rotation.")
 flags.DEFINE_integer("lr_plateau_window", 500, "Steps averaged into one loss value for the plateau rule (0: off).")
 flags.DEFINE_integer("lr_plateau_patience", 5, "Windows without improvement before lr is divided.")
 flags.DEFINE_float("lr_plateau_factor", 0.1, "Learning-rate factor on a plateau (paper: divided by 10).")
@@ -79,6 +80,24 @@ flags.DEFINE_list("task_weights", None, "Fixed weights, one per --tasks entry (d
                   "L_p + L_e fixed: 1,0.01).")
 flags.DEFINE_enum("texture_reduction", "frobenius", ["frobenius", "mean"], "L_t: the paper's squared Frobenius "
                   "norm of the Gram difference (Eq. 7) or the authors' code's squared difference of the Gram means.")
+# -- intensity-aware network (iadn) ----------------------------------------------------------------
+flags.DEFINE_integer("iadn_width", 32, "iadn: trunk width (the paper gives none).")
+flags.DEFINE_integer("iadn_blocks", 3, "iadn: PHP blocks in sub-network 1 (and the segmentation network).")
+flags.DEFINE_integer("iadn_refine_blocks", 1, "iadn: PHP blocks in sub-network 2.")
+flags.DEFINE_integer("php_groups", 3, "iadn: parallel pyramids stacked per PHP block (hierarchical pyramid).")
+flags.DEFINE_enum("php_mode", "php", ["php", "standard", "parallel_only", "hierarchical_only", "php_concat"],
+                  "iadn: the PHP block or a Table IV ablation.")
+flags.DEFINE_enum("contrast_pooling", "contrast", ["contrast", "max", "none"],
+                  "iadn: contrast-aware pooling (Eq. 2), max pooling, or none (Table IV).")
+flags.DEFINE_boolean("iadn_refinement", True, "iadn: sub-network 2 (False: Table IV 'w/o X').")
+flags.DEFINE_boolean("iadn_filtered_gt", True, "iadn: supervise X^c with the Gaussian-filtered clean image "
+                     "(False: Table IV 'X_f^gt -> X^gt').")
+flags.DEFINE_integer("gaussian_kernel", 5, "iadn: Gaussian kernel of the low-frequency ground truth (3, 5, 7, 9).")
+flags.DEFINE_float("lambda_acc_c", 1.0, "iadn: weight of L_acc(X^c, X_f^gt) (Eq. 5 lambda_1).")
+flags.DEFINE_float("lambda_acc", 1.0, "iadn: weight of L_acc(X, X^gt) (lambda_2).")
+flags.DEFINE_float("lambda_col", 0.1, "iadn: weight of the colour alignment L_col (lambda_3; 0: Table III without it).")
+flags.DEFINE_float("lambda_seg", 0.05, "iadn: weight of the semantic regularisation L_seg (lambda_4; used only "
+                   "when the dataset has segmentation labels).")
 # -- evaluation / inference -------------------------------------------------------------------------
 flags.DEFINE_enum("y_rounding", "rounded", ["rounded", "unrounded"], "Y channel rounded to uint8 (MATLAB) or kept in double.")
 flags.DEFINE_integer("crop_border", 0, "Pixels removed from each side before PSNR/SSIM.")
@@ -118,7 +137,9 @@ flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER vei
 # Flags that describe a training run (saved to <model_dir>/config.json).
 RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
             "lr", "lr_decay_epochs", "lr_decay_steps", "lr_decay_factor", "crop_mode", "menet_blocks", "menet_ca",
-            "tasks", "task_weighting", "task_weights", "texture_reduction", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
+            "tasks", "task_weighting", "task_weights", "texture_reduction", "iadn_width", "iadn_blocks",
+            "iadn_refine_blocks", "php_groups", "php_mode", "contrast_pooling", "iadn_refinement", "iadn_filtered_gt",
+            "gaussian_kernel", "lambda_acc_c", "lambda_acc", "lambda_col", "lambda_seg", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
             "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
             "jit_compile")
 

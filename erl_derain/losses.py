@@ -91,6 +91,10 @@ __all__ = [
     "texture_loss",
     "parse_tasks",
     "task_losses",
+    "colour_cosine",
+    "gaussian_sigma",
+    "gaussian_lowpass",
+    "segmentation_ce",
 ]
 
 # Sobel kernels, indexed [row, column] and applied as cross-correlations (see the module docstring).
@@ -280,3 +284,55 @@ def task_losses(tasks: Sequence[str], target, output, *, texture_patch: int = 4,
         else:
             out[task] = TASK_LOSSES[task](target, output)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Intensity-aware deraining (Xu et al., TIP 2021, Section III.C)
+# --------------------------------------------------------------------------------------------------
+
+
+def colour_cosine(target, output, eps: float = 1e-8) -> tf.Tensor:
+    """L_col, Eq. 4: ``1 - mean_i cos(X_i, X_i^gt)`` over the pixels' RGB vectors (magnitude-free
+    colour alignment). ``eps`` keeps black pixels finite: their cosine counts as 0."""
+    y, x = _pair(target, output)
+    dot = tf.reduce_sum(x * y, axis=-1)
+    norms = tf.norm(x, axis=-1) * tf.norm(y, axis=-1)
+    return 1.0 - tf.reduce_mean(dot / (norms + eps))
+
+
+def gaussian_sigma(kernel_size: int) -> float:
+    """Sigma of the ``kernel_size`` Gaussian: the rule of OpenCV's ``getGaussianKernel`` for a size
+    without a sigma, ``0.3 * ((k - 1) / 2 - 1) + 0.8`` (our choice: the paper gives only the kernel
+    sizes 3, 5, 7, 9)."""
+    return 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+
+
+def gaussian_lowpass(images, kernel_size: int = 5) -> tf.Tensor:
+    """The low-frequency ground truth X_f^gt of the intensity-aware paper: each channel filtered with
+    a ``kernel_size`` x ``kernel_size`` Gaussian (sigma from :func:`gaussian_sigma`), reflect padding
+    so the size is kept."""
+    if kernel_size not in (3, 5, 7, 9):
+        raise ValueError(f"--gaussian_kernel must be 3, 5, 7 or 9 (the paper's sizes), got {kernel_size}")
+    x = _images(images)
+    sigma = gaussian_sigma(kernel_size)
+    r = kernel_size // 2
+    g = tf.exp(-tf.square(tf.range(-r, r + 1, dtype=tf.float32)) / (2.0 * sigma * sigma))
+    g = g / tf.reduce_sum(g)
+    channels = x.shape[-1]
+    kernel = tf.tile((g[:, None] * g[None, :])[:, :, None, None], [1, 1, channels, 1])
+    padded = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
+    return tf.nn.depthwise_conv2d(padded, tf.cast(kernel, x.dtype), [1, 1, 1, 1], "VALID")
+
+
+def segmentation_ce(labels, logits, ignore_label: int = 255) -> tf.Tensor:
+    """L_seg: pixel-wise softmax cross-entropy of ``logits`` [B, H, W, K] against integer ``labels``
+    [B, H, W] or [B, H, W, 1], averaged over the pixels whose label is not ``ignore_label``
+    (Cityscapes' 255); 0 when every pixel is ignored."""
+    labels = tf.cast(labels, tf.int32)
+    if labels.shape.rank == 4:
+        labels = labels[..., 0]
+    valid = tf.not_equal(labels, ignore_label)
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=tf.cast(logits, tf.float32))
+    weights = tf.cast(valid, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(ce * weights), tf.reduce_sum(weights))

@@ -259,7 +259,7 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
                     scheduled = lr_schedule(step)
                     if abs(float(optimizer.learning_rate) - scheduled) > 1e-12 * scheduled:
                         optimizer.learning_rate.assign(scheduled)
-                logs = step_fn({k: batch[k] for k in ("rainy", "clean")})
+                logs = step_fn({k: batch[k] for k in ("rainy", "clean", "segmentation") if k in batch})
                 values = {k: float(v) for k, v in logs.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     names = [n.decode() for n in batch["name"].numpy()] if "name" in batch else []

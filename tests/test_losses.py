@@ -213,3 +213,50 @@ def test_parse_tasks_and_registry():
     for bad, msg in (("", "at least one"), ("p,x", "unknown"), ("p,p", "twice")):
         with pytest.raises(ValueError, match=f"--tasks.*{msg}"):
             losses.parse_tasks(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Intensity-aware deraining losses
+# --------------------------------------------------------------------------------------------------
+
+
+def test_colour_cosine_ignores_brightness_and_sees_hue():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0.1, 0.9, (2, 5, 6, 3)), tf.float32)
+    assert float(losses.colour_cosine(x, 0.5 * x)) == pytest.approx(0.0, abs=1e-6)  # pure brightness scaling
+    hue = tf.roll(x, shift=1, axis=-1)  # R,G,B -> B,R,G: same brightness, other hue
+    value = float(losses.colour_cosine(x, hue))
+    xs, hs = x.numpy().reshape(-1, 3), hue.numpy().reshape(-1, 3)
+    expected = 1 - np.mean(np.sum(xs * hs, 1) / (np.linalg.norm(xs, axis=1) * np.linalg.norm(hs, axis=1)))
+    assert value > 0 and value == pytest.approx(expected, rel=1e-5)
+
+
+def test_charbonnier_equals_the_formula():
+    y = tf.constant([[[[0.0, 0.5, 1.0]]]])
+    x = tf.constant([[[[0.0, 0.2, 0.6]]]])
+    eps = 1e-3
+    expected = np.mean(np.sqrt(np.array([0.0, 0.3, 0.4]) ** 2 + eps ** 2))
+    assert float(losses.charbonnier(y, x, eps=eps)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7, 9])
+def test_gaussian_lowpass_matches_opencv(k):
+    import cv2
+
+    rng = np.random.default_rng(k)
+    img = rng.random((1, 20, 23, 3)).astype(np.float32)
+    got = losses.gaussian_lowpass(img, k).numpy()[0]
+    sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's size-to-sigma rule, worked here independently
+    want = cv2.GaussianBlur(img[0], (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="--gaussian_kernel"):
+        losses.gaussian_lowpass(img, 4)
+
+
+def test_segmentation_ce_ignores_255_and_matches_numpy():
+    logits = np.array([[[[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [[0.5, 0.5, 0.5], [3.0, 0.0, 0.0]]]], np.float32)
+    labels = np.array([[[0, 1], [255, 2]]], np.int32)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = -np.mean([np.log(p[0, 0, 0, 0]), np.log(p[0, 0, 1, 1]), np.log(p[0, 1, 1, 2])])
+    assert float(losses.segmentation_ce(labels, logits)) == pytest.approx(expected, rel=1e-5)
+    assert float(losses.segmentation_ce(np.full((1, 2, 2), 255), logits)) == 0.0

@@ -82,6 +82,7 @@ _TF_NATIVE_BMP_MODES = frozenset({"RGB", "RGBA", "L", "P"})
 # Independent random streams derived from the user's seed.
 _STREAM_SHUFFLE = 0
 _STREAM_AUGMENT = 1
+_STREAM_GEOMETRY = 2  # scale and rotation (crop_mode="scale_rotate")
 _NUM_STREAMS = 4
 
 _MAX_LISTED = 20  # problems listed in one error message
@@ -358,16 +359,44 @@ def _op_seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(seed * _NUM_STREAMS + stream, tf.int64), tf.cast(index, tf.int64)])
 
 
-def _random_crop_flip(rainy, clean, position, *, seed: int, crop_size: int | None, flip: bool):
-    """Same stateless random crop and flip for rainy and clean, keyed on (seed, position)."""
+def _random_crop_flip(rainy, clean, position, *, seed: int, crop_size: int | None, flip: bool,
+                      segmentation=None, scale_rotate: bool = False, min_scale: float = 0.5):
+    """Same stateless random crop and flip for rainy and clean (and a segmentation map), keyed on
+    (seed, position).
+
+    ``scale_rotate`` (the intensity-aware paper's "scaling, cropping, flipping and rotation") first
+    resizes by a factor drawn in [min_scale, 1] (bilinear; nearest for the segmentation; never below
+    the crop) and rotates the crop by a random multiple of 90 degrees. Returns (rainy, clean,
+    segmentation) when a segmentation is given, else (rainy, clean)."""
     crop_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(_op_seed(seed, _STREAM_AUGMENT, position), 2))
-    pair = tf.concat([rainy, clean], axis=-1)  # [h, w, 6]: one crop/flip for both
+    if scale_rotate:
+        scale_seed, rot_seed = tf.unstack(
+            tf.random.experimental.stateless_split(_op_seed(seed, _STREAM_GEOMETRY, position), 2))
+        size = tf.cast(tf.shape(rainy)[:2], tf.float32)
+        lowest = float(min_scale)
+        if crop_size is not None:  # never scale below the crop
+            lowest = tf.maximum(lowest, crop_size / tf.reduce_min(size))
+        factor = tf.random.stateless_uniform([], scale_seed, minval=0.0, maxval=1.0)
+        factor = lowest + (1.0 - lowest) * factor
+        new = tf.cast(tf.math.ceil(size * factor), tf.int32)
+        rainy = tf.image.resize(rainy, new, method="bilinear", antialias=True)
+        clean = tf.image.resize(clean, new, method="bilinear", antialias=True)
+        if segmentation is not None:
+            segmentation = tf.image.resize(segmentation, new, method="nearest")
+    parts = [rainy, clean] + ([tf.cast(segmentation, tf.float32)] if segmentation is not None else [])
+    stack = tf.concat(parts, axis=-1)  # one crop/flip/rotation for all
+    depth = 6 + (1 if segmentation is not None else 0)
     if crop_size is not None:
-        pair = tf.image.stateless_random_crop(pair, [crop_size, crop_size, 6], seed=crop_seed)
+        stack = tf.image.stateless_random_crop(stack, [crop_size, crop_size, depth], seed=crop_seed)
     if flip:
-        pair = tf.image.stateless_random_flip_left_right(pair, seed=flip_seed)
-    return pair[..., :3], pair[..., 3:]
+        stack = tf.image.stateless_random_flip_left_right(stack, seed=flip_seed)
+    if scale_rotate:
+        k = tf.random.stateless_uniform([], rot_seed, minval=0, maxval=4, dtype=tf.int32)
+        stack = tf.image.rot90(stack, k)
+    if segmentation is None:
+        return stack[..., :3], stack[..., 3:6]
+    return stack[..., :3], stack[..., 3:6], tf.cast(tf.round(stack[..., 6:]), tf.uint8)
 
 
 def _center_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
@@ -377,6 +406,7 @@ def _center_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:
 
 
 TEN_CROPS = 10  # crop_mode="ten_crop": corners + centre of the image and of its mirror
+CROP_MODES = ("random", "ten_crop", "scale_rotate")
 
 
 def _ten_crop(rainy, clean, k, crop_size: int):
@@ -416,6 +446,7 @@ def _training_positions(num_examples: int, start_index: int, epoch_fn) -> tf.dat
 
 
 def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start_index, flip, crop_mode="random"):
+    scale_rotate = crop_mode == "scale_rotate"
     pairs = list_folder_pairs(path, split)
     headers = _scan_headers([p for pair in pairs for p in pair[:2]])
     _check_pairs(pairs, headers, crop_size)
@@ -458,7 +489,8 @@ def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start
                 rainy, clean = _ten_crop(rainy, clean, index % TEN_CROPS, crop_size)
             else:
                 rainy, clean, name = read(index)
-                rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip)
+                rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip,
+                                                 scale_rotate=scale_rotate)
             return {"rainy": rainy, "clean": clean, "name": name}
 
         ds = _training_positions(per_epoch, start_index, epoch_indices)
@@ -561,8 +593,9 @@ def prepare(builder, *, manual_dir: str | None = None) -> None:
                            f"and preparing it failed: {err}") from err
 
 
-# Features passed through (evaluation only) when a dataset has them: the Rain100H/L rain-region masks.
-_EXTRA_FEATURES = ("rain_mask", "has_rain_mask")
+# Features passed through when a dataset has them: the Rain100H/L rain-region masks (evaluation) and
+# segmentation maps (cityscapes_rain; training, cropped with the images, and evaluation).
+_EXTRA_FEATURES = ("rain_mask", "has_rain_mask", "segmentation")
 
 
 def _tfds_records(builder, split: str):
@@ -644,6 +677,7 @@ def _seeded_shuffle(ds: tf.data.Dataset, buffer_size: int, seed: int, epoch: tf.
 def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, seed, start_index, flip,
                    shuffle_buffer, cache_limit_bytes, crop_mode="random"):
     """The paired pipeline over a prepared TFDS builder (see `paired_dataset`)."""
+    scale_rotate = crop_mode == "scale_rotate"
     _static_size_check(builder, crop_size)
     records, num, num_bytes = _tfds_records(builder, split)
     if num == 0:
@@ -657,7 +691,14 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
 
         def load_training(position, record):
             rainy, clean = _checked_decode(*record[:3], dataset, crop_size)
-            rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip)
+            extras = record[3]
+            if "segmentation" in extras:
+                seg = tf.io.decode_png(extras["segmentation"], channels=1)
+                rainy, clean, seg = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size,
+                                                      flip=flip, segmentation=seg, scale_rotate=scale_rotate)
+                return {"rainy": rainy, "clean": clean, "segmentation": seg, "name": record[2]}
+            rainy, clean = _random_crop_flip(rainy, clean, position, seed=seed, crop_size=crop_size, flip=flip,
+                                             scale_rotate=scale_rotate)
             return {"rainy": rainy, "clean": clean, "name": record[2]}
 
         if crop_mode == "ten_crop":
@@ -686,10 +727,13 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
             if "rain_mask" in extras:  # uint8 [h, w, 1], non-zero = rain
                 out["rain_mask"] = tf.io.decode_png(extras["rain_mask"], channels=1)
                 out["has_rain_mask"] = tf.cast(extras.get("has_rain_mask", True), tf.bool)
+            if "segmentation" in extras:  # uint8 [h, w, 1] class ids, 255 = ignore
+                out["segmentation"] = tf.io.decode_png(extras["segmentation"], channels=1)
             if crop_size is not None:
                 rainy, clean = _center_crop(rainy, crop_size), _center_crop(clean, crop_size)
-                if "rain_mask" in out:
-                    out["rain_mask"] = _center_crop(out["rain_mask"], crop_size)
+                for key in ("rain_mask", "segmentation"):
+                    if key in out:
+                        out[key] = _center_crop(out[key], crop_size)
             out.update(rainy=rainy, clean=clean)
             return out
 
@@ -719,9 +763,11 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
       batch_size: examples per batch.
       crop_size: side of the square crop; None keeps full images (then batch_size > 1 needs images of
         one size). Training crops at random, evaluation at the centre.
-      crop_mode: ``'random'`` (a random window per example, optional flip) or ``'ten_crop'`` (MENET:
+      crop_mode: ``'random'`` (a random window per example, optional flip), ``'ten_crop'`` (MENET:
         every image gives ten examples per epoch, the four corners and the centre of the image and of
-        its mirror; ``flip`` is ignored). An epoch then holds ``10 * N`` examples.
+        its mirror; ``flip`` is ignored; an epoch then holds ``10 * N`` examples) or
+        ``'scale_rotate'`` (the intensity-aware paper: a random down-scaling in [0.5, 1] before the
+        random crop, the optional flip, then a random rotation by a multiple of 90 degrees).
       training: True: endless, shuffled, randomly cropped/flipped stream with full batches only.
         False: one pass in file order, no augmentation, a last partial batch is kept.
       seed: the stream (order, crops, flips) is a deterministic function of (seed, position).
@@ -737,7 +783,8 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
         permuted per epoch (default `DEFAULT_CACHE_LIMIT_BYTES`).
 
     Returns:
-      Batches ``{'rainy': float32 [B,h,w,3] in [0,1], 'clean': same, 'name': tf.string [B]}``; in
+      Batches ``{'rainy': float32 [B,h,w,3] in [0,1], 'clean': same, 'name': tf.string [B]}``, plus
+      ``'segmentation'`` (uint8 [B,h,w,1], 255 = ignore) for datasets with segmentation maps; in
       evaluation, datasets with rain-region masks add ``'rain_mask'`` (uint8 [B,h,w,1], non-zero =
       rain) and ``'has_rain_mask'`` (bool [B]).
 
@@ -750,8 +797,8 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
         raise DatasetError(f"crop_size must be a positive integer or None, got {crop_size!r}")
     if not isinstance(start_index, int) or start_index < 0:
         raise DatasetError(f"start_index must be a non-negative integer, got {start_index!r}")
-    if crop_mode not in ("random", "ten_crop"):
-        raise DatasetError(f"--crop_mode must be 'random' or 'ten_crop', got {crop_mode!r}")
+    if crop_mode not in CROP_MODES:
+        raise DatasetError(f"--crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
     if crop_mode == "ten_crop" and crop_size is None and training:
         raise DatasetError("--crop_mode=ten_crop needs --crop_size (the side of the ten crops)")
     if not isinstance(dataset, str):

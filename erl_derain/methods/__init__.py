@@ -37,11 +37,19 @@ def _menet_trainer(config: dict):
     return menet.trainer_from_config(config)
 
 
+def _iadn_trainer(config: dict):
+    from erl_derain.methods import iadn
+
+    return iadn.trainer_from_config(config)
+
+
 METHODS: dict[str, MethodSpec] = {
     "erlnet": MethodSpec("erlnet", "ERL-Net (ICCV 2019): MEMD + residual encoder, MA_A..MA_D / DT", _erlnet_trainer),
     "memd": MethodSpec("memd", "ERL-Net's basic MEMD / MEMD- / MEMD-- (no residual encoder)", _memd_trainer),
     "menet": MethodSpec("menet", "MENET: desubpixel U-Net with CA, L_p/L_e/L_t tasks, fixed/GB/LB weighting",
                         _menet_trainer, default_lr=1e-3),
+    "iadn": MethodSpec("iadn", "Intensity-aware deraining (TIP 2021): PHP blocks, contrast-aware pooling, two "
+                       "sub-networks, colour and semantic regularisation", _iadn_trainer, default_lr=3e-4),
 }
 
 

@@ -1,0 +1,215 @@
+"""Intensity-aware deraining network: Xu, Tian, Yang, Yin & Lau, "Intensity-Aware Single-Image
+Deraining with Semantic and Color Regularization" (IEEE TIP 2021). No public code: the paper is the
+specification (Section III), DESIGN.md and the flags below hold our choices where it is silent.
+
+Network (Fig. 2):
+
+* sub-network 1 turns the rainy image Y into X^c (rain removed, structures and colours): a first 3x3
+  convolution, contrast-aware pooling of Y (Eq. 2, ``erl_derain.nn.php.ContrastAwarePooling``)
+  concatenated with those low-level features, a 3x3 fusion convolution, ``--iadn_blocks`` PHP blocks
+  (parallel pyramids with top-down aggregation and reweighting, stacked with increasing dilation into a
+  hierarchical pyramid), a final 1x1 convolution to a residual added to Y;
+* sub-network 2 refines X^c into X (details): the same trunk without contrast-aware pooling,
+  ``--iadn_refine_blocks`` PHP blocks, residual added to X^c;
+* the segmentation network Phi has the structure of sub-network 1 with 19 output classes and no
+  residual; it is used only in training, for L_seg on X^c, and only when the dataset has labels.
+
+Loss (Eq. 5): lambda_1 L_acc(X^c, X_f^gt) + lambda_2 L_acc(X, X^gt) + lambda_3 L_col(X^c, X^gt) +
+lambda_4 L_seg(Phi(X^c), S^gt) with L_acc the Charbonnier distance (Eq. 3), L_col the per-pixel RGB
+cosine (Eq. 4), X_f^gt the clean image low-pass filtered by a Gaussian of ``--gaussian_kernel`` (3, 5,
+7 or 9; default 5) and weights 1, 1, 0.1, 0.05. Training: Adam 3e-4 divided by 10 at epochs 150 and
+200, 250 epochs, batch 1, scale/crop/flip/rotation augmentation (``--crop_mode=scale_rotate --flip``).
+
+Table IV's ablations are flags: ``--php_mode`` (standard | parallel_only | hierarchical_only |
+php_concat | php), ``--contrast_pooling`` (contrast | max | none), ``--noiadn_filtered_gt`` (X_f^gt ->
+X^gt) and ``--noiadn_refinement`` (w/o X: X^c is the output); Table III's are ``--lambda_col=0`` and
+``--lambda_seg=0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from erl_derain import losses as losses_lib
+from erl_derain.nn.php import CONTRAST_POOLING_MODES, ContrastAwarePooling, PHPBlock
+
+
+@dataclass(frozen=True)
+class IADNConfig:
+    width: int = 32              # trunk width (ours: the paper gives none)
+    blocks: int = 3              # PHP blocks of sub-network 1 (ours)
+    refine_blocks: int = 1       # PHP blocks of sub-network 2 (ours)
+    groups: int = 3              # parallel pyramids per PHP block (hierarchy depth; ours)
+    k: int = 4                   # parallel dilated convolutions per pyramid (the paper: 4)
+    php_mode: str = "php"
+    contrast_pooling: str = "contrast"
+    refinement: bool = True      # False: Table IV "w/o X"
+    num_classes: int = 19        # Cityscapes training classes
+
+    pad_multiple: int = 1        # no down-sampling: any size as is
+
+
+class SubNetwork(keras.Model):
+    """conv3x3 -> [contrast-aware pooling of the input, concatenated] -> conv3x3 -> PHP blocks ->
+    conv1x1 (-> + input when ``residual``)."""
+
+    def __init__(self, cfg: IADNConfig, blocks: int, *, contrast_pooling: str, out_channels: int = 3,
+                 residual: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if contrast_pooling not in CONTRAST_POOLING_MODES:
+            raise ValueError(f"--contrast_pooling must be one of {'|'.join(CONTRAST_POOLING_MODES)}, "
+                             f"got {contrast_pooling!r}")
+        self.residual = residual
+        self.first = layers.Conv2D(cfg.width, 3, padding="same", activation="relu", name="first")
+        self.pooling = None if contrast_pooling == "none" else ContrastAwarePooling(mode=contrast_pooling,
+                                                                                     name="contrast_pooling")
+        self.fuse = layers.Conv2D(cfg.width, 3, padding="same", activation="relu", name="fuse")
+        self.blocks = [PHPBlock(cfg.width, groups=cfg.groups, k=cfg.k, mode=cfg.php_mode, name=f"php_{i}")
+                       for i in range(blocks)]
+        self.last = layers.Conv2D(out_channels, 1, name="last")  # the only 1x1 convolution
+
+    def call(self, x, training=False):
+        f = self.first(x)
+        if self.pooling is not None:
+            f = tf.concat([f, self.pooling(x)], axis=-1)
+        f = self.fuse(f)
+        for block in self.blocks:
+            f = block(f)
+        out = self.last(f)
+        return x + out if self.residual else out
+
+
+class IADN(keras.Model):
+    """Y -> (X^c, X); X is X^c itself without the refinement sub-network."""
+
+    def __init__(self, cfg: IADNConfig = IADNConfig(), **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.sub1 = SubNetwork(cfg, cfg.blocks, contrast_pooling=cfg.contrast_pooling, name="sub1")
+        self.sub2 = SubNetwork(cfg, cfg.refine_blocks, contrast_pooling="none", name="sub2") if cfg.refinement else None
+
+    def call(self, y, training=False):
+        x_c = self.sub1(y, training=training)
+        x = self.sub2(x_c, training=training) if self.sub2 is not None else x_c
+        return x_c, x
+
+
+class InferenceModel(keras.Model):
+    """The deraining network as used at test time: Y -> X clipped to [0, 1]."""
+
+    def __init__(self, net: IADN, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+
+    def call(self, y, training=False):
+        return tf.clip_by_value(self.net(y, training=training)[1], 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    train: tuple
+
+
+class IADNTrainer(keras.Model):
+    """One stage: deraining network and segmentation network trained together on Eq. 5 (custom
+    ``train_step``); without labels in the batch L_seg is off and Phi is not run."""
+
+    def __init__(self, cfg: IADNConfig, *, lambdas=(1.0, 1.0, 0.1, 0.05), gaussian_kernel: int = 5,
+                 filtered_gt: bool = True, charbonnier_eps: float = 1e-3, learning_rate: float = 3e-4, **kwargs):
+        super().__init__(**kwargs)
+        if gaussian_kernel not in (3, 5, 7, 9):
+            raise ValueError(f"--gaussian_kernel must be 3, 5, 7 or 9 (the paper's sizes), got {gaussian_kernel}")
+        self.cfg = cfg
+        self.lambdas = tuple(float(v) for v in lambdas)
+        if len(self.lambdas) != 4 or min(self.lambdas) < 0:
+            raise ValueError(f"four non-negative loss weights expected (acc X^c, acc X, col, seg), got {lambdas}")
+        self.gaussian_kernel = int(gaussian_kernel)
+        self.filtered_gt = bool(filtered_gt)
+        self.eps = float(charbonnier_eps)
+        self.net = IADN(cfg, name="iadn")
+        self.seg_net = SubNetwork(cfg, cfg.blocks, contrast_pooling=cfg.contrast_pooling,
+                                  out_channels=cfg.num_classes, residual=False, name="segmentation")
+        self.stages = (Stage("train", ("iadn", "segmentation")),)
+        self.optimizer_ = keras.optimizers.Adam(learning_rate, name="adam")
+
+    # -- the generic trainer interface used by erl_derain.training -------------------------------
+    @property
+    def pad_multiple(self) -> int:
+        return self.cfg.pad_multiple
+
+    def build_networks(self, image_shape=(1, 32, 32, 3)):
+        x = tf.zeros(image_shape)
+        self.net(x)
+        self.seg_net(x)
+        self.optimizer_.build(self.stage_variables())
+
+    def stage_variables(self, index=None) -> list:
+        return list(self.net.trainable_variables) + list(self.seg_net.trainable_variables)
+
+    def set_stage(self, index: int):
+        if int(index) != 0:
+            raise ValueError(f"the intensity-aware network has one stage, got stage {index}")
+
+    @property
+    def current_optimizer(self):
+        return self.optimizer_
+
+    def checkpoint_items(self) -> dict:
+        return {"net": self.net, "segmentation": self.seg_net, "optimizer_0": self.optimizer_}
+
+    def inference_model(self) -> keras.Model:
+        """The deraining network only (no segmentation network)."""
+        return InferenceModel(self.net, name="iadn_inference")
+
+    # -- losses and the step -----------------------------------------------------------------------
+    def compute_losses(self, rainy, clean, segmentation=None, training=True) -> dict:
+        l1, l2, l3, l4 = self.lambdas
+        x_c, x = self.net(rainy, training=training)
+        target_c = losses_lib.gaussian_lowpass(clean, self.gaussian_kernel) if self.filtered_gt else clean
+        out = {"l_acc_c": losses_lib.charbonnier(target_c, x_c, eps=self.eps)}
+        total = l1 * out["l_acc_c"]
+        if self.cfg.refinement:
+            out["l_acc"] = losses_lib.charbonnier(clean, x, eps=self.eps)
+            total += l2 * out["l_acc"]
+        if l3 > 0:
+            out["l_col"] = losses_lib.colour_cosine(clean, x_c)
+            total += l3 * out["l_col"]
+        if segmentation is not None and l4 > 0:
+            out["l_seg"] = losses_lib.segmentation_ce(segmentation, self.seg_net(x_c, training=training))
+            total += l4 * out["l_seg"]
+        out["loss"] = total
+        return out
+
+    def train_step(self, data):
+        variables = self.stage_variables()
+        with tf.GradientTape() as tape:
+            logs = self.compute_losses(data["rainy"], data["clean"], data.get("segmentation"))
+        grads = tape.gradient(logs["loss"], variables)
+        # Without labels Phi is not run: its variables get no gradient and are left untouched.
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        self.optimizer_.apply([g for g, _ in pairs], [v for _, v in pairs])
+        return logs
+
+    def call(self, y, training=False):
+        return self.net(y, training=training)[1]
+
+
+def config_from_dict(d: dict) -> IADNConfig:
+    return IADNConfig(width=int(d.get("iadn_width", 32)), blocks=int(d.get("iadn_blocks", 3)),
+                      refine_blocks=int(d.get("iadn_refine_blocks", 1)), groups=int(d.get("php_groups", 3)),
+                      php_mode=d.get("php_mode", "php"), contrast_pooling=d.get("contrast_pooling", "contrast"),
+                      refinement=bool(d.get("iadn_refinement", True)))
+
+
+def trainer_from_config(config: dict) -> IADNTrainer:
+    lambdas = (config.get("lambda_acc_c", 1.0), config.get("lambda_acc", 1.0), config.get("lambda_col", 0.1),
+               config.get("lambda_seg", 0.05))
+    return IADNTrainer(config_from_dict(config), lambdas=tuple(1.0 if v is None else v for v in lambdas),
+                       gaussian_kernel=int(config.get("gaussian_kernel", 5)),
+                       filtered_gt=bool(config.get("iadn_filtered_gt", True)),
+                       learning_rate=float(config.get("lr") or 3e-4))

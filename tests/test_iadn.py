@@ -103,6 +103,13 @@ def test_cli_train_evaluate_export(run_cli, tmp_path):
     config = json.loads((model_dir / "config.json").read_text())
     assert config["method"] == "iadn" and config["lr"] == pytest.approx(3e-4)
     assert "Mean over 2 images" in out and "l_col" in out
+    photo = tmp_path / "odd.png"
+    import cv2
+
+    cv2.imwrite(str(photo), (np.random.default_rng(0).random((19, 27, 3)) * 255).astype(np.uint8))
+    code, _, err = run_cli("derain", f"--model_dir={model_dir}", f"--output_dir={tmp_path / 'out'}", str(photo))
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "out" / "odd.png")).shape == (19, 27, 3)
     code, out, err = run_cli("export", f"--model_dir={model_dir}", f"--export_base={tmp_path / 'exp' / 'iadn'}")
     assert code == 0, err
     # The export holds the inference network only: its variables add up to the deraining network's

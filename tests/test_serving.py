@@ -80,7 +80,9 @@ def exports(tmp_path_factory):
     out = {}
     for method, extra in (("erlnet", ["--erl_strategy=ma_a", "--stage_steps=1,1"]),
                           ("memd", ["--method=memd", "--stage_steps=1"]),
-                          ("menet", ["--method=menet", "--menet_blocks=1", "--tasks=p,e", "--stage_steps=1"])):
+                          ("menet", ["--method=menet", "--menet_blocks=1", "--tasks=p,e", "--stage_steps=1"]),
+                          ("iadn", ["--method=iadn", "--iadn_width=4", "--iadn_blocks=1", "--php_groups=1",
+                                    "--stage_steps=1"])):
         model_dir = root / f"run_{method}"
         _cli("train", f"--model_dir={model_dir}", f"--dataset=folder:{data}", "--crop_size=16", "--batch_size=2",
              "--jit_compile=false", "--noevaluate_after", *TINY_FLAGS, *extra)

@@ -58,6 +58,8 @@ flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step: auto = on GPU only.")
 flags.DEFINE_integer("shuffle_buffer", 256, "Shuffle buffer for TFDS records.")
+flags.DEFINE_enum("on_nan", "stop", ["stop", "skip_batch"], "A non-finite loss: stop (naming step, files and loss "
+                  "terms; the last good checkpoint is kept) or undo that step and skip its batch (10 in a row stop).")
 flags.DEFINE_boolean("evaluate_after", True, "After training, evaluate on --eval_split and print PSNR/SSIM.")
 flags.DEFINE_string("eval_split", "test", "Split evaluated after training.")
 # -- ERL-Net ----------------------------------------------------------------------------------------
@@ -252,7 +254,10 @@ def cmd_train():
                              batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile,
                              checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
                              keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
-                             lr_schedule=_lr_schedule(config))
+                             lr_schedule=_lr_schedule(config), on_nan=FLAGS.on_nan)
+    if summary.get("skipped_batches"):
+        print(f"Skipped {len(summary['skipped_batches'])} batch(es) with a non-finite loss: "
+              f"{summary['skipped_batches'][:10]}", flush=True)
     print(f"Training done in {summary['seconds']:.1f} s ({summary['global_step']} steps); "
           f"checkpoints in {os.path.join(model_dir, 'checkpoints')}", flush=True)
     if FLAGS.evaluate_after:

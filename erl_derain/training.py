@@ -158,6 +158,19 @@ def _checkpointable(item):
     return item
 
 
+class StateBackup:
+    """A copy of every network and optimizer variable of a trainer, taken before each step so that a
+    step whose loss is not finite can be undone (``--on_nan=skip_batch``; costs one copy of the state)."""
+
+    def __init__(self, trainer):
+        self.variables = []
+        for item in trainer.checkpoint_items().values():
+            self.variables += list(item.weights if isinstance(item, keras.Layer) else item.variables)
+        self.copies = [tf.Variable(v, trainable=False) for v in self.variables]
+        self.save = tf.function(lambda: [c.assign(v) for c, v in zip(self.copies, self.variables)] and None)
+        self.restore = tf.function(lambda: [v.assign(c) for c, v in zip(self.copies, self.variables)] and None)
+
+
 class Run:
     """A ``--model_dir``: its saved configuration and its checkpoint of a trainer."""
 
@@ -214,12 +227,18 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
           stage_steps: list[int], batch_size: int, jit_compile: str | bool = "auto",
           checkpoint_every: int = 500, log_every: int = 50, keep_checkpoints: int = 3,
           plateau: PlateauSchedule | None = None, lr_schedule: StepSchedule | None = None, verbose: int = 1,
+          on_nan: str = "stop", max_skipped: int = 10,
           on_step_end: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
 
     ``lr_schedule`` (a StepSchedule) sets every stage's learning rate from its step; it replaces the
-    plateau rule. Returns a summary dict (final losses, steps, wall time)."""
+    plateau rule. ``on_nan``: a non-finite loss stops training naming the step, the batch's files and
+    the loss terms, keeping the last good checkpoint (``"stop"``), or undoes that step and goes on with
+    the next batch (``"skip_batch"``; more than ``max_skipped`` in a row stop training).
+    Returns a summary dict (final losses, steps, wall time, skipped batches)."""
+    if on_nan not in ("stop", "skip_batch"):
+        raise TrainingError(f"--on_nan must be stop or skip_batch, got {on_nan!r}")
     stages = trainer.stages
     if len(stage_steps) != len(stages):
         raise TrainingError(f"--stage_steps has {len(stage_steps)} value(s) but the training strategy has "
@@ -234,6 +253,8 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
             print(f"Resuming {model_dir} at stage {stages[min(int(run.stage), len(stages) - 1)].name} "
                   f"(#{int(run.stage) + 1}/{len(stages)}), step {int(run.step)}", flush=True)
     jit = resolve_jit_compile(jit_compile)
+    backup = StateBackup(trainer) if on_nan == "skip_batch" else None
+    skipped, in_a_row = [], 0
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
     summary = {"stages": {}, "resumed_from": restored}
     t_start = time.time()
@@ -259,14 +280,26 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
                     scheduled = lr_schedule(step)
                     if abs(float(optimizer.learning_rate) - scheduled) > 1e-12 * scheduled:
                         optimizer.learning_rate.assign(scheduled)
+                if backup is not None:
+                    backup.save()
                 logs = step_fn({k: batch[k] for k in ("rainy", "clean", "segmentation") if k in batch})
                 values = {k: float(v) for k, v in logs.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     names = [n.decode() for n in batch["name"].numpy()] if "name" in batch else []
-                    raise TrainingError(
-                        f"non-finite loss at stage {stage.name} step {step} (global step "
-                        f"{int(run.global_step) + 1}) on batch {names}: {values}; the last good checkpoint "
-                        f"({run.manager.latest_checkpoint}) is kept")
+                    where = (f"stage {stage.name} step {step} (global step {int(run.global_step) + 1}) on batch "
+                             f"{names}: {values}")
+                    if backup is None or in_a_row >= max_skipped:
+                        raise TrainingError(
+                            f"non-finite loss at {where}; the last good checkpoint ({run.manager.latest_checkpoint})"
+                            f" is kept" + (f" ({in_a_row} batches in a row were skipped before)" if in_a_row else ""))
+                    backup.restore()  # the step never happened; its batch is consumed
+                    skipped.append(names)
+                    in_a_row += 1
+                    logging.warning("non-finite loss at %s: batch skipped", where)
+                    run.step.assign(step)
+                    run.global_step.assign_add(1)
+                    continue
+                in_a_row = 0
                 run.step.assign(step)
                 run.global_step.assign_add(1)
                 new_lr = None if lr_schedule is not None else run.plateau.update(values["loss"], optimizer)
@@ -292,6 +325,7 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
         run.save()
     writer.flush()
     summary["seconds"] = time.time() - t_start
+    summary["skipped_batches"] = skipped
     summary["global_step"] = int(run.global_step)
     return summary
 

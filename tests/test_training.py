@@ -150,3 +150,39 @@ def test_step_schedule_hand_worked_and_applied_by_the_loop(tmp_path):
                    stage_steps=[5], batch_size=1, jit_compile=False, verbose=0, lr_schedule=rule,
                    on_step_end=lambda stage, step, logs: seen.append(float(trainer.current_optimizer.learning_rate)))
     np.testing.assert_allclose(seen, [rule(s) for s in range(1, 6)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("on_nan", ["stop", "skip_batch"])
+def test_non_finite_loss_stops_or_skips_the_batch(tmp_path, on_nan):
+    data = make_folder_dataset(tmp_path / "data", n=2, size=(16, 16))
+    config = {"method": "memd", **TINY}
+    trainer = make_trainer(config)
+    poison = tf.Variable(0.0, trainable=False)
+    original = trainer.train_step
+
+    def poisoned_step(batch):  # the real step, whose loss turns NaN while `poison` is set
+        logs = original(batch)
+        return {k: tf.where(poison > 0, tf.constant(np.nan, v.dtype), v) for k, v in logs.items()}
+
+    trainer.train_step = poisoned_step
+    after_step_2 = {}
+
+    def on_step_end(stage, step, logs):
+        if step == 2:
+            after_step_2["weights"] = [v.numpy().copy() for v in trainer.net.weights]
+            poison.assign(1.0)  # step 3 goes bad
+
+    def dataset_fn(start):
+        return pipelines.paired_dataset(f"folder:{data}", "train", batch_size=1, crop_size=16, start_index=start)
+
+    kw = dict(model_dir=str(tmp_path / "run"), stage_steps=[3], batch_size=1, jit_compile=False, verbose=0,
+              on_nan=on_nan, on_step_end=on_step_end)
+    if on_nan == "stop":
+        with pytest.raises(training.TrainingError, match=r"non-finite loss at stage I step 3 .*img[01]"):
+            training.train(trainer, config, dataset_fn, **kw)
+        return
+    summary = training.train(trainer, config, dataset_fn, **kw)
+    assert len(summary["skipped_batches"]) == 1 and summary["global_step"] == 3
+    # The bad step was undone: the weights are those after step 2.
+    for before, v in zip(after_step_2["weights"], trainer.net.weights):
+        np.testing.assert_array_equal(before, v.numpy())

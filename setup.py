@@ -28,8 +28,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        # dill: tfds.testing imports it; tensorflow-serving-api: the PredictRequest round-trip tests
-        "test": ["pytest", "pytest-xdist", "dill", "tensorflow-serving-api"],
+        # dill: tfds.testing imports it; tensorflow-serving-api: the PredictRequest round-trip tests;
+        # hypothesis: the decoding fuzz tests
+        "test": ["pytest", "pytest-xdist", "dill", "tensorflow-serving-api", "hypothesis"],
         "gpu": ["tensorflow[and-cuda]>=2.20"],
         "serving": ["tensorflow-serving-api"],
     },

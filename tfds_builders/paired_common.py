@@ -53,6 +53,9 @@ _SKIPPED_DIRS = {"__macosx", "$recycle.bin"}
 # --------------------------------------------------------------------------------------------------
 
 
+MAX_REPORTED = 50  # bad files listed in one error
+
+
 class ManualDataError(ValueError):
     """The manual_dir is missing or empty, or holds none of the folders this dataset expects."""
 
@@ -396,12 +399,21 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(sources) for split, sources in splits.items()}
 
     def _generate_examples(self, sources: Sequence[Source]) -> Iterator[tuple[str, dict]]:
+        """Every readable pair; bad files (unreadable, truncated, sizes that differ) are collected and
+        reported together at the end of the split, so one build shows them all."""
+        problems = []
         for source in sources:
             try:
                 example = self._example(source)
             except (ManualDataError, ImagePairError) as err:
-                raise self._named(err) from err
+                problems.append(str(err))
+                continue
             yield source.name, example
+        if problems:
+            shown = "\n".join(f"  - {p}" for p in problems[:MAX_REPORTED])
+            more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+            raise ImagePairError(f"{self.name}: {len(problems)} bad example(s) of {len(sources)}; fix or remove "
+                                 f"these files and build again:\n{shown}{more}")
 
     def _named(self, err: ValueError) -> ValueError:
         """The same error with the dataset's name in front (once)."""

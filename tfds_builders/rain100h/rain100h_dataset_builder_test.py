@@ -167,3 +167,21 @@ def test_real_rain100h_test_pairs(tmp_path):
         assert psnr_y(ex["rainy"], ex["clean"]) == pytest.approx(REFERENCE_PSNR[name], abs=1e-3)
         # exactly the file's pixels
         np.testing.assert_array_equal(ex["rainy"], cv2.imread(str(src / "rain" / f"{name}.png"))[..., ::-1])
+
+
+def test_every_bad_file_is_reported_in_one_error(tmp_path):
+    """A build does not die at the first bad pair: it lists all of them (unreadable, zero-byte,
+    truncated, sizes that differ) at the end."""
+    manual = bt.pku_folder(tmp_path / "manual" / "Rain100H", [1, 2, 3, 4, 5])
+    (manual / "norain" / "norain-2.png").write_bytes(b"not a png at all")
+    (manual / "norain" / "norain-3.png").write_bytes(b"")
+    data = (manual / "norain" / "norain-4.png").read_bytes()
+    (manual / "norain" / "norain-4.png").write_bytes(data[: len(data) // 2])
+    bt.write_image(manual / "norain" / "norain-5.png", bt.noise(5, bt.H + 2, bt.W))
+    with pytest.raises(pc.ImagePairError) as err:
+        bt.build(rb.Builder, tmp_path / "manual", tmp_path / "tfds")
+    msg = str(err.value)
+    assert "4 bad example(s) of 5" in msg
+    for n in (2, 3, 4, 5):
+        assert f"norain-{n}.png" in msg, n
+    assert "norain-1.png" not in msg

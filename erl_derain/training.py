@@ -188,20 +188,28 @@ class Run:
                                                   max_to_keep=keep_checkpoints, checkpoint_name="ckpt")
 
     def restore(self, networks_only: bool = False) -> str | None:
-        path = self.manager.latest_checkpoint
-        if path is None:
-            return None
-        try:
-            if networks_only:
-                tf.train.Checkpoint(**{k: _checkpointable(v) for k, v in self.trainer.checkpoint_items().items()
-                                       if not k.startswith("optimizer")}).read(path).expect_partial() \
-                    .assert_existing_objects_matched()
-            else:
-                self.checkpoint.read(path).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise TrainingError(f"checkpoint {path} does not match the network built from "
-                                f"{os.path.join(self.model_dir, 'config.json')}: {str(e)[:500]}") from e
-        return path
+        """Restore the newest readable checkpoint. A checkpoint whose files are torn or missing (a
+        crash of the machine mid-write; TF writes the index only after the data) is passed over for
+        the previous one, with a warning; one that does not match the network is an error."""
+        candidates = list(reversed(self.manager.checkpoints))
+        for i, path in enumerate(candidates):
+            try:
+                if networks_only:
+                    tf.train.Checkpoint(**{k: _checkpointable(v) for k, v in self.trainer.checkpoint_items().items()
+                                           if not k.startswith("optimizer")}).read(path).expect_partial() \
+                        .assert_existing_objects_matched()
+                else:
+                    self.checkpoint.read(path).assert_existing_objects_matched()
+                return path
+            except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError, IndexError) as e:
+                if i + 1 == len(candidates):
+                    raise TrainingError(f"no readable checkpoint in {self.manager.directory}: the last one tried, "
+                                        f"{path}, is damaged ({str(e)[:300]})") from e
+                logging.warning("checkpoint %s is damaged (%s); trying the previous one", path, str(e)[:200])
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise TrainingError(f"checkpoint {path} does not match the network built from "
+                                    f"{os.path.join(self.model_dir, 'config.json')}: {str(e)[:500]}") from e
+        return None
 
     def save(self) -> str:
         return self.manager.save(checkpoint_number=int(self.global_step))

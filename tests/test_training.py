@@ -186,3 +186,19 @@ def test_non_finite_loss_stops_or_skips_the_batch(tmp_path, on_nan):
     # The bad step was undone: the weights are those after step 2.
     for before, v in zip(after_step_2["weights"], trainer.net.weights):
         np.testing.assert_array_equal(before, v.numpy())
+
+
+def test_a_torn_checkpoint_is_never_picked_up(tmp_path):
+    """The newest checkpoint's data file is torn (truncated, as by a crash mid-write): resuming passes
+    over it to the previous complete checkpoint."""
+    data = make_folder_dataset(tmp_path / "data", n=3, size=(24, 32))
+    with pytest.raises(_Stop):
+        _run(tmp_path / "run", data, stop_at=(1, 1))  # checkpoints after every step: ckpt-1 .. ckpt-3
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    assert latest.endswith("-3")
+    shard = next(ckpt_dir.glob("ckpt-3.data-*"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    _, summary, calls = _run(tmp_path / "run", data)
+    assert summary["resumed_from"].endswith("-2")  # ckpt-3 was passed over
+    assert calls[0] == (1, 1)  # the step of the torn checkpoint is trained again

@@ -10,6 +10,7 @@ Verbs::
     erl-derain export     --model_dir=... --export_base=.../<model_name> [--version=N]
     erl-derain prepare    --dataset=rain100h --manual_dir=/path/to/the/unpacked/archive [--data_dir=...]
     erl-derain synthesize --clean_dir=... --output_dir=...
+    erl-derain generate   --model_dir=<jrgr run> --output_dir=... (--input_dir=synthetic_rainy/ | --clean_dir=clean/)
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines drown the progress bar
 
-VERBS = ("train", "evaluate", "compare", "derain", "export", "prepare", "synthesize")
+VERBS = ("train", "evaluate", "compare", "derain", "export", "prepare", "synthesize", "generate")
 
 FLAGS = flags.FLAGS
 
 # -- what and where -------------------------------------------------------------------------------
-flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd | menet | iadn (see erl_derain.methods).")
+flags.DEFINE_string("method", "erlnet", "Method to train: erlnet | memd | menet | iadn | jrgr (see erl_derain.methods).")
 flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard logs.")
 flags.DEFINE_string("dataset", "synthetic_rain", "TFDS name (e.g. synthetic_rain) or folder:/path with rainy/ and clean/.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, ~/tensorflow_datasets).")
@@ -100,6 +101,33 @@ flags.DEFINE_float("lambda_acc", 1.0, "iadn: weight of L_acc(X, X^gt) (lambda_2)
 flags.DEFINE_float("lambda_col", 0.1, "iadn: weight of the colour alignment L_col (lambda_3; 0: Table III without it).")
 flags.DEFINE_float("lambda_seg", 0.05, "iadn: weight of the semantic regularisation L_seg (lambda_4; used only "
                    "when the dataset has segmentation labels).")
+# -- JRGR -------------------------------------------------------------------------------------------
+flags.DEFINE_string("real_dataset", None, "jrgr: unpaired real rainy photos: a TFDS name (real_rain) or a folder.")
+flags.DEFINE_string("real_split", "train", "jrgr: split of --real_dataset.")
+flags.DEFINE_string("real_manual_dir", None, "jrgr: manual_dir of --real_dataset (a TFDS builder).")
+flags.DEFINE_enum("real_small_images", "upscale", ["upscale", "error"], "jrgr: real photos smaller than the crop.")
+flags.DEFINE_enum("jrgr_strategy", "proposed", ["proposed", "init2", "init1"], "jrgr: Table 2 strategy: pre-train "
+                  "F_s and F_r (proposed), F_s only (init2) or nothing (init1) before the joint stage.")
+flags.DEFINE_integer("unet_depth", 7, "jrgr: down steps of the removal U-Nets (pad multiple 2**depth).")
+flags.DEFINE_integer("unet_filters", 64, "jrgr: base filters of the removal U-Nets.")
+flags.DEFINE_integer("resnet_blocks", 9, "jrgr: residual blocks of the generation nets.")
+flags.DEFINE_integer("gen_filters", 64, "jrgr: base filters of the generation nets.")
+flags.DEFINE_enum("gen_norm", "batch", ["batch", "instance"], "jrgr: normalisation of the generation nets.")
+flags.DEFINE_integer("disc_filters", 64, "jrgr: base filters of the PatchGAN discriminators.")
+flags.DEFINE_integer("disc_layers", 3, "jrgr: PatchGAN layers.")
+flags.DEFINE_float("jrgr_alpha", 4.0, "jrgr: alpha on the real background term of L_adv^B.")
+flags.DEFINE_float("lambda_adv", 10.0, "jrgr: weight of the adversarial losses (0: no discriminator update).")
+flags.DEFINE_float("lambda_adv_b", None, "jrgr: weight of L_adv^B alone (default --lambda_adv; 0: Table 2 w/o L_adv^B).")
+flags.DEFINE_float("lambda_adv_o", None, "jrgr: weight of L_adv^O alone (default --lambda_adv; 0: w/o L_adv^O).")
+flags.DEFINE_float("lambda_cyc", 1.0, "jrgr: weight of the cycle losses (0: w/o L_cyc).")
+flags.DEFINE_float("lambda_mse", 10.0, "jrgr: weight of the synthetic MSE (0: w/o L_mse).")
+flags.DEFINE_float("pretrain_lr", None, "jrgr: learning rate of the pre-training stage (default --lr).")
+flags.DEFINE_float("fr_lr_factor", 0.1, "jrgr: F_r's learning rate over the generation nets' (paper: 1/10).")
+flags.DEFINE_float("fs_lr_factor", 0.01, "jrgr: F_s's learning rate over the generation nets' (paper: 1/100).")
+flags.DEFINE_float("beta_1", 0.5, "jrgr: Adam beta_1.")
+flags.DEFINE_integer("pool_size", 50, "jrgr: image pool of the discriminators' fake inputs.")
+flags.DEFINE_string("input_dir", None, "generate: folder of synthetic rainy images (or, with --clean_dir, of "
+                    "nothing: rain is synthesised on the clean photos).")
 # -- evaluation / inference -------------------------------------------------------------------------
 flags.DEFINE_enum("y_rounding", "rounded", ["rounded", "unrounded"], "Y channel rounded to uint8 (MATLAB) or kept in double.")
 flags.DEFINE_integer("crop_border", 0, "Pixels removed from each side before PSNR/SSIM.")
@@ -141,7 +169,11 @@ RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", 
             "lr", "lr_decay_epochs", "lr_decay_steps", "lr_decay_factor", "crop_mode", "menet_blocks", "menet_ca",
             "tasks", "task_weighting", "task_weights", "texture_reduction", "iadn_width", "iadn_blocks",
             "iadn_refine_blocks", "php_groups", "php_mode", "contrast_pooling", "iadn_refinement", "iadn_filtered_gt",
-            "gaussian_kernel", "lambda_acc_c", "lambda_acc", "lambda_col", "lambda_seg", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
+            "gaussian_kernel", "lambda_acc_c", "lambda_acc", "lambda_col", "lambda_seg", "real_dataset", "real_split",
+            "real_manual_dir", "real_small_images", "jrgr_strategy", "unet_depth", "unet_filters", "resnet_blocks",
+            "gen_filters", "gen_norm", "disc_filters", "disc_layers", "jrgr_alpha", "lambda_adv", "lambda_adv_b",
+            "lambda_adv_o", "lambda_cyc", "lambda_mse", "pretrain_lr", "fr_lr_factor", "fs_lr_factor", "beta_1",
+            "pool_size", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
             "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
             "jit_compile")
 
@@ -241,12 +273,30 @@ def cmd_train():
                              shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir,
                              crop_mode=FLAGS.crop_mode)
 
-    def dataset_fn(start_index: int) -> tf.data.Dataset:
+    def paired_fn(start_index: int) -> tf.data.Dataset:
         return pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size,
                                         crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
                                         start_index=start_index, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
                                         shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir,
                                         crop_mode=FLAGS.crop_mode)
+
+    dataset_fn = paired_fn
+    if FLAGS.method == "jrgr":  # synthetic pairs zipped with unpaired real rainy crops
+        from erl_derain.data import unpaired
+
+        if not FLAGS.real_dataset:
+            raise UsageError("--method=jrgr needs --real_dataset (real_rain, or a folder of real rainy photos)")
+
+        def real_fn(start_index: int) -> tf.data.Dataset:
+            return unpaired.unpaired_dataset(FLAGS.real_dataset, FLAGS.real_split, batch_size=FLAGS.batch_size,
+                                             crop_size=FLAGS.crop_size, seed=FLAGS.seed, start_index=start_index,
+                                             flip=FLAGS.flip, data_dir=FLAGS.data_dir,
+                                             manual_dir=FLAGS.real_manual_dir, small_images=FLAGS.real_small_images)
+
+        real_fn(0)  # a bad real-rain source fails before training starts
+
+        def dataset_fn(start_index: int) -> tf.data.Dataset:
+            return unpaired.zipped(paired_fn(start_index), real_fn(start_index))
 
     plateau = training.PlateauSchedule(FLAGS.lr_plateau_window, FLAGS.lr_plateau_patience,
                                        FLAGS.lr_plateau_factor, FLAGS.min_lr)
@@ -537,6 +587,42 @@ def cmd_synthesize():
           f"(train on them with --dataset=folder:{output_dir})")
 
 
+def cmd_generate():
+    """JRGR's rain generation: synthetic rainy images (--input_dir) -> realistic ones through the S2R
+    path, or clean photos (--clean_dir) + synthesised rain layers -> B + G_r(R)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from erl_derain.data import rain_synthesis
+    from erl_derain.data.image_io import list_images, load_rgb, save_rgb
+    from erl_derain.inference import pad_to_multiple
+    from erl_derain.methods import jrgr
+    from erl_derain.training import load_trainer
+
+    model_dir, output_dir = _require("model_dir"), _require("output_dir")
+    if bool(FLAGS.input_dir) == bool(FLAGS.clean_dir):
+        raise UsageError("give one of --input_dir (synthetic rainy images) or --clean_dir (clean photos)")
+    trainer, config = load_trainer(model_dir)
+    if config.get("method") != "jrgr":
+        raise UsageError(f"--model_dir={model_dir} holds a {config.get('method')} run: generate needs a JRGR run")
+    rng = np.random.default_rng(FLAGS.seed)
+    files = list_images(FLAGS.input_dir or FLAGS.clean_dir)
+    for path in files:
+        image = load_rgb(path)
+        x, h, w = pad_to_multiple(tf.constant(image[None]), trainer.pad_multiple)
+        if FLAGS.input_dir:
+            out = jrgr.synthetic_to_real(trainer, x)
+        else:
+            rainy, _ = rain_synthesis.synthesize_rain(x.numpy()[0], rng=rng)
+            out = jrgr.generate_rain(trainer, x, tf.constant(rainy[None], tf.float32) - x)
+        result = np.asarray(out)[0, :h, :w]
+        out_path = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        save_rgb(out_path, result)
+        print(f"  {path} -> {out_path}", flush=True)
+    print(f"Generated {len(files)} realistic rainy image(s) into {output_dir}")
+    return 0
+
+
 def main(argv):
     global FLAGS_VERB
     if len(argv) < 2 or argv[1] not in VERBS:
@@ -569,6 +655,8 @@ def main(argv):
             return cmd_prepare()
         if verb == "synthesize":
             return cmd_synthesize()
+        if verb == "generate":
+            return cmd_generate()
     except (UsageError, DatasetError, TrainingError, FileNotFoundError, FileExistsError, ValueError) as e:
         logging.debug("error", exc_info=True)
         print(f"erl-derain {verb}: error: {e}", file=sys.stderr)

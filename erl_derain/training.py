@@ -290,7 +290,7 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
                         optimizer.learning_rate.assign(scheduled)
                 if backup is not None:
                     backup.save()
-                logs = step_fn({k: batch[k] for k in ("rainy", "clean", "segmentation") if k in batch})
+                logs = step_fn({k: batch[k] for k in ("rainy", "clean", "segmentation", "real") if k in batch})
                 values = {k: float(v) for k, v in logs.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     names = [n.decode() for n in batch["name"].numpy()] if "name" in batch else []

@@ -43,6 +43,12 @@ def _iadn_trainer(config: dict):
     return iadn.trainer_from_config(config)
 
 
+def _jrgr_trainer(config: dict):
+    from erl_derain.methods import jrgr
+
+    return jrgr.trainer_from_config(config)
+
+
 METHODS: dict[str, MethodSpec] = {
     "erlnet": MethodSpec("erlnet", "ERL-Net (ICCV 2019): MEMD + residual encoder, MA_A..MA_D / DT", _erlnet_trainer),
     "memd": MethodSpec("memd", "ERL-Net's basic MEMD / MEMD- / MEMD-- (no residual encoder)", _memd_trainer),
@@ -50,6 +56,8 @@ METHODS: dict[str, MethodSpec] = {
                         _menet_trainer, default_lr=1e-3),
     "iadn": MethodSpec("iadn", "Intensity-aware deraining (TIP 2021): PHP blocks, contrast-aware pooling, two "
                        "sub-networks, colour and semantic regularisation", _iadn_trainer, default_lr=3e-4),
+    "jrgr": MethodSpec("jrgr", "JRGR (CVPR 2021): joint rain generation and removal, disentangled translation on "
+                       "rain layers (needs --real_dataset)", _jrgr_trainer, default_lr=1e-4),
 }
 
 

@@ -1,0 +1,655 @@
+"""JRGR: Ye, Chang, Zhou & Yan, "Closing the Loop: Joint Rain Generation and Removal via Disentangled
+Image Translation" (CVPR 2021). Paper: ../shared/seeds/002; open details from the authors' PyTorch code
+(guyii54/JRGR, ``models/raincycle_model.py``, ``models/networks.py``), read and re-written here.
+
+Networks (Sec. 3.3; the authors' code):
+
+* removal nets F_s (synthetic) and F_r (real): pix2pix U-Nets (``unet_128``: 7 down steps of 4x4
+  stride-2 convolutions, 64 base filters doubling up to 8x, BatchNorm, LeakyReLU(0.2) down / ReLU up,
+  skip concatenations, tanh out). ``depth`` and ``filters`` are arguments; ``pad_multiple = 2**depth``.
+* generation nets G_r (synthetic rain layer -> real rain layer) and G_s (real -> synthetic): CycleGAN
+  ResNet generators (reflect-padded 7x7 conv, two stride-2 downs, ``blocks`` residual blocks (9), two
+  transposed-conv ups, 7x7 conv, tanh). The authors call ``define_G`` without ``norm``: BatchNorm
+  (``gen_norm="batch"``; ``"instance"`` is offered).
+* discriminators D_B (backgrounds), D_Os (synthetic rainy), D_Or (real rainy): PatchGAN (``n_layers``
+  3, 64 filters, InstanceNorm without affine = ``GroupNormalization(groups=-1)``, LSGAN: no sigmoid).
+
+Value ranges: the library's images are [0, 1]; the authors' tensors are [-1, 1]. Every network here
+takes and returns [0, 1]-space tensors and converts inside (x -> 2x - 1 in, (tanh + 1) / 2 out for
+F; a rain layer R -> 2R in, tanh / 2 out for G; x -> 2x - 1 into D), so every intermediate equals the
+authors' one mapped by v -> (v + 1) / 2 (images) or v -> v / 2 (rain layers). Backgrounds F(O) lie in
+[0, 1]; generated rainy images B + G(R) are not clipped during training (as the authors'), only the
+inference model clips.
+
+The two closed loops (Fig. 2; names of :meth:`JRGRTrainer.synthetic_loop` / ``real_loop`` outputs,
+with the panels of Fig. 6):
+
+    synthetic O_s: b_s = F_s(O_s) (g), r_s = O_s - b_s, o_s2r = b_s + G_r(r_s) (h: generated real),
+                   b_s2r = F_r(o_s2r) (i), o_s_rec = b_s2r + G_s(o_s2r - b_s2r) (j)
+    real O_r:      b_r = F_r(O_r) (b), r_r = O_r - b_r, o_r2s = b_r + G_s(r_r) (c: generated synthetic),
+                   b_r2s = F_s(o_r2s) (d), o_r_rec = b_r2s + G_r(o_r2s - b_r2s) (e)
+
+Losses (Eq. 2-8, LSGAN form ls(x, t) = mean((x - t)^2); L1 and MSE are means over elements, as
+PyTorch's L1Loss / MSELoss):
+
+* generators: adv_b = sum over the four backgrounds (b_s, b_s2r, b_r, b_r2s) of ls(D_B(b), 1);
+  adv_or = ls(D_Or(o_s2r), 1); adv_os = ls(D_Os(o_r2s), 1); cyc_os = L1(O_s, o_s_rec),
+  cyc_or = L1(O_r, o_r_rec), cyc_bs = L1(b_s, b_s2r), cyc_br = L1(b_r, b_r2s);
+  mse = MSE(b_s, B) + MSE(b_s2r, B);
+  total = lambda_adv_b * adv_b + lambda_adv_o * (adv_os + adv_or) + lambda_cyc * sum(cyc) + lambda_mse * mse
+  (lambda_adv_b = lambda_adv_o = lambda_adv unless given: Table 2's "w/o L_adv^B" / "w/o L_adv^O").
+* discriminators (Eq. 3, 4): d_b = 0.5 * (alpha * ls(D_B(pool(B)), 1) + sum_k ls(D_B(pool_k(b_k)), 0));
+  d_or = 0.5 * (ls(D_Or(O_r), 1) + ls(D_Or(pool(o_s2r)), 0)); d_os likewise with O_s and o_r2s.
+  With alpha = 4 this is exactly the authors' D_B loss (four (real, fake) pairs, each halved). The
+  "real" backgrounds come from a pool of former clean inputs too (Sec. 3.2: "B is randomly chosen in
+  the former inputs"). A discriminator is not updated at all when its adversarial weight is 0.
+
+Image pools (CycleGAN's, size 50): one per fake input of a discriminator plus one of clean
+backgrounds (seven, as the authors'). They live in ``tf.Variable``s and draw stateless random numbers
+keyed on (seed, pool, step counter, batch index), so ``train_step`` works inside ``tf.function``.
+Pools are not checkpointed (a resumed run refills them, as the authors' code; 7 x 50 crops of 256^2
+would add 275 MB per checkpoint); the step counter is.
+
+Training (Sec. 3.3, 4.4): stage "pretrain" trains F_s (init2) or F_s and F_r (proposed) on synthetic
+pairs with MSE, Adam(lr 1e-4, beta_1 0.5), 100 epochs; stage "joint" (200 epochs) trains all seven
+networks: generation nets at ``lr``, F_r at lr/10, F_s at lr/100, each discriminator at ``lr``, Adam
+(0.5, 0.999), one optimizer per group; the generator update comes first, then the discriminators' on
+the same (detached, pooled) fakes. ``init1`` has no pre-training. The lr of F_r, F_s and the
+discriminators follows the generation nets' optimizer (``current_optimizer``, which the training loop
+decays), keeping the paper's ratios. The authors' code copies one pre-trained de-raining U-Net into
+both F_s and F_r; here both are pre-trained side by side from their own initialisations.
+Test: F_r only (``inference_model``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from erl_derain import losses as losses_lib
+
+STRATEGIES = ("proposed", "init2", "init1")
+NETWORKS = ("f_s", "f_r", "g_r", "g_s", "d_b", "d_os", "d_or")
+GEN_NORMS = ("batch", "instance")
+
+# The seven image pools (fake inputs of the discriminators and the clean backgrounds).
+POOLS = ("b_s", "b_s2r", "b_r", "b_r2s", "clean", "o_s2r", "o_r2s")
+
+
+def _init():
+    return keras.initializers.RandomNormal(0.0, 0.02)  # the authors' init_type "normal", gain 0.02
+
+
+def _bn(name):
+    # PyTorch BatchNorm2d: momentum 0.1 (Keras 0.9), eps 1e-5; gamma ~ N(1, 0.02) as init_weights.
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, gamma_initializer=keras.initializers.RandomNormal(
+        1.0, 0.02), name=name)
+
+
+def _instance_norm(name):
+    # PyTorch InstanceNorm2d(affine=False): per-sample, per-channel statistics, no scale/offset.
+    return layers.GroupNormalization(groups=-1, center=False, scale=False, epsilon=1e-5, name=name)
+
+
+def _norm(kind, name):
+    return _bn(name) if kind == "batch" else _instance_norm(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks
+# ------------------------------------------------------------------------------------------------
+
+
+class UNetRemoval(keras.Model):
+    """Rain removal sub-network F (pix2pix ``UnetGenerator``): rainy [0, 1] -> background [0, 1].
+
+    ``depth`` down steps (7 = ``unet_128``, sides must be multiples of ``2**depth``), level ``i`` has
+    ``filters * min(2**i, 8)`` channels; BatchNorm everywhere except the outermost down conv and the
+    innermost down conv; the output is (tanh + 1) / 2."""
+
+    def __init__(self, depth: int = 7, filters: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        if depth < 2:
+            raise ValueError(f"--unet_depth must be >= 2, got {depth}")
+        self.depth, self.filters = int(depth), int(filters)
+        widths = [self.filters * min(2 ** i, 8) for i in range(self.depth)]
+        self.downs = [layers.Conv2D(w, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_init(),
+                                    name=f"down_{i}") for i, w in enumerate(widths)]
+        # level 0 and the innermost level have no norm on the way down
+        self.down_norms = [_bn(f"down_norm_{i}") for i in range(1, self.depth - 1)]  # levels 1..depth-2
+        self.ups = [layers.Conv2DTranspose(widths[i - 1], 4, strides=2, padding="same", use_bias=False,
+                                           kernel_initializer=_init(), name=f"up_{i}")
+                    for i in range(1, self.depth)]
+        self.up_norms = [_bn(f"up_norm_{i}") for i in range(1, self.depth)]
+        self.out_conv = layers.Conv2DTranspose(3, 4, strides=2, padding="same", use_bias=True,
+                                               kernel_initializer=_init(), name="up_0")
+
+    def call(self, x, training=False):
+        h = 2.0 * x - 1.0
+        skips = []
+        for i, conv in enumerate(self.downs):
+            if i > 0:
+                h = tf.nn.leaky_relu(h, 0.2)
+            h = conv(h)
+            if 0 < i < self.depth - 1:
+                h = self.down_norms[i - 1](h, training=training)
+            skips.append(h)
+        u = skips[-1]
+        for i in range(self.depth - 1, 0, -1):
+            u = self.up_norms[i - 1](self.ups[i - 1](tf.nn.relu(u)), training=training)
+            u = tf.concat([skips[i - 1], u], axis=-1)
+        out = tf.tanh(self.out_conv(tf.nn.relu(u)))
+        return (out + 1.0) * 0.5
+
+
+def _reflect(x, p):
+    return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+
+
+class _ResnetBlock(layers.Layer):
+    def __init__(self, width, norm, **kwargs):
+        super().__init__(**kwargs)
+        bias = norm == "instance"
+        self.conv_a = layers.Conv2D(width, 3, use_bias=bias, kernel_initializer=_init(), name="conv_a")
+        self.norm_a = _norm(norm, "norm_a")
+        self.conv_b = layers.Conv2D(width, 3, use_bias=bias, kernel_initializer=_init(), name="conv_b")
+        self.norm_b = _norm(norm, "norm_b")
+
+    def call(self, x, training=False):
+        y = tf.nn.relu(self.norm_a(self.conv_a(_reflect(x, 1)), training=training))
+        y = self.norm_b(self.conv_b(_reflect(y, 1)), training=training)
+        return x + y
+
+
+class ResnetRainGenerator(keras.Model):
+    """Rain generation sub-network G (CycleGAN ``ResnetGenerator``) on rain layers: a rain layer R
+    (values in [-1, 1], the difference of two [0, 1] images) -> a translated rain layer in
+    [-0.5, 0.5] (the authors' tanh output in their [-1, 1] image scale). Sides: multiples of 4."""
+
+    def __init__(self, blocks: int = 9, filters: int = 64, norm: str = "batch", **kwargs):
+        super().__init__(**kwargs)
+        if norm not in GEN_NORMS:
+            raise ValueError(f"--gen_norm must be one of {GEN_NORMS}, got {norm!r}")
+        bias = norm == "instance"
+        f = int(filters)
+        self.head = layers.Conv2D(f, 7, use_bias=bias, kernel_initializer=_init(), name="head")
+        self.head_norm = _norm(norm, "head_norm")
+        self.downs = [layers.Conv2D(f * 2 ** (i + 1), 3, strides=2, use_bias=bias, kernel_initializer=_init(),
+                                    name=f"down_{i}") for i in range(2)]
+        self.down_norms = [_norm(norm, f"down_norm_{i}") for i in range(2)]
+        self.blocks = [_ResnetBlock(f * 4, norm, name=f"block_{i}") for i in range(int(blocks))]
+        self.ups = [layers.Conv2DTranspose(f * 2 ** (1 - i), 3, strides=2, padding="same", use_bias=bias,
+                                           kernel_initializer=_init(), name=f"up_{i}") for i in range(2)]
+        self.up_norms = [_norm(norm, f"up_norm_{i}") for i in range(2)]
+        self.tail = layers.Conv2D(3, 7, use_bias=True, kernel_initializer=_init(), name="tail")
+
+    def call(self, rain, training=False):
+        h = tf.nn.relu(self.head_norm(self.head(_reflect(2.0 * rain, 3)), training=training))
+        for conv, norm in zip(self.downs, self.down_norms):
+            h = tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]])  # PyTorch padding=1
+            h = tf.nn.relu(norm(conv(h), training=training))
+        for block in self.blocks:
+            h = block(h, training=training)
+        for conv, norm in zip(self.ups, self.up_norms):
+            h = tf.nn.relu(norm(conv(h), training=training))
+        return 0.5 * tf.tanh(self.tail(_reflect(h, 3)))
+
+
+class PatchDiscriminator(keras.Model):
+    """PatchGAN (pix2pix ``NLayerDiscriminator``): [0, 1] image -> per-patch scores (no sigmoid:
+    LSGAN). 4x4 convs with PyTorch's padding 1: a 256^2 input gives 30x30 scores for n_layers=3."""
+
+    def __init__(self, n_layers: int = 3, filters: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.n_layers = int(n_layers)
+        f = int(filters)
+        self.convs = [layers.Conv2D(f, 4, strides=2, kernel_initializer=_init(), name="conv_0")]
+        self.norms = []
+        for n in range(1, self.n_layers + 1):
+            stride = 2 if n < self.n_layers else 1
+            self.convs.append(layers.Conv2D(f * min(2 ** n, 8), 4, strides=stride, kernel_initializer=_init(),
+                                            name=f"conv_{n}"))
+            self.norms.append(_instance_norm(f"norm_{n}"))
+        self.out_conv = layers.Conv2D(1, 4, strides=1, kernel_initializer=_init(), name="conv_out")
+
+    def call(self, x, training=False):
+        h = 2.0 * x - 1.0
+        for i, conv in enumerate(self.convs):
+            h = conv(tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+            if i > 0:
+                h = self.norms[i - 1](h)
+            h = tf.nn.leaky_relu(h, 0.2)
+        return self.out_conv(tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+
+
+class _ClippedRemoval(keras.Model):
+    """The test-time network: F_r with BN moving averages, clipped to [0, 1]."""
+
+    def __init__(self, net, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+
+    def call(self, x):
+        return tf.clip_by_value(self.net(x, training=False), 0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Image pool
+# ------------------------------------------------------------------------------------------------
+
+
+class ImagePool(tf.Module):
+    """CycleGAN's history of generated images, graph-friendly.
+
+    ``query(images, step)``: per example of the batch, while fewer than ``size`` images are stored the
+    example is stored and returned; once full, with probability 0.5 a stored image (uniformly chosen)
+    is returned and replaced by the example, else the example itself is returned. Random numbers are
+    stateless, keyed on (seed, stream, step, batch index): the same step gives the same draws.
+    ``size = 0`` disables the pool (returns its input)."""
+
+    def __init__(self, size: int, image_shape, *, seed: int = 0, stream: int = 0, name: str = "pool"):
+        super().__init__(name=name)
+        self.size = int(size)
+        self.seed, self.stream = int(seed), int(stream)
+        shape = [max(self.size, 1), *[int(s) for s in image_shape]]
+        self.images = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="images")
+        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, name="count")
+
+    def reset(self):
+        self.count.assign(0)
+
+    def query(self, images, step):
+        if self.size <= 0:
+            return images
+        images = tf.convert_to_tensor(images, tf.float32)
+        batch = images.shape[0]
+        if batch is None:
+            raise ValueError("ImagePool.query needs a static batch size (batch with drop_remainder=True)")
+        step = tf.cast(step, tf.int64)
+        out = []
+        for i in range(batch):
+            image = images[i]
+            key = tf.stack([tf.constant(self.seed * 64 + self.stream, tf.int64), step * batch + i])
+            u = tf.random.stateless_uniform([2], seed=key)
+            count = self.count.read_value()
+            filling = count < self.size
+            use_stored = tf.logical_and(tf.logical_not(filling), u[0] > 0.5)
+            pick = tf.minimum(tf.cast(u[1] * self.size, tf.int32), self.size - 1)
+            index = tf.where(filling, count, pick)
+            stored = self.images[index]  # read before the write
+            do_write = tf.logical_or(filling, use_stored)
+            self.images.scatter_nd_update([[index]], [tf.where(do_write, image, stored)])
+            self.count.assign(tf.minimum(count + 1, self.size))
+            out.append(tf.where(use_stored, stored, image))
+        return tf.stack(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+
+
+def lsgan(prediction, target: float):
+    """LSGAN: mean((D(x) - target)^2) (PyTorch MSELoss against a constant label)."""
+    return tf.reduce_mean(tf.square(prediction - target))
+
+
+l1, mse = losses_lib.l1, losses_lib.mse  # means over every element, as PyTorch's L1Loss / MSELoss
+
+
+GENERATOR_TERMS = ("adv_b", "adv_os", "adv_or", "cyc_os", "cyc_or", "cyc_bs", "cyc_br", "mse")
+DISCRIMINATOR_TERMS = ("d_b", "d_os", "d_or")
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    train: tuple
+
+
+def stages_for(strategy: str) -> tuple:
+    joint = Stage("joint", NETWORKS)
+    if strategy == "proposed":
+        return Stage("pretrain", ("f_s", "f_r")), joint
+    if strategy == "init2":
+        return Stage("pretrain", ("f_s",)), joint
+    if strategy == "init1":
+        return (joint,)
+    raise ValueError(f"--jrgr_strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+
+
+class JRGRTrainer(keras.Model):
+    """JRGR's seven networks, their optimizers and image pools; custom ``train_step`` per stage."""
+
+    def __init__(self, *, strategy: str = "proposed", unet_depth: int = 7, unet_filters: int = 64,
+                 resnet_blocks: int = 9, gen_filters: int = 64, gen_norm: str = "batch", disc_filters: int = 64,
+                 disc_layers: int = 3, alpha: float = 4.0, lambda_adv: float = 10.0, lambda_adv_b: float | None = None,
+                 lambda_adv_o: float | None = None, lambda_cyc: float = 1.0, lambda_mse: float = 10.0,
+                 learning_rate: float = 1e-4, pretrain_lr: float | None = None, fr_lr_factor: float = 0.1,
+                 fs_lr_factor: float = 0.01, d_lr_factor: float = 1.0, beta_1: float = 0.5, pool_size: int = 50,
+                 crop_size: int = 256, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.strategy = strategy
+        self.stages = stages_for(strategy)
+        self.stage_index = 0
+        self.alpha = float(alpha)
+        self.lambda_adv_b = float(lambda_adv if lambda_adv_b is None else lambda_adv_b)
+        self.lambda_adv_o = float(lambda_adv if lambda_adv_o is None else lambda_adv_o)
+        self.lambda_cyc, self.lambda_mse = float(lambda_cyc), float(lambda_mse)
+        self.lr_factors = {"f_r": float(fr_lr_factor), "f_s": float(fs_lr_factor), "d_b": float(d_lr_factor),
+                           "d_os": float(d_lr_factor), "d_or": float(d_lr_factor)}
+        self.unet_depth = int(unet_depth)
+        self.disc_layers = int(disc_layers)
+        self.crop_size = int(crop_size)
+        self.pool_size, self.seed = int(pool_size), int(seed)
+
+        self.f_s = UNetRemoval(unet_depth, unet_filters, name="f_s")
+        self.f_r = UNetRemoval(unet_depth, unet_filters, name="f_r")
+        self.g_r = ResnetRainGenerator(resnet_blocks, gen_filters, gen_norm, name="g_r")
+        self.g_s = ResnetRainGenerator(resnet_blocks, gen_filters, gen_norm, name="g_s")
+        self.d_b = PatchDiscriminator(disc_layers, disc_filters, name="d_b")
+        self.d_os = PatchDiscriminator(disc_layers, disc_filters, name="d_os")
+        self.d_or = PatchDiscriminator(disc_layers, disc_filters, name="d_or")
+
+        lr = float(learning_rate)
+
+        def adam(value, name):
+            return keras.optimizers.Adam(value, beta_1=float(beta_1), beta_2=0.999, name=name)
+
+        self.optimizers_by_name = {
+            "pretrain": adam(float(pretrain_lr or lr), "adam_pretrain"),
+            "gen": adam(lr, "adam_gen"),  # G_r and G_s: the joint stage's base lr
+            **{k: adam(lr * f, f"adam_{k}") for k, f in self.lr_factors.items()},
+        }
+        self.step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="jrgr_step")
+        self.pools: dict[str, ImagePool] = {}
+        self._built_networks = False
+
+    # -- the generic trainer interface -------------------------------------------------------------
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** self.unet_depth
+
+    @property
+    def networks(self) -> dict:
+        return {k: getattr(self, k) for k in NETWORKS}
+
+    @property
+    def update_d_b(self) -> bool:
+        return self.lambda_adv_b > 0
+
+    @property
+    def update_d_o(self) -> bool:
+        return self.lambda_adv_o > 0
+
+    def build_networks(self, image_shape=None):
+        if image_shape is None:
+            side = max(self.pad_multiple, 2 ** (self.disc_layers + 2))
+            image_shape = (1, side, side, 3)
+        x = tf.zeros(image_shape)
+        for name, net in self.networks.items():
+            net(x, training=False)
+        opt = self.optimizers_by_name
+        opt["pretrain"].build(self._variables_of(self._pretrain_networks()))
+        opt["gen"].build(self._variables_of(("g_r", "g_s")))
+        for k in self.lr_factors:
+            opt[k].build(self._variables_of((k,)))
+        if not self.pools:
+            shape = (self.crop_size, self.crop_size, 3)
+            self.pools = {k: ImagePool(self.pool_size, shape, seed=self.seed, stream=i, name=f"pool_{k}")
+                          for i, k in enumerate(POOLS)}
+        self._built_networks = True
+
+    def _pretrain_networks(self) -> tuple:
+        return self.stages[0].train if self.stages[0].name == "pretrain" else ("f_s", "f_r")
+
+    def _variables_of(self, names) -> list:
+        out = []
+        for n in names:
+            out.extend(getattr(self, n).trainable_weights)
+        return out
+
+    def stage_variables(self, index=None) -> list:
+        stage = self.stages[self.stage_index if index is None else index]
+        names = list(stage.train)
+        if stage.name == "joint":
+            names = [n for n in names if not ((n == "d_b" and not self.update_d_b)
+                                              or (n in ("d_os", "d_or") and not self.update_d_o))]
+        return self._variables_of(names)
+
+    def set_stage(self, index: int):
+        if not 0 <= int(index) < len(self.stages):
+            raise ValueError(f"JRGR strategy {self.strategy} has {len(self.stages)} stage(s), got stage {index}")
+        self.stage_index = int(index)
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.stage_index]
+
+    @property
+    def current_optimizer(self):
+        """The optimizer whose learning rate the training loop's schedules drive: pretrain, or the
+        generation nets' in the joint stage (F_r, F_s and the discriminators follow it)."""
+        return self.optimizers_by_name["pretrain" if self.stage.name == "pretrain" else "gen"]
+
+    def checkpoint_items(self) -> dict:
+        items = dict(self.networks)
+        items.update({f"optimizer_{k}": o for k, o in self.optimizers_by_name.items()})
+        items["jrgr_step"] = self.step_counter
+        return items
+
+    def inference_model(self) -> keras.Model:
+        return _ClippedRemoval(self.f_r, name="jrgr_f_r")
+
+    # -- the two closed loops -----------------------------------------------------------------------
+    def synthetic_loop(self, o_s, training=False) -> dict:
+        """S2R then R2S on a synthetic rainy image (Fig. 6 f-j)."""
+        b_s = self.f_s(o_s, training=training)
+        r_s = o_s - b_s
+        r_s2r = self.g_r(r_s, training=training)
+        o_s2r = b_s + r_s2r
+        b_s2r = self.f_r(o_s2r, training=training)
+        r_s2r_dis = o_s2r - b_s2r
+        r_s2r2s = self.g_s(r_s2r_dis, training=training)
+        o_s_rec = b_s2r + r_s2r2s
+        return {"o_s": o_s, "b_s": b_s, "r_s": r_s, "r_s2r": r_s2r, "o_s2r": o_s2r, "b_s2r": b_s2r,
+                "r_s2r_dis": r_s2r_dis, "r_s2r2s": r_s2r2s, "o_s_rec": o_s_rec}
+
+    def real_loop(self, o_r, training=False) -> dict:
+        """R2S then S2R on a real rainy image (Fig. 6 a-e)."""
+        b_r = self.f_r(o_r, training=training)
+        r_r = o_r - b_r
+        r_r2s = self.g_s(r_r, training=training)
+        o_r2s = b_r + r_r2s
+        b_r2s = self.f_s(o_r2s, training=training)
+        r_r2s_dis = o_r2s - b_r2s
+        r_r2s2r = self.g_r(r_r2s_dis, training=training)
+        o_r_rec = b_r2s + r_r2s2r
+        return {"o_r": o_r, "b_r": b_r, "r_r": r_r, "r_r2s": r_r2s, "o_r2s": o_r2s, "b_r2s": b_r2s,
+                "r_r2s_dis": r_r2s_dis, "r_r2s2r": r_r2s2r, "o_r_rec": o_r_rec}
+
+    def intermediates(self, synthetic, real, training=False) -> dict:
+        """Every intermediate of both loops (Fig. 6), keyed as in the module docstring."""
+        return {**self.synthetic_loop(synthetic, training), **self.real_loop(real, training)}
+
+    # -- losses -------------------------------------------------------------------------------------
+    def generator_losses(self, out: dict, clean) -> dict:
+        """The generator-side terms (unweighted) from the intermediates; adversarial terms whose
+        weight is 0 are not computed (reported as 0)."""
+        zero = tf.constant(0.0)
+        t = {}
+        if self.update_d_b:
+            t["adv_b"] = tf.add_n([lsgan(self.d_b(out[k]), 1.0) for k in ("b_s", "b_s2r", "b_r", "b_r2s")])
+        else:
+            t["adv_b"] = zero
+        if self.update_d_o:
+            t["adv_os"] = lsgan(self.d_os(out["o_r2s"]), 1.0)
+            t["adv_or"] = lsgan(self.d_or(out["o_s2r"]), 1.0)
+        else:
+            t["adv_os"] = t["adv_or"] = zero
+        t["cyc_os"] = l1(out["o_s"], out["o_s_rec"])
+        t["cyc_or"] = l1(out["o_r"], out["o_r_rec"])
+        t["cyc_bs"] = l1(out["b_s"], out["b_s2r"])
+        t["cyc_br"] = l1(out["b_r"], out["b_r2s"])
+        t["mse"] = mse(out["b_s"], clean) + mse(out["b_s2r"], clean)
+        return t
+
+    def generator_total(self, t: dict):
+        return (self.lambda_adv_b * t["adv_b"] + self.lambda_adv_o * (t["adv_os"] + t["adv_or"])
+                + self.lambda_cyc * (t["cyc_os"] + t["cyc_or"] + t["cyc_bs"] + t["cyc_br"])
+                + self.lambda_mse * t["mse"])
+
+    def pooled_fakes(self, out: dict, clean, step) -> dict:
+        """The discriminators' inputs drawn through the image pools (detached)."""
+        sg = tf.stop_gradient
+        fakes = {k: sg(out[k]) for k in POOLS if k != "clean"}
+        fakes["clean"] = clean
+        if self.pools:
+            fakes = {k: self.pools[k].query(v, step) for k, v in fakes.items()}
+        return fakes
+
+    def discriminator_losses(self, o_s, o_r, fakes: dict) -> dict:
+        """d_b, d_os, d_or from the (pooled) inputs; a discriminator with adversarial weight 0 is skipped."""
+        t = {}
+        if self.update_d_b:
+            fake = tf.add_n([lsgan(self.d_b(fakes[k]), 0.0) for k in ("b_s", "b_s2r", "b_r", "b_r2s")])
+            t["d_b"] = 0.5 * (self.alpha * lsgan(self.d_b(fakes["clean"]), 1.0) + fake)
+        if self.update_d_o:
+            t["d_os"] = 0.5 * (lsgan(self.d_os(o_s), 1.0) + lsgan(self.d_os(fakes["o_r2s"]), 0.0))
+            t["d_or"] = 0.5 * (lsgan(self.d_or(o_r), 1.0) + lsgan(self.d_or(fakes["o_s2r"]), 0.0))
+        return t
+
+    # -- steps --------------------------------------------------------------------------------------
+    def _apply(self, optimizer_name, grads_by_var, variables):
+        pairs = [(grads_by_var[id(v)], v) for v in variables if grads_by_var.get(id(v)) is not None]
+        if pairs:
+            self.optimizers_by_name[optimizer_name].apply([g for g, _ in pairs], [v for _, v in pairs])
+
+    def _sync_learning_rates(self):
+        base = self.optimizers_by_name["gen"].learning_rate
+        for k, factor in self.lr_factors.items():
+            self.optimizers_by_name[k].learning_rate.assign(base * factor)
+
+    def pretrain_step(self, data):
+        rainy, clean = data["rainy"], data["clean"]
+        names = self.stage.train
+        variables = self._variables_of(names)
+        with tf.GradientTape() as tape:
+            logs = {f"mse_{n}": mse(getattr(self, n)(rainy, training=True), clean) for n in names}
+            loss = tf.add_n(list(logs.values()))
+        grads = tape.gradient(loss, variables)
+        self._apply("pretrain", {id(v): g for g, v in zip(grads, variables)}, variables)
+        return {"loss": loss, **logs}
+
+    def joint_step(self, data):
+        o_s, clean, o_r = data["rainy"], data["clean"], data["real"]
+        gen_nets = ("f_s", "f_r", "g_r", "g_s")
+        gen_vars = self._variables_of(gen_nets)
+        with tf.GradientTape() as tape:
+            out = self.intermediates(o_s, o_r, training=True)
+            terms = self.generator_losses(out, clean)
+            g_loss = self.generator_total(terms)
+        grads = {id(v): g for g, v in zip(tape.gradient(g_loss, gen_vars), gen_vars)}
+        self._sync_learning_rates()
+        self._apply("gen", grads, self._variables_of(("g_r", "g_s")))
+        self._apply("f_r", grads, self._variables_of(("f_r",)))
+        self._apply("f_s", grads, self._variables_of(("f_s",)))
+        logs = {"loss": g_loss, **terms}
+        d_nets = [n for n in ("d_b", "d_os", "d_or")
+                  if (n == "d_b" and self.update_d_b) or (n != "d_b" and self.update_d_o)]
+        if d_nets:
+            fakes = self.pooled_fakes(out, clean, self.step_counter)
+            d_vars = self._variables_of(d_nets)
+            with tf.GradientTape() as tape:
+                d_terms = self.discriminator_losses(o_s, o_r, fakes)
+                d_loss = tf.add_n(list(d_terms.values()))
+            d_grads = {id(v): g for g, v in zip(tape.gradient(d_loss, d_vars), d_vars)}
+            for n in d_nets:
+                self._apply(n, d_grads, self._variables_of((n,)))
+            logs.update(d_terms)
+        self.step_counter.assign_add(1)
+        return logs
+
+    def train_step(self, data):
+        if self.stage.name == "pretrain":
+            return self.pretrain_step(data)
+        if "real" not in data:
+            raise ValueError("JRGR's joint stage needs batches with 'real' (unpaired real rainy crops): "
+                             "give --real_dataset")
+        return self.joint_step(data)
+
+    def call(self, x, training=False):
+        return self.f_r(x, training=training)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rain generation (the generation half)
+# ------------------------------------------------------------------------------------------------
+
+
+def _nets(trainer_or_nets):
+    if isinstance(trainer_or_nets, dict):
+        return trainer_or_nets
+    return trainer_or_nets.networks
+
+
+def generate_rain(trainer_or_nets, clean_images, synthetic_rain_layers, clip: bool = True):
+    """Realistic rainy images from clean backgrounds and synthetic rain layers: B + G_r(R_syn)
+    (the entanglement of the S2R module with a known background). All [B, H, W, 3], sides multiples
+    of 4; ``synthetic_rain_layers`` = synthetic rainy - clean (e.g. from ``rain_synthesis``)."""
+    g_r = _nets(trainer_or_nets)["g_r"]
+    out = clean_images + g_r(synthetic_rain_layers, training=False)
+    return tf.clip_by_value(out, 0.0, 1.0) if clip else out
+
+
+def synthetic_to_real(trainer_or_nets, synthetic_rainy, clip: bool = True):
+    """The S2R module on synthetic rainy images: F_s(O_s) + G_r(O_s - F_s(O_s)) (Fig. 6 h)."""
+    nets = _nets(trainer_or_nets)
+    b = nets["f_s"](synthetic_rainy, training=False)
+    out = b + nets["g_r"](synthetic_rainy - b, training=False)
+    return tf.clip_by_value(out, 0.0, 1.0) if clip else out
+
+
+def real_to_synthetic(trainer_or_nets, real_rainy, clip: bool = True):
+    """The R2S module: F_r(O_r) + G_s(O_r - F_r(O_r)) (Fig. 6 c)."""
+    nets = _nets(trainer_or_nets)
+    b = nets["f_r"](real_rainy, training=False)
+    out = b + nets["g_s"](real_rainy - b, training=False)
+    return tf.clip_by_value(out, 0.0, 1.0) if clip else out
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry glue
+# ------------------------------------------------------------------------------------------------
+
+
+def trainer_from_config(config: dict) -> JRGRTrainer:
+    def get(key, default):
+        value = config.get(key)
+        return default if value is None else value
+
+    return JRGRTrainer(
+        strategy=get("jrgr_strategy", "proposed"), unet_depth=int(get("unet_depth", 7)),
+        unet_filters=int(get("unet_filters", 64)), resnet_blocks=int(get("resnet_blocks", 9)),
+        gen_filters=int(get("gen_filters", 64)), gen_norm=get("gen_norm", "batch"),
+        disc_filters=int(get("disc_filters", 64)), disc_layers=int(get("disc_layers", 3)),
+        alpha=float(get("jrgr_alpha", 4.0)), lambda_adv=float(get("lambda_adv", 10.0)),
+        lambda_adv_b=config.get("lambda_adv_b"), lambda_adv_o=config.get("lambda_adv_o"),
+        lambda_cyc=float(get("lambda_cyc", 1.0)), lambda_mse=float(get("lambda_mse", 10.0)),
+        learning_rate=float(get("lr", 1e-4)), pretrain_lr=config.get("pretrain_lr"),
+        fr_lr_factor=float(get("fr_lr_factor", 0.1)), fs_lr_factor=float(get("fs_lr_factor", 0.01)),
+        beta_1=float(get("beta_1", 0.5)), pool_size=int(get("pool_size", 50)),
+        crop_size=int(get("crop_size", 256)), seed=int(get("seed", 0)))
+
+
+def parameter_count(net) -> int:
+    return int(sum(np.prod(v.shape) for v in net.weights))

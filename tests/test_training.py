@@ -202,3 +202,43 @@ def test_a_torn_checkpoint_is_never_picked_up(tmp_path):
     _, summary, calls = _run(tmp_path / "run", data)
     assert summary["resumed_from"].endswith("-2")  # ckpt-3 was passed over
     assert calls[0] == (1, 1)  # the step of the torn checkpoint is trained again
+
+
+def test_kill_at_random_moments_then_finish_equals_uninterrupted(tmp_path):
+    """kill -9 a training process three times at random moments (some land while a checkpoint is being
+    written: one is written after every step), re-run the same command until it finishes: the final
+    weights and optimizer state equal those of an uninterrupted run, and --keep_checkpoints=2 bounds
+    the checkpoints on disk."""
+    data = make_folder_dataset(tmp_path / "data", n=3, size=(16, 16))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def cmd(model_dir):
+        return [sys.executable, "-m", "erl_derain.cli", "train", f"--model_dir={model_dir}", f"--dataset=folder:{data}",
+                "--method=memd", "--crop_size=16", "--batch_size=1", "--stage_steps=14", "--checkpoint_every=1",
+                "--keep_checkpoints=2", "--noevaluate_after", "--jit_compile=false", "--seed=5", *TINY_FLAGS]
+
+    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, env=env, timeout=300)
+    rng = np.random.default_rng(0)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    for _ in range(3):
+        proc = subprocess.Popen(cmd(tmp_path / "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 120
+        start = int(tf.train.latest_checkpoint(str(ckpt_dir)).rsplit("-", 1)[1]) if ckpt_dir.exists() and \
+            tf.train.latest_checkpoint(str(ckpt_dir)) else 0
+        # wait for training to be under way (a new checkpoint), then kill after a random delay
+        while time.time() < deadline and proc.poll() is None:
+            latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+            if latest and int(latest.rsplit("-", 1)[1]) > start:
+                break
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run(cmd(tmp_path / "run"), check=True, capture_output=True, env=env, timeout=300)
+    ref = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "ref" / "checkpoints")))
+    got = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(ckpt_dir)))
+    names = [n for n in ref.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n]
+    assert names and sorted(names) == sorted(n for n in got.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n)
+    for name in names:
+        np.testing.assert_allclose(got.get_tensor(name), ref.get_tensor(name), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert len(list(ckpt_dir.glob("ckpt-*.index"))) <= 2

@@ -661,7 +661,33 @@ def main(argv):
         logging.debug("error", exc_info=True)
         print(f"erl-derain {verb}: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # pylint: disable=broad-except
+        if type(e).__name__ != "InvalidArgumentError":
+            raise
+        # A file that passed the header scan but fails to decode while tf.data reads it (e.g. a
+        # truncated JPEG): name it instead of showing TF's stack trace. Checkpoints are untouched.
+        logging.debug("error", exc_info=True)
+        print(f"erl-derain {verb}: error: reading the data failed: {_tf_message(e)}", file=sys.stderr)
+        for flag in ("dataset", "real_dataset"):
+            value = getattr(FLAGS, flag, None)
+            if value and value.startswith("folder:"):
+                from erl_derain.data.pipelines import diagnose_folder
+
+                split = FLAGS.split or ("train" if verb == "train" else "test")
+                problems = diagnose_folder(value, split) if flag == "dataset" else []
+                for file, problem in problems:
+                    print(f"  {file}: {problem}", file=sys.stderr)
+                if problems:
+                    print("  fix or remove these files; the last checkpoint is kept", file=sys.stderr)
+        return 1
     return 0
+
+
+def _tf_message(e) -> str:
+    """The first line of a TF error without its node/function decorations."""
+    text = getattr(e, "message", str(e))
+    text = text.split("\n")[0]
+    return text.split("}} ", 1)[-1].strip()
 
 
 def run():

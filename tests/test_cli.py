@@ -224,3 +224,23 @@ def test_derain_via_server_needs_a_server(run_cli, tmp_path):
     assert code == 1 and f"127.0.0.1:{port}" in err
     code, _, err = run_cli("derain", f"--server=127.0.0.1:{port}", f"--output_dir={tmp_path / 'out'}", str(photo))
     assert code == 1 and "--model_name is required" in err
+
+
+def test_a_truncated_jpeg_found_while_training_is_named(run_cli, tmp_path):
+    """The header scan cannot see a truncated JPEG; when tf.data fails on it, the CLI names the file
+    (no TensorFlow stack trace) and keeps the checkpoints."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for sub in ("rainy", "clean"):
+        (data / sub).mkdir(parents=True)
+    for i in range(3):
+        img = (rng.random((24, 24, 3)) * 255).astype(np.uint8)
+        cv2.imwrite(str(data / "rainy" / f"{i}.jpg"), img)
+        cv2.imwrite(str(data / "clean" / f"{i}.jpg"), img)
+    full = (data / "rainy" / "1.jpg").read_bytes()
+    (data / "rainy" / "1.jpg").write_bytes(full[: len(full) // 2])
+    code, _, err = run_cli("train", f"--model_dir={tmp_path / 'run'}", f"--dataset=folder:{data}", "--crop_size=16",
+                           "--batch_size=1", "--method=memd", "--stage_steps=6", "--jit_compile=false",
+                           "--noevaluate_after", *TINY_FLAGS)
+    assert code == 1
+    assert "reading the data failed" in err and "rainy/1.jpg" in err and "Traceback" not in err

@@ -10,19 +10,13 @@ training step at batch 1 with and without labels, and seconds per 512x512 infere
 from __future__ import annotations
 
 import argparse
-import time
 
 import tensorflow as tf
+from timing import seconds_per_call
 
 from erl_derain.methods import iadn
 
 
-def _time(fn, steps):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
 
 
 def main():
@@ -36,11 +30,11 @@ def main():
     x = tf.random.uniform((1, args.crop, args.crop, 3), seed=0)
     labels = tf.cast(tf.random.uniform((1, args.crop, args.crop, 1), maxval=19, dtype=tf.int32), tf.uint8)
     step = tf.function(trainer.train_step)
-    t_plain = _time(lambda: float(step({"rainy": x, "clean": x})["loss"]), args.steps)
-    t_seg = _time(lambda: float(step({"rainy": x, "clean": x, "segmentation": labels})["loss"]), args.steps)
+    t_plain = seconds_per_call(lambda: float(step({"rainy": x, "clean": x})["loss"]), args.steps)
+    t_seg = seconds_per_call(lambda: float(step({"rainy": x, "clean": x, "segmentation": labels})["loss"]), args.steps)
     infer = tf.function(trainer.inference_model())
     big = tf.random.uniform((1, args.size, args.size, 3), seed=1)
-    t_inf = _time(lambda: infer(big).numpy(), args.steps)
+    t_inf = seconds_per_call(lambda: infer(big).numpy(), args.steps)
     print(f"TF {tf.__version__}, devices {[d.device_type for d in tf.config.list_physical_devices()]}")
     print(f"iadn params {trainer.net.count_params():,} (segmentation network {trainer.seg_net.count_params():,}, "
           f"training only); train step {args.crop}x{args.crop} batch 1: {t_plain:.3f} s without labels, "

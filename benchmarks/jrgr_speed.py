@@ -10,22 +10,14 @@ update + the three discriminator updates through the image pools) and one F_r in
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import tensorflow as tf
+from timing import seconds_per_call
 
 from erl_derain.methods import jrgr
 
 
-def _time(fn, steps):
-    fn()  # trace / warm up
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    _ = {k: float(v) for k, v in out.items()} if isinstance(out, dict) else out.numpy()
-    return (time.perf_counter() - t0) / steps
 
 
 def main():
@@ -54,11 +46,11 @@ def main():
     for si, stage in enumerate(t.stages):
         t.set_stage(si)
         step = tf.function(t.train_step, jit_compile=jit)
-        sec = _time(lambda: step(batch), args.steps)
+        sec = seconds_per_call(lambda: float(step(batch)["loss"]), args.steps, warmup=2)
         print(f"train step {stage.name:8s} {args.size}x{args.size} batch {args.batch}: {sec:.3f} s")
     model = t.inference_model()
     infer = tf.function(lambda x: model(x), jit_compile=jit)
-    sec = _time(lambda: infer(batch["real"]), args.steps)
+    sec = seconds_per_call(lambda: infer(batch["real"]).numpy(), args.steps, warmup=2)
     print(f"inference F_r {args.size}x{args.size} batch {args.batch}: {sec:.3f} s")
 
 

@@ -11,19 +11,13 @@ GTX Titan X). GB takes three extra gradients with respect to the last convolutio
 from __future__ import annotations
 
 import argparse
-import time
 
 import tensorflow as tf
+from timing import seconds_per_call
 
 from erl_derain.methods import menet
 
 
-def _time(fn, steps: int) -> float:
-    fn()  # trace and warm up
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
 
 
 def main():
@@ -42,10 +36,10 @@ def main():
             trainer = menet.MENETTrainer(menet.MENETConfig(blocks=blocks), task_weighting=mode)
             trainer.build_networks((1, 32, 32, 3))
             step = tf.function(trainer.train_step)
-            times[mode] = _time(lambda: float(step(batch)["loss"]), args.steps)
+            times[mode] = seconds_per_call(lambda: float(step(batch)["loss"]), args.steps)
         net = trainer.inference_model()
         infer = tf.function(net)
-        t_inf = _time(lambda: infer(x[:1]).numpy(), args.steps)
+        t_inf = seconds_per_call(lambda: infer(x[:1]).numpy(), args.steps)
         trainable = sum(int(tf.size(v)) for v in net.trainable_variables)
         print(f"{label:10s} params {net.count_params():,} ({trainable:,} trainable); inference {t_inf:.4f} s/image; "
               f"train step fixed {times['fixed']:.3f} s, GB {times['gb']:.3f} s "

@@ -748,6 +748,16 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
 # --------------------------------------------------------------------------------------------------
 
 
+def check_stream_arguments(batch_size, crop_size, start_index) -> None:
+    """DatasetError for a batch size, crop or start position that no stream can take."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
+        raise DatasetError(f"crop_size must be a positive integer or None, got {crop_size!r}")
+    if not isinstance(start_index, int) or start_index < 0:
+        raise DatasetError(f"start_index must be a non-negative integer, got {start_index!r}")
+
+
 def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, crop_size: int | None = None,
                    training: bool = True, seed: int = 0, start_index: int = 0, flip: bool = True,
                    data_dir: str | None = None, shuffle_buffer: int = 256,
@@ -791,12 +801,7 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
     Raises:
       DatasetError: bad arguments, unknown dataset, or a bad folder/file (named in the message).
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
-        raise DatasetError(f"crop_size must be a positive integer or None, got {crop_size!r}")
-    if not isinstance(start_index, int) or start_index < 0:
-        raise DatasetError(f"start_index must be a non-negative integer, got {start_index!r}")
+    check_stream_arguments(batch_size, crop_size, start_index)
     if crop_mode not in CROP_MODES:
         raise DatasetError(f"--crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
     if crop_mode == "ten_crop" and crop_size is None and training:

@@ -216,12 +216,7 @@ def unpaired_dataset(source: str, split: str = "train", *, batch_size: int = 1, 
     Raises:
       DatasetError: bad arguments, an unknown dataset, or a bad folder/file (named in the message).
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
-        raise DatasetError(f"crop_size must be a positive integer or None, got {crop_size!r}")
-    if not isinstance(start_index, int) or start_index < 0:
-        raise DatasetError(f"start_index must be a non-negative integer, got {start_index!r}")
+    pl.check_stream_arguments(batch_size, crop_size, start_index)
     if small_images not in SMALL_IMAGE_MODES:
         raise DatasetError(f"small_images must be one of {SMALL_IMAGE_MODES}, got {small_images!r}")
     if not source:

@@ -244,3 +244,29 @@ def test_a_truncated_jpeg_found_while_training_is_named(run_cli, tmp_path):
                            "--noevaluate_after", *TINY_FLAGS)
     assert code == 1
     assert "reading the data failed" in err and "rainy/1.jpg" in err and "Traceback" not in err
+
+
+def test_bad_flags_fail_before_any_work(tmp_path):
+    """Errors from the flags themselves (absl) and from their values (ours), in a real process."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def run(*args):
+        out = subprocess.run([sys.executable, "-m", "erl_derain.cli", *args], capture_output=True, text=True,
+                             env=env, timeout=120)
+        return out.returncode, out.stdout + out.stderr
+
+    code, text = run("train", f"--flagfile={tmp_path / 'missing.flags'}")
+    assert code != 0 and "Unable to open flagfile" in text and "missing.flags" in text
+    code, text = run("train", "--erl_strategy=ma_z", f"--model_dir={tmp_path / 'r'}")
+    assert code != 0 and "--erl_strategy" in text and "ma_d" in text
+    code, text = run("train", "--method=nope", f"--model_dir={tmp_path / 'r'}", "--stage_steps=1")
+    assert code == 1 and "unknown --method='nope'" in text and "Traceback" not in text
+    code, text = run("train", "--dataset=no_such_set", f"--model_dir={tmp_path / 'r'}", "--stage_steps=1,1,1",
+                     *TINY_FLAGS, "--crop_size=16")
+    assert code == 1 and "unknown dataset 'no_such_set'" in text and "Traceback" not in text
+    code, text = run("train", f"--model_dir={tmp_path / 'r'}", "--stage_steps=1,1,1", "--crop_size=30", *TINY_FLAGS)
+    assert code == 1 and "--crop_size=30 must be a multiple of 4" in text
+    assert not (tmp_path / "r" / "checkpoints").exists()  # no work was done

@@ -6,7 +6,7 @@ Verbs::
     erl-derain evaluate   --model_dir=... [--dataset=... --split=test]
     erl-derain evaluate   --model_dir=run_a,run_b --dataset=rain100h,ddn --output=table/  (cross-dataset)
     erl-derain compare    --baseline=<model_dir> --candidate=<model_dir> [--dataset=... --output=...]
-    erl-derain derain     --model_dir=... --output_dir=... photo.jpg folder/
+    erl-derain derain     [--model_dir=...] [--output_dir=derained] photo.jpg folder/   (bundled model by default)
     erl-derain export     --model_dir=... --export_base=.../<model_name> [--version=N]
     erl-derain prepare    --dataset=rain100h --manual_dir=/path/to/the/unpacked/archive [--data_dir=...]
     erl-derain synthesize --clean_dir=... --output_dir=...
@@ -144,9 +144,10 @@ flags.DEFINE_integer("tile_overlap", 32, "Minimum overlap between neighbouring t
 flags.DEFINE_enum("output_format", "png", ["png", "same", "jpg", "webp", "tif"],
                   "derain: output file type; png keeps alpha and 16-bit, 'same' keeps each input's extension "
                   "(an input whose alpha or bit depth the format cannot hold is refused, not degraded).")
-flags.DEFINE_string("output_dir", None, "derain / synthesize: output folder.")
+flags.DEFINE_string("output_dir", None, "derain / synthesize / generate: output folder (derain: 'derained').")
 flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs; export: replace an existing --version.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
+flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir.")
 flags.DEFINE_integer("version", None, "export: version number (default: next integer); derain --server: the "
                      "served version to query (default: the server's latest).")
 flags.DEFINE_string("server", None, "derain: host:port of a TF Serving server (REST 8501 / gRPC 8500) to de-rain on "
@@ -521,13 +522,19 @@ def cmd_derain(args: list[str]):
 
     if FLAGS.server:
         return _derain_via_server(args)
-    model_dir = _require("model_dir")
-    output_dir = _require("output_dir")
+    output_dir = FLAGS.output_dir or "derained"
     if not args:
-        raise UsageError("give the photos or folders to de-rain: erl-derain derain --model_dir=... "
-                         "--output_dir=... photo.jpg folder/")
+        raise UsageError("give the photos or folders to de-rain: erl-derain derain [--model_dir=...] "
+                         "[--output_dir=derained] photo.jpg folder/")
     files = _expand_inputs(args)
-    trainer, _ = load_trainer(model_dir)
+    if FLAGS.model_dir:
+        trainer, _ = load_trainer(FLAGS.model_dir)
+    else:  # the bundled model
+        from erl_derain.pretrained import load_pretrained_trainer
+
+        trainer, _ = load_pretrained_trainer()
+        print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
+              flush=True)
     predict = _predict_fn(trainer.inference_model())
     os.makedirs(output_dir, exist_ok=True)
     failures, written, skipped = [], 0, 0
@@ -560,9 +567,14 @@ def cmd_export():
     from erl_derain.serving import export_saved_model, server_command_lines
     from erl_derain.training import load_trainer
 
-    model_dir = _require("model_dir")
     export_base = _require("export_base")
-    trainer, config = load_trainer(model_dir)
+    if FLAGS.pretrained:
+        from erl_derain.pretrained import load_pretrained_trainer
+
+        trainer, info = load_pretrained_trainer()
+        config = info["config"]
+    else:
+        trainer, config = load_trainer(_require("model_dir"))
     path = export_saved_model(trainer.inference_model(), trainer.pad_multiple, export_base, FLAGS.version,
                               metadata={"method": config["method"], "config": config}, overwrite=FLAGS.overwrite)
     lines = server_command_lines(export_base)

@@ -1,0 +1,86 @@
+"""The bundled pretrained model: `erl-derain derain photo.jpg` works right after `pip install`.
+
+The package ships the weights of an ERL-Net trained by the package itself on its embedded synthetic
+default (``flags/pretrained/erlnet_synthetic.flags``; the model card is ``README.md`` next to this
+file). Nothing is downloaded. Files:
+
+* ``<name>.json``: the training configuration (``config``), the SHA-256 of the weights file and what
+  the card reports (steps, wall time);
+* ``<name>.npz``: the de-raining network's variables by path (no training-only parts).
+
+:func:`load_pretrained` rebuilds the network from the configuration, checks the checksum and every
+variable's presence and shape, and returns the Keras inference model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+DEFAULT = "erlnet_synthetic"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class PretrainedError(ValueError):
+    """Missing or damaged bundled weights; the message says which file and what to do."""
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def paths(name: str = DEFAULT, directory: str | None = None) -> tuple[str, str]:
+    directory = directory or HERE
+    return os.path.join(directory, f"{name}.json"), os.path.join(directory, f"{name}.npz")
+
+
+def read_info(name: str = DEFAULT, directory: str | None = None) -> dict:
+    info_path, _ = paths(name, directory)
+    if not os.path.exists(info_path):
+        raise PretrainedError(f"no bundled model {name!r}: {info_path} is missing (reinstall erl_derain, or give "
+                              f"--model_dir of a trained run)")
+    with open(info_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_pretrained_trainer(name: str = DEFAULT, directory: str | None = None):
+    """``(trainer, info)`` with the bundled weights in the trainer's de-raining network."""
+    from erl_derain.methods import make_trainer
+
+    info = read_info(name, directory)
+    _, weights_path = paths(name, directory)
+    if not os.path.exists(weights_path):
+        raise PretrainedError(f"{weights_path} is missing (reinstall erl_derain)")
+    digest = sha256_of(weights_path)
+    if digest != info["sha256"]:
+        raise PretrainedError(f"{weights_path} is damaged: its SHA-256 is {digest}, the model card's "
+                              f"{info['sha256']} (reinstall erl_derain)")
+    trainer = make_trainer(info["config"])
+    trainer.build_networks()
+    with np.load(weights_path) as stored:
+        variables = {v.path: v for v in trainer.inference_model().weights}
+        missing = sorted(set(variables) - set(stored.files))
+        if missing:
+            raise PretrainedError(f"{weights_path} lacks {len(missing)} variable(s) of the network, e.g. {missing[:3]}")
+        for path, var in variables.items():
+            value = stored[path]
+            if tuple(value.shape) != tuple(var.shape):
+                raise PretrainedError(f"{weights_path}: {path} has shape {value.shape}, the network {tuple(var.shape)}")
+            var.assign(value)
+    return trainer, info
+
+
+def load_pretrained(name: str = DEFAULT, directory: str | None = None):
+    """The bundled de-raining network as a Keras model: NHWC float32 in [0, 1] -> de-rained image
+    (inputs are padded to ``model.pad_multiple``-multiples by ``erl_derain.inference.apply_padded``)."""
+    trainer, _ = load_pretrained_trainer(name, directory)
+    model = trainer.inference_model()
+    model.pad_multiple = trainer.pad_multiple
+    return model

@@ -1,0 +1,45 @@
+"""Package a trained run as the bundled model: ``python -m erl_derain.pretrained.package <model_dir>``.
+
+Writes ``<name>.npz`` (the de-raining network's variables by path) and ``<name>.json`` (the training
+configuration, the weights' SHA-256, steps and wall time) into this package folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from erl_derain.pretrained import DEFAULT, HERE, paths, sha256_of
+
+
+def package(model_dir: str, name: str = DEFAULT, directory: str = HERE, extra: dict | None = None) -> tuple[str, str]:
+    from erl_derain.training import load_trainer
+
+    trainer, config = load_trainer(model_dir)
+    variables = {v.path: np.asarray(v.numpy()) for v in trainer.inference_model().weights}
+    info_path, weights_path = paths(name, directory)
+    tmp = weights_path + ".tmp.npz"
+    np.savez_compressed(tmp, **variables)
+    os.replace(tmp, weights_path)
+    info = {"name": name, "config": config, "sha256": sha256_of(weights_path),
+            "parameters": int(sum(v.size for v in variables.values())), **(extra or {})}
+    with open(info_path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    return info_path, weights_path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("model_dir")
+    p.add_argument("--name", default=DEFAULT)
+    p.add_argument("--train_seconds", type=float, default=None, help="wall time of the training run (model card)")
+    args = p.parse_args()
+    extra = {"train_seconds": args.train_seconds} if args.train_seconds else {}
+    for path in package(args.model_dir, args.name, extra=extra):
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.2f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,13 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-try:  # tfds.testing.DatasetBuilderTestCase imports dill, which TFDS does not install (setup.py's "test" extra does)
-    import dill  # noqa: F401  pylint: disable=unused-import
-
-    HAVE_TFDS_TESTING = True
-except ImportError:
-    HAVE_TFDS_TESTING = False
-
 PACKAGE_DIR = Path(__file__).resolve().parent
 H, W = 12, 16  # dummy image size (height, width)
 

@@ -359,6 +359,18 @@ def _op_seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(seed * _NUM_STREAMS + stream, tf.int64), tf.cast(index, tf.int64)])
 
 
+def crop_flip(stack, position, *, seed: int, crop_size: int | None, flip: bool):
+    """Stateless random crop and flip of an ``[h, w, c]`` stack (images concatenated on channels so
+    that they share the window), keyed on (seed, position)."""
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(_op_seed(seed, _STREAM_AUGMENT, position), 2))
+    if crop_size is not None:
+        stack = tf.image.stateless_random_crop(stack, [crop_size, crop_size, stack.shape[-1]], seed=crop_seed)
+    if flip:
+        stack = tf.image.stateless_random_flip_left_right(stack, seed=flip_seed)
+    return stack
+
+
 def _random_crop_flip(rainy, clean, position, *, seed: int, crop_size: int | None, flip: bool,
                       segmentation=None, scale_rotate: bool = False, min_scale: float = 0.5):
     """Same stateless random crop and flip for rainy and clean (and a segmentation map), keyed on
@@ -368,8 +380,6 @@ def _random_crop_flip(rainy, clean, position, *, seed: int, crop_size: int | Non
     resizes by a factor drawn in [min_scale, 1] (bilinear; nearest for the segmentation; never below
     the crop) and rotates the crop by a random multiple of 90 degrees. Returns (rainy, clean,
     segmentation) when a segmentation is given, else (rainy, clean)."""
-    crop_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(_op_seed(seed, _STREAM_AUGMENT, position), 2))
     if scale_rotate:
         scale_seed, rot_seed = tf.unstack(
             tf.random.experimental.stateless_split(_op_seed(seed, _STREAM_GEOMETRY, position), 2))
@@ -385,12 +395,7 @@ def _random_crop_flip(rainy, clean, position, *, seed: int, crop_size: int | Non
         if segmentation is not None:
             segmentation = tf.image.resize(segmentation, new, method="nearest")
     parts = [rainy, clean] + ([tf.cast(segmentation, tf.float32)] if segmentation is not None else [])
-    stack = tf.concat(parts, axis=-1)  # one crop/flip/rotation for all
-    depth = 6 + (1 if segmentation is not None else 0)
-    if crop_size is not None:
-        stack = tf.image.stateless_random_crop(stack, [crop_size, crop_size, depth], seed=crop_seed)
-    if flip:
-        stack = tf.image.stateless_random_flip_left_right(stack, seed=flip_seed)
+    stack = crop_flip(tf.concat(parts, axis=-1), position, seed=seed, crop_size=crop_size, flip=flip)  # one for all
     if scale_rotate:
         k = tf.random.stateless_uniform([], rot_seed, minval=0, maxval=4, dtype=tf.int32)
         stack = tf.image.rot90(stack, k)

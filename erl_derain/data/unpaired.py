@@ -85,17 +85,6 @@ def _fit_to_crop(image, crop_size: int | None, small_images: str, name, source: 
     return tf.cond(short < crop_size, upscale, lambda: image)
 
 
-def _random_crop_flip(image, position, *, seed: int, crop_size: int | None, flip: bool):
-    """Stateless crop and flip keyed on (seed, position), the same streams as paired_dataset."""
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
-        pl._op_seed(seed, pl._STREAM_AUGMENT, position), 2))  # pylint: disable=protected-access
-    if crop_size is not None:
-        image = tf.image.stateless_random_crop(image, [crop_size, crop_size, 3], seed=crop_seed)
-    if flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    return image
-
-
 def _folder_pipeline(source, split, *, batch_size, crop_size, training, seed, start_index, flip, small_images):
     files = list_unpaired_folder(source, split)
     headers = pl._scan_headers([p for p, _ in files])  # pylint: disable=protected-access
@@ -128,7 +117,7 @@ def _folder_pipeline(source, split, *, batch_size, crop_size, training, seed, st
         def load(position, index):
             image, name = read(index)
             image = _fit_to_crop(image, crop_size, small_images, name, source)
-            return {"rainy": _random_crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
+            return {"rainy": pl.crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
                     "name": name}
 
         ds = pl._training_positions(num, start_index, epoch_indices)  # pylint: disable=protected-access
@@ -186,7 +175,7 @@ def _tfds_pipeline(source, split, *, batch_size, crop_size, training, seed, star
 
         def load(position, record):
             image, name = decode(*record)
-            return {"rainy": _random_crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
+            return {"rainy": pl.crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
                     "name": name}
     else:
         ds = records.skip(start_index)

@@ -451,31 +451,29 @@ class JRGRTrainer(keras.Model):
         return _ClippedRemoval(self.f_r, name="jrgr_f_r")
 
     # -- the two closed loops -----------------------------------------------------------------------
+    def _closed_loop(self, o, a: str, b: str, training) -> dict:
+        """Domain a -> b -> a (a, b in {"s", "r"}): decompose with F_a, translate the rain layer with
+        G_b, entangle, decompose the result with F_b, translate back with G_a, entangle again."""
+        f_a, f_b = getattr(self, f"f_{a}"), getattr(self, f"f_{b}")
+        g_to_b, g_to_a = getattr(self, f"g_{b}"), getattr(self, f"g_{a}")
+        b_a = f_a(o, training=training)
+        r_a = o - b_a
+        r_ab = g_to_b(r_a, training=training)
+        o_ab = b_a + r_ab
+        b_ab = f_b(o_ab, training=training)
+        r_ab_dis = o_ab - b_ab
+        r_aba = g_to_a(r_ab_dis, training=training)
+        ab = f"{a}2{b}"
+        return {f"o_{a}": o, f"b_{a}": b_a, f"r_{a}": r_a, f"r_{ab}": r_ab, f"o_{ab}": o_ab, f"b_{ab}": b_ab,
+                f"r_{ab}_dis": r_ab_dis, f"r_{ab}2{a}": r_aba, f"o_{a}_rec": b_ab + r_aba}
+
     def synthetic_loop(self, o_s, training=False) -> dict:
         """S2R then R2S on a synthetic rainy image (Fig. 6 f-j)."""
-        b_s = self.f_s(o_s, training=training)
-        r_s = o_s - b_s
-        r_s2r = self.g_r(r_s, training=training)
-        o_s2r = b_s + r_s2r
-        b_s2r = self.f_r(o_s2r, training=training)
-        r_s2r_dis = o_s2r - b_s2r
-        r_s2r2s = self.g_s(r_s2r_dis, training=training)
-        o_s_rec = b_s2r + r_s2r2s
-        return {"o_s": o_s, "b_s": b_s, "r_s": r_s, "r_s2r": r_s2r, "o_s2r": o_s2r, "b_s2r": b_s2r,
-                "r_s2r_dis": r_s2r_dis, "r_s2r2s": r_s2r2s, "o_s_rec": o_s_rec}
+        return self._closed_loop(o_s, "s", "r", training)
 
     def real_loop(self, o_r, training=False) -> dict:
         """R2S then S2R on a real rainy image (Fig. 6 a-e)."""
-        b_r = self.f_r(o_r, training=training)
-        r_r = o_r - b_r
-        r_r2s = self.g_s(r_r, training=training)
-        o_r2s = b_r + r_r2s
-        b_r2s = self.f_s(o_r2s, training=training)
-        r_r2s_dis = o_r2s - b_r2s
-        r_r2s2r = self.g_r(r_r2s_dis, training=training)
-        o_r_rec = b_r2s + r_r2s2r
-        return {"o_r": o_r, "b_r": b_r, "r_r": r_r, "r_r2s": r_r2s, "o_r2s": o_r2s, "b_r2s": b_r2s,
-                "r_r2s_dis": r_r2s_dis, "r_r2s2r": r_r2s2r, "o_r_rec": o_r_rec}
+        return self._closed_loop(o_r, "r", "s", training)
 
     def intermediates(self, synthetic, real, training=False) -> dict:
         """Every intermediate of both loops (Fig. 6), keyed as in the module docstring."""

@@ -11,19 +11,13 @@ from tfds_builders import builder_testing as bt
 from tfds_builders import paired_common as pc
 from tfds_builders.agan import agan_dataset_builder as ab
 
-if bt.HAVE_TFDS_TESTING:
+class AganConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: train (2 png pairs), test_a (1 png pair), test_b (2 jpg pairs)."""
 
-    class AganConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: train (2 png pairs), test_a (1 png pair), test_b (2 jpg pairs)."""
+    DATASET_CLASS = ab.Builder
+    SPLITS = {"train": 2, "test_a": 1, "test_b": 2}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = ab.Builder
-        SPLITS = {"train": 2, "test_a": 1, "test_b": 2}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def test_pairs_match_on_the_number(tmp_path):

@@ -20,20 +20,14 @@ DUMMY_NAMES = {"train": ["aachen_000000_000019", "aachen_000000_000029", "bochum
                "val": ["frankfurt_000000_000019", "frankfurt_000000_000029"]}
 VALID_TRAIN_IDS = set(range(19)) | {255}
 
-if bt.HAVE_TFDS_TESTING:
+class CityscapesRainConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: leftImg8bit/ + gtFine/ with train (aachen x2, bochum x1) and val (frankfurt x2);
+    both configs (default, full)."""
 
-    class CityscapesRainConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: leftImg8bit/ + gtFine/ with train (aachen x2, bochum x1) and val (frankfurt x2);
-        both configs (default, full)."""
+    DATASET_CLASS = cb.Builder
+    SPLITS = {"train": 3, "val": 2}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = cb.Builder
-        SPLITS = {"train": 3, "val": 2}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def _label_path(split: str, stem: str):

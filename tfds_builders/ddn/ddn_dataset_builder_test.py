@@ -14,19 +14,13 @@ from tfds_builders import builder_testing as bt
 from tfds_builders import paired_common as pc
 from tfds_builders.ddn import ddn_dataset_builder as db
 
-if bt.HAVE_TFDS_TESTING:
+class DdnConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: Rain14000/{rainy image,ground truth} with clean images 1, 2, 901 x 2 renderings."""
 
-    class DdnConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: Rain14000/{rainy image,ground truth} with clean images 1, 2, 901 x 2 renderings."""
+    DATASET_CLASS = db.Builder
+    SPLITS = {"train": 4, "test": 2}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = db.Builder
-        SPLITS = {"train": 4, "test": 2}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def _clean_ids(examples):

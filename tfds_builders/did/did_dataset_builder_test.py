@@ -12,19 +12,13 @@ from tfds_builders import builder_testing as bt
 from tfds_builders import paired_common as pc
 from tfds_builders.did import did_dataset_builder as db
 
-if bt.HAVE_TFDS_TESTING:
+class DidConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: 2 heavy, 1 medium, 1 light training files, 2 test files."""
 
-    class DidConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: 2 heavy, 1 medium, 1 light training files, 2 test files."""
+    DATASET_CLASS = db.Builder
+    SPLITS = {"train": 4, "test": 2}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = db.Builder
-        SPLITS = {"train": 4, "test": 2}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def _flat(value, h=8, w=10):

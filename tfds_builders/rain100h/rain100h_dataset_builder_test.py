@@ -17,19 +17,13 @@ from tfds_builders.rain100h import rain100h_dataset_builder as rb
 REFERENCE_PSNR = {"norain-1": 20.2456, "norain-2": 12.1808, "norain-3": 13.9642, "norain-4": 12.0426,
                   "norain-5": 10.8179}
 
-if bt.HAVE_TFDS_TESTING:
+class Rain100HConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: RainTrainH/ in the original JORDER layout (with masks), Rain100H/ as the PKU archive."""
 
-    class Rain100HConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: RainTrainH/ in the original JORDER layout (with masks), Rain100H/ as the PKU archive."""
+    DATASET_CLASS = rb.Builder
+    SPLITS = {"train": 3, "test": 2}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = rb.Builder
-        SPLITS = {"train": 3, "test": 2}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def test_masks_from_rainregion_files(tmp_path):

@@ -18,19 +18,13 @@ from tfds_builders.rain100l import rain100l_dataset_builder as rb
 REFERENCE_PSNR = {"norain-1": 20.2456, "norain-2": 12.1808, "norain-3": 13.9642, "norain-4": 12.0426,
                   "norain-5": 10.8179}
 
-if bt.HAVE_TFDS_TESTING:
+class Rain100LConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: RainTrainL/ as PReNet's train copy (no masks), Rain100L/ as PReNet's test copy."""
 
-    class Rain100LConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: RainTrainL/ as PReNet's train copy (no masks), Rain100L/ as PReNet's test copy."""
+    DATASET_CLASS = rb.Builder
+    SPLITS = {"train": 2, "test": 2}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = rb.Builder
-        SPLITS = {"train": 2, "test": 2}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def test_dummy_data_has_no_masks(tmp_path):

@@ -11,19 +11,13 @@ from tfds_builders import builder_testing as bt
 from tfds_builders import paired_common as pc
 from tfds_builders.rain800 import rain800_dataset_builder as rb
 
-if bt.HAVE_TFDS_TESTING:
+class Rain800ConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: training/ (3 files), test_syn/ (2 files); built with both configs."""
 
-    class Rain800ConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: training/ (3 files), test_syn/ (2 files); built with both configs."""
+    DATASET_CLASS = rb.Builder
+    SPLITS = {"train": 3, "test": 2}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = rb.Builder
-        SPLITS = {"train": 3, "test": 2}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def test_default_config_is_the_authors_rainy_right():

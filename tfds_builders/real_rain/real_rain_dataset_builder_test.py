@@ -13,19 +13,13 @@ from tfds_builders import builder_testing as bt
 from tfds_builders import paired_common as pc
 from tfds_builders.real_rain import real_rain_dataset_builder as rb
 
-if bt.HAVE_TFDS_TESTING:
+class RealRainConformanceTest(tfds.testing.DatasetBuilderTestCase):
+    """dummy_data: an RGB and a grey JPEG, an RGBA PNG, a BMP in a sub-folder."""
 
-    class RealRainConformanceTest(tfds.testing.DatasetBuilderTestCase):
-        """dummy_data: an RGB and a grey JPEG, an RGBA PNG, a BMP in a sub-folder."""
+    DATASET_CLASS = rb.Builder
+    SPLITS = {"train": 4}
+    SKIP_CHECKSUMS = True
 
-        DATASET_CLASS = rb.Builder
-        SPLITS = {"train": 4}
-        SKIP_CHECKSUMS = True
-
-else:
-
-    def test_conformance_needs_dill():
-        pytest.skip("tfds.testing.DatasetBuilderTestCase needs `pip install dill`")
 
 
 def test_formats_and_names(tmp_path):

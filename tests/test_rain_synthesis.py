@@ -1,5 +1,7 @@
 """Rain synthesis (intensity-aware paper's recipe) and image I/O conversions."""
 
+from dataclasses import asdict
+
 import cv2
 import numpy as np
 import pytest
@@ -171,3 +173,26 @@ def test_synthesize_folder_renders_are_stable_per_photo(tmp_path):
     save_rgb(str(src / "a.jpg"), grey(48, 48, 0.2))  # same stem as a.png: outputs would collide
     with pytest.raises(ValueError, match="same name stem"):
         rs.synthesize_folder(str(src), str(tmp_path / "o5"))
+
+
+def test_long_style_gives_long_soft_additive_streaks():
+    rng = np.random.default_rng(1)
+    light = [rs.RainParams.sample(rng, 0.0, "long") for _ in range(20)]
+    heavy = [rs.RainParams.sample(rng, 1.0, "long") for _ in range(20)]
+    assert min(p.length for p in light + heavy) >= 40  # vs 10-40 px for the paper's streaks
+    assert max(p.density for p in light) < min(p.density for p in heavy)
+    assert not any(p.accumulation for p in light + heavy)
+    assert {p.blur_sigma for p in light + heavy} <= set(rs.LONG_BLUR_SIGMAS)
+    # Wider streaks are dimmer: intensity * sigma is drawn from the same range for every sigma.
+    assert all(0.04 <= p.intensity * p.blur_sigma <= 0.1 for p in light)
+    clean = grey(96, 96, 0.3)
+    rainy, rain = rs.synthesize_rain(clean, rng=rng, **asdict(heavy[0]))
+    assert (rain >= 0).all() and rain.mean() > 0.01
+    # a streak spans most of its length: the rain's vertical autocorrelation (angle 0) is high
+    vertical = rs.synthesize_rain(clean, seed=3, **{**asdict(heavy[0]), "angle": 0.0, "layers": 1})[1][..., 0]
+    a, b = vertical[:-20] - vertical.mean(), vertical[20:] - vertical.mean()
+    assert (a * b).mean() / vertical.var() > 0.5
+    with pytest.raises(ValueError, match="style"):
+        rs.RainParams.sample(rng, 0.5, "drizzle")
+    with pytest.raises(ValueError, match="blur_sigma"):
+        rs.synthesize_rain(clean, blur_sigma=3.5)

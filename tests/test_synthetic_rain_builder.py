@@ -135,3 +135,24 @@ def test_default_sources_are_disjoint_and_big_enough():
     for name in srb.TRAIN_SOURCES:
         pieces = list(srb._tiles(srb._shrink(load_rgb(paths[name]), cfg.max_side), cfg.tile))
         assert pieces and all(min(p.shape[:2]) >= 128 for _, p in pieces)
+
+
+def test_varied_config_adds_scales_and_the_long_style(photos, tmp_path):
+    """``styles`` and ``extra_sides`` (the ``varied`` config of the bundled model): the test split takes
+    the styles in turn (renders 0, 2, 4 short streaks, 1, 3, 5 long ones); long streaks are purely
+    additive; a second scale of the train photos adds tiles."""
+    base = _build(srb.custom_config(str(photos), train_renders=1, test_renders=6), tmp_path / "base")
+    cfg = srb.custom_config(str(photos), train_renders=1, test_renders=6, styles=("streaks", "long"),
+                            extra_sides=(100,))
+    varied = _build(cfg, tmp_path / "varied")
+    # The 160x200 train photos are smaller than a 256 tile, so each is kept whole at max_side 768 and
+    # again shrunk to 80x100 at side 100: twice the examples.
+    assert varied.info.splits["train"].num_examples == 2 * base.info.splits["train"].num_examples
+    names = {ex["name"].decode() for ex in tfds.as_numpy(varied.as_dataset(split="train"))}
+    assert any("_t100_" in n for n in names)
+    test = {ex["name"].decode(): ex for ex in tfds.as_numpy(varied.as_dataset(split="test"))}
+    for r in (1, 3, 5):  # long style: never darker than the clean photo
+        ex = next(v for k, v in test.items() if k.endswith(f"_r{r:02d}"))
+        assert (ex["rainy"].astype(int) >= ex["clean"].astype(int)).all()
+    with pytest.raises(ValueError, match="styles"):
+        srb.custom_config(str(photos), styles=("drizzle",))

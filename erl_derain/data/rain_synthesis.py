@@ -33,6 +33,8 @@ from erl_derain.data.image_io import images_by_stem, load_rgb, save_rgb
 
 DIRECTIONS = (0.0, 15.0, -15.0, 30.0, -30.0, 40.0, -40.0)  # degrees from vertical
 BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: streak thickness
+LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long" style
+STYLES = ("streaks", "long")
 
 
 def motion_kernel(length: float, angle: float) -> np.ndarray:
@@ -61,8 +63,9 @@ def streak_layer(shape: tuple[int, int], *, density: float, length: float, angle
     if blur_sigma > 0:
         seeds = cv2.GaussianBlur(seeds, (0, 0), sigmaX=blur_sigma, borderType=cv2.BORDER_REFLECT)
         # Scale so that one blurred seed peaks at its own brightness: thickness, not brightness, changes.
-        delta = np.zeros((9, 9), np.float32)
-        delta[4, 4] = 1.0
+        size = max(9, 2 * int(np.ceil(4 * blur_sigma)) + 1)  # holds the whole Gaussian
+        delta = np.zeros((size, size), np.float32)
+        delta[size // 2, size // 2] = 1.0
         seeds /= cv2.GaussianBlur(delta, (0, 0), sigmaX=blur_sigma).max()
     return cv2.filter2D(seeds, -1, motion_kernel(length, angle), borderType=cv2.BORDER_REFLECT)
 
@@ -82,8 +85,24 @@ class RainParams:
     atmospheric_light: float | None = None
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, level: float) -> "RainParams":
+    def sample(cls, rng: np.random.Generator, level: float, style: str = "streaks") -> "RainParams":
+        """``style="streaks"`` is the paper's recipe (short streaks; several layers and the veil when
+        heavy). ``style="long"`` is the Photoshop rain of DDN's Rain1400-like sets: many long (40-220 px),
+        soft streaks of low brightness that overlap into a bright haze, purely additive."""
         level = float(np.clip(level, 0.0, 1.0))
+        if style not in STYLES:
+            raise ValueError(f"rain style must be one of {STYLES}, got {style!r}")
+        if style == "long":
+            sigma = float(rng.choice(LONG_BLUR_SIGMAS))
+            return cls(
+                density=float(0.0006 + 0.002 * level * rng.uniform(0.5, 1.0)),
+                length=float(rng.uniform(40, 100) + 120 * level * rng.uniform(0.5, 1.0)),
+                intensity=float((rng.uniform(0.04, 0.1) + 0.06 * level) / sigma),  # wider streaks are dimmer
+                angle=float(rng.choice(DIRECTIONS)),
+                blur_sigma=sigma,
+                layers=1 + int(level > 0.5),
+                accumulation=False,
+            )
         return cls(
             density=float(0.0008 + 0.003 * level * rng.uniform(0.6, 1.0)),
             length=float(rng.uniform(10, 20) + 20 * level),
@@ -101,8 +120,8 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
                     seed: int | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add rain to ``clean`` (float HxWx3 in [0,1]); returns ``(rainy, rain)`` with rainy = clean + rain.
 
-    ``angle`` must be one of ``DIRECTIONS`` or None (random); ``blur_sigma`` in [0.2, 1.0] or None
-    (random from ``BLUR_SIGMAS``). Layers after the first draw their own direction and thickness and
+    ``angle`` must be one of ``DIRECTIONS`` or None (random); ``blur_sigma`` in [0, 3] or None
+    (random from ``BLUR_SIGMAS``; the paper's radii are 0.2-1.0, wider ones are for the "long" style). Layers after the first draw their own direction and thickness and
     a length of 0.6-1.2 times ``length``. ``accumulation`` applies the veil model with ``alpha``
     (transmission; random in [0.75, 0.95] if None) and ``atmospheric_light`` (random in [0.75, 1.0]).
     The result depends only on the inputs and ``seed`` (or the state of ``rng``).
@@ -114,8 +133,8 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
         raise ValueError(f"density must be in [0, 1], got {density}")
     if angle is not None and angle not in DIRECTIONS:
         raise ValueError(f"angle must be one of {DIRECTIONS} (degrees from vertical) or None, got {angle}")
-    if blur_sigma is not None and not 0.0 <= blur_sigma <= 1.0:
-        raise ValueError(f"blur_sigma must be in [0.2, 1.0] (the paper's radii) or None, got {blur_sigma}")
+    if blur_sigma is not None and not 0.0 <= blur_sigma <= 3.0:
+        raise ValueError(f"blur_sigma must be in [0, 3] (the paper's radii are 0.2-1.0) or None, got {blur_sigma}")
     if layers < 1:
         raise ValueError(f"layers must be >= 1, got {layers}")
     rng = rng if rng is not None else np.random.default_rng(seed)

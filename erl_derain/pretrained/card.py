@@ -62,6 +62,16 @@ def real_grid(predict, multiple: int, shared: str, path: str) -> str:
     return plots.comparison_grid(rows, path, max_side=256, title="Real rainy photos (../shared/data/real_rain)")
 
 
+DATA_TEXT = {
+    "synthetic_rain": "scikit-image's bundled photos, rain from light to heavy with several streak layers and the "
+                      "accumulation veil at the heavy end",
+    "synthetic_rain/varied": "scikit-image's bundled photos at two scales (longer side 768 and 480), 8 renderings "
+                             "per 256x256 tile, rain from light to heavy in two styles chosen at random: the "
+                             "paper's short streaks (several layers and the accumulation veil when heavy) and long "
+                             "soft Photoshop-style streaks (40-220 px)",
+}
+
+
 def main():
     import tensorflow as tf
 
@@ -93,9 +103,8 @@ def main():
         f"{cfg['widths']}, bottleneck {cfg['bottleneck_width']}, dense blocks of {cfg['dense_layers']} layers (growth "
         f"{cfg['growth']}); {info['parameters']:,} parameters in the bundled de-raining network (the clean autoencoder "
         "is training-only and not shipped);",
-        f"* data: `synthetic_rain` (scikit-image's bundled photos, rain from light to heavy with several streak "
-        f"layers and the accumulation veil at the heavy end); {cfg['crop_size']}x{cfg['crop_size']} crops, batch "
-        f"{cfg['batch_size']}, flips;",
+        f"* data: `{cfg['dataset']}` ({DATA_TEXT.get(cfg['dataset'], 'see the flagfile')}); "
+        f"{cfg['crop_size']}x{cfg['crop_size']} crops, batch {cfg['batch_size']}, flips;",
         f"* schedule: stages I/II/III of {', '.join(str(s) for s in cfg['stage_steps'])} steps, Adam {cfg['lr']}, "
         "learning rate divided by 10 on loss plateaus;",
         (f"* wall time: {info['train_seconds'] / 60:.1f} minutes on 2 CPU cores;" if info.get("train_seconds") else

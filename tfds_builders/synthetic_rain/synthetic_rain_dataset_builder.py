@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from erl_derain.data.image_io import images_by_stem, load_rgb
-from erl_derain.data.rain_synthesis import RainParams, synthesize_rain
+from erl_derain.data.rain_synthesis import STYLES, RainParams, synthesize_rain
 from erl_derain.metrics import to_uint8
 
 TEST_SOURCES = ("chelsea", "coffee")
@@ -38,8 +38,16 @@ SEED = 20190627  # fixed: the dataset is the same on every machine
 
 class SyntheticRainConfig(tfds.core.BuilderConfig):
     def __init__(self, *, clean_dir: str | None = None, train_renders: int = 4, test_renders: int = 6,
-                 tile: int = 256, max_side: int = 768, levels: tuple[float, float] = (0.0, 1.0), **kwargs):
+                 tile: int = 256, max_side: int = 768, levels: tuple[float, float] = (0.0, 1.0),
+                 styles: tuple[str, ...] = ("streaks",), extra_sides: tuple[int, ...] = (), **kwargs):
+        """``styles``: the ``RainParams.sample`` styles drawn from (train: at random; test: in turn).
+        ``extra_sides``: further scales of the train photos (their longer side) tiled besides ``max_side``."""
         super().__init__(**kwargs)
+        bad = [s for s in styles if s not in STYLES]
+        if bad or not styles:
+            raise ValueError(f"synthetic_rain: styles must be a non-empty subset of {STYLES}, got {styles}")
+        self.styles = tuple(styles)
+        self.extra_sides = tuple(extra_sides)
         self.clean_dir = clean_dir
         self.train_renders = train_renders
         self.test_renders = test_renders
@@ -98,7 +106,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [SyntheticRainConfig(name="default", description="scikit-image's photos, light to heavy rain")]
+    BUILDER_CONFIGS = [
+        SyntheticRainConfig(name="default", description="scikit-image's photos, light to heavy rain"),
+        SyntheticRainConfig(name="varied", styles=STYLES, extra_sides=(480,), train_renders=8,
+                            description="scikit-image's photos at two scales, 8 renderings per tile, short "
+                                        "streaks (with layers and veil) and long Photoshop-style streaks"),
+    ]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -137,8 +150,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             rng = np.random.default_rng([SEED, index, 0 if split == "train" else 1])
             clean = load_rgb(path)
             if split == "train":
-                clean = _shrink(clean, cfg.max_side)
-                pieces = list(_tiles(clean, cfg.tile))
+                pieces = [(f"{side}_{t}" if side != cfg.max_side else t, tile)
+                          for side in (cfg.max_side,) + cfg.extra_sides
+                          for t, tile in _tiles(_shrink(clean, side), cfg.tile)]
                 renders = cfg.train_renders
             else:
                 pieces = [(0, clean)]
@@ -149,7 +163,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                         level = rng.uniform(lo, hi)
                     else:  # evenly spread, light to heavy
                         level = lo + (hi - lo) * r / max(1, renders - 1)
-                    params = RainParams.sample(rng, level)
+                    if len(cfg.styles) == 1:  # (no draw: the default config's stream of numbers is unchanged)
+                        style = cfg.styles[0]
+                    else:
+                        style = cfg.styles[rng.integers(len(cfg.styles))] if split == "train" else \
+                            cfg.styles[r % len(cfg.styles)]
+                    params = RainParams.sample(rng, level, style)
                     rainy, _ = synthesize_rain(piece, rng=rng, **asdict(params))
-                    key = f"{name}_t{t:02d}_r{r:02d}" if split == "train" else f"{name}_r{r:02d}"
+                    tid = f"{t:02d}" if isinstance(t, int) else t
+                    key = f"{name}_t{tid}_r{r:02d}" if split == "train" else f"{name}_r{r:02d}"
                     yield key, {"rainy": to_uint8(rainy), "clean": to_uint8(piece), "name": key}

@@ -57,8 +57,21 @@ flags.DEFINE_float("min_lr", 1e-7, "Lower bound of the plateau rule.")
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (one is also written at each stage end).")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step: auto = on GPU only.")
+flags.DEFINE_integer("stop_after", 0, "Stop after this many steps with a checkpoint (a job slot shorter than the "
+                     "run; the same command resumes); 0: train to the end.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the training and inference steps (also under "
+                  "--strategy): auto = on GPU only.")
 flags.DEFINE_integer("shuffle_buffer", 256, "Shuffle buffer for TFDS records.")
+flags.DEFINE_integer("cache_mb", None, "Training splits up to this serialized size (MiB) are cached in memory and fully "
+                     "permuted each epoch; larger ones stream through --shuffle_buffer (default 256; 0: never cache).")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy: "
+                  "default (one device), mirrored (all local GPUs), multi_worker (MultiWorkerMirroredStrategy from "
+                  "TF_CONFIG), tpu (--tpu). --batch_size is per replica: the global batch is batch_size x replicas.")
+flags.DEFINE_string("tpu", None, "--strategy=tpu: the TPU's name or grpc:// address ('local' on a TPU VM).")
+flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many logical devices (to try --strategy=mirrored "
+                     "without GPUs; 0: leave the devices alone).")
+flags.DEFINE_boolean("mixed_precision", False, "Mixed precision: mixed_float16 on GPU (dynamic loss scaling), "
+                     "mixed_bfloat16 on CPU/TPU; variables and network outputs stay float32.")
 flags.DEFINE_enum("on_nan", "stop", ["stop", "skip_batch"], "A non-finite loss: stop (naming step, files and loss "
                   "terms; the last good checkpoint is kept) or undo that step and skip its batch (10 in a row stop).")
 flags.DEFINE_boolean("evaluate_after", True, "After training, evaluate on --eval_split and print PSNR/SSIM.")
@@ -176,7 +189,7 @@ RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", 
             "lambda_adv_o", "lambda_cyc", "lambda_mse", "pretrain_lr", "fr_lr_factor", "fs_lr_factor", "beta_1",
             "pool_size", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
             "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
-            "jit_compile")
+            "jit_compile", "mixed_precision", "strategy")
 
 
 class UsageError(ValueError):
@@ -215,17 +228,17 @@ def _dataset_source(name: str, clean_dir: str | None):
     return name
 
 
-def _steps_per_epoch() -> float:
+def _steps_per_epoch(global_batch: int) -> float:
     from erl_derain.data import pipelines
 
     n = pipelines.num_examples(_dataset_source(FLAGS.dataset, FLAGS.clean_dir), FLAGS.split or "train",
                                data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
     if FLAGS.crop_mode == "ten_crop":
         n *= pipelines.TEN_CROPS
-    return n / FLAGS.batch_size
+    return n / global_batch
 
 
-def _lr_schedule(config):
+def _lr_schedule(config, global_batch: int):
     from erl_derain import training
 
     if FLAGS.lr_decay_epochs and FLAGS.lr_decay_steps:
@@ -233,35 +246,51 @@ def _lr_schedule(config):
     if FLAGS.lr_decay_steps:
         boundaries = [int(s) for s in FLAGS.lr_decay_steps]
     elif FLAGS.lr_decay_epochs:
-        per_epoch = _steps_per_epoch()
+        per_epoch = _steps_per_epoch(global_batch)
         boundaries = [max(1, int(round(float(e) * per_epoch))) for e in FLAGS.lr_decay_epochs]
     else:
         return None
     return training.StepSchedule(config["lr"], boundaries, FLAGS.lr_decay_factor)
 
 
-def _stage_steps(trainer, config) -> list[int]:
+def _stage_steps(trainer, global_batch: int) -> list[int]:
     if FLAGS.stage_steps:
         return [int(s) for s in FLAGS.stage_steps]
     if FLAGS.stage_epochs:
-        per_epoch = _steps_per_epoch()
+        per_epoch = _steps_per_epoch(global_batch)
         return [max(1, int(round(float(e) * per_epoch))) for e in FLAGS.stage_epochs]
     raise UsageError("give --stage_steps (or --stage_epochs), one value per stage of "
                      f"--erl_strategy={FLAGS.erl_strategy}: " + ", ".join(s.name for s in trainer.stages))
 
 
+def _make_strategy():
+    """The --strategy (and --logical_cpus, --mixed_precision), set up before TensorFlow runs any op."""
+    from erl_derain import distribute
+
+    try:
+        distribute.split_cpu(FLAGS.logical_cpus)
+        strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    except distribute.DistributeError as e:
+        raise UsageError(str(e)) from e
+    distribute.set_precision(FLAGS.mixed_precision)
+    return strategy
+
+
 def cmd_train():
     import tensorflow as tf
 
-    from erl_derain import training
+    from erl_derain import distribute, training
     from erl_derain.data import pipelines
     from erl_derain.methods import make_trainer
 
     model_dir = _require("model_dir")
+    strategy = _make_strategy()
     config = _run_config()
     keras_seed(FLAGS.seed)
-    trainer = make_trainer(config)
-    stage_steps = _stage_steps(trainer, config)
+    with strategy.scope():
+        trainer = make_trainer(config)
+    global_batch = FLAGS.batch_size * strategy.num_replicas_in_sync
+    stage_steps = _stage_steps(trainer, global_batch)
     split = FLAGS.split or "train"
     multiple = trainer.pad_multiple
     if FLAGS.crop_size % multiple:
@@ -269,17 +298,14 @@ def cmd_train():
                          f"down-samples {multiple}x)")
     dataset = _dataset_source(FLAGS.dataset, FLAGS.clean_dir)
     # Fail on a bad dataset before any training work starts.
-    pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size,
-                             training=True, seed=FLAGS.seed, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
-                             shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir,
-                             crop_mode=FLAGS.crop_mode)
+    cache = None if FLAGS.cache_mb is None else FLAGS.cache_mb * 2**20
+    stream = dict(batch_size=global_batch, crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
+                  data_dir=FLAGS.data_dir, flip=FLAGS.flip, shuffle_buffer=FLAGS.shuffle_buffer,
+                  manual_dir=FLAGS.manual_dir, crop_mode=FLAGS.crop_mode, cache_limit_bytes=cache)
+    pipelines.paired_dataset(dataset, split, **stream)  # a bad dataset fails before any training work starts
 
     def paired_fn(start_index: int) -> tf.data.Dataset:
-        return pipelines.paired_dataset(dataset, split, batch_size=FLAGS.batch_size,
-                                        crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
-                                        start_index=start_index, data_dir=FLAGS.data_dir, flip=FLAGS.flip,
-                                        shuffle_buffer=FLAGS.shuffle_buffer, manual_dir=FLAGS.manual_dir,
-                                        crop_mode=FLAGS.crop_mode)
+        return pipelines.paired_dataset(dataset, split, start_index=start_index, **stream)
 
     dataset_fn = paired_fn
     if FLAGS.method == "jrgr":  # synthetic pairs zipped with unpaired real rainy crops
@@ -289,10 +315,11 @@ def cmd_train():
             raise UsageError("--method=jrgr needs --real_dataset (real_rain, or a folder of real rainy photos)")
 
         def real_fn(start_index: int) -> tf.data.Dataset:
-            return unpaired.unpaired_dataset(FLAGS.real_dataset, FLAGS.real_split, batch_size=FLAGS.batch_size,
+            return unpaired.unpaired_dataset(FLAGS.real_dataset, FLAGS.real_split, batch_size=global_batch,
                                              crop_size=FLAGS.crop_size, seed=FLAGS.seed, start_index=start_index,
                                              flip=FLAGS.flip, data_dir=FLAGS.data_dir,
-                                             manual_dir=FLAGS.real_manual_dir, small_images=FLAGS.real_small_images)
+                                             manual_dir=FLAGS.real_manual_dir, small_images=FLAGS.real_small_images,
+                                             cache_limit_bytes=cache)
 
         real_fn(0)  # a bad real-rain source fails before training starts
 
@@ -302,16 +329,21 @@ def cmd_train():
     plateau = training.PlateauSchedule(FLAGS.lr_plateau_window, FLAGS.lr_plateau_patience,
                                        FLAGS.lr_plateau_factor, FLAGS.min_lr)
     summary = training.train(trainer, config, dataset_fn, model_dir=model_dir, stage_steps=stage_steps,
-                             batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile,
+                             batch_size=global_batch, jit_compile=FLAGS.jit_compile,
                              checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
                              keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
-                             lr_schedule=_lr_schedule(config), on_nan=FLAGS.on_nan)
+                             lr_schedule=_lr_schedule(config, global_batch), on_nan=FLAGS.on_nan, strategy=strategy,
+                             stop_after=FLAGS.stop_after)
     if summary.get("skipped_batches"):
         print(f"Skipped {len(summary['skipped_batches'])} batch(es) with a non-finite loss: "
               f"{summary['skipped_batches'][:10]}", flush=True)
+    if summary.get("stopped_early"):
+        print(f"Stopped after {FLAGS.stop_after} steps (--stop_after) at global step {summary['global_step']}; "
+              f"the same command resumes from {os.path.join(model_dir, 'checkpoints')}", flush=True)
+        return
     print(f"Training done in {summary['seconds']:.1f} s ({summary['global_step']} steps); "
           f"checkpoints in {os.path.join(model_dir, 'checkpoints')}", flush=True)
-    if FLAGS.evaluate_after:
+    if FLAGS.evaluate_after and distribute.is_chief(strategy):
         _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, FLAGS.dataset, FLAGS.eval_split,
                   FLAGS.clean_dir)
 
@@ -323,9 +355,13 @@ def keras_seed(seed: int):
 
 
 def _predict_fn(model):
+    """The inference step; XLA-compiled with --jit_compile (auto: on GPU; one compilation per image size)."""
     import tensorflow as tf
 
-    return tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    from erl_derain.training import resolve_jit_compile
+
+    return tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+                       jit_compile=resolve_jit_compile(FLAGS.jit_compile))
 
 
 def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Callable
 
@@ -27,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from erl_derain import distribute
 
 
 class TrainingError(RuntimeError):
@@ -45,6 +49,11 @@ def resolve_jit_compile(value: str | bool) -> bool:
     if value in ("false", "0", "no"):
         return False
     raise ValueError(f"--jit_compile must be auto, true or false, got {value!r}")
+
+
+def learning_rate_of(optimizer) -> float:
+    """The optimizer's current learning rate (also when its variable is mirrored by a strategy)."""
+    return float(tf.convert_to_tensor(optimizer.learning_rate))
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -136,7 +145,7 @@ class PlateauSchedule(tf.Module):
         if int(self.wait) < self.patience:
             return None
         self.wait.assign(0)
-        lr = float(optimizer.learning_rate)
+        lr = learning_rate_of(optimizer)
         new_lr = max(lr * self.factor, self.min_lr)
         if new_lr < lr:
             optimizer.learning_rate.assign(new_lr)
@@ -174,8 +183,10 @@ class StateBackup:
 class Run:
     """A ``--model_dir``: its saved configuration and its checkpoint of a trainer."""
 
-    def __init__(self, model_dir: str, trainer, keep_checkpoints: int = 3, plateau: PlateauSchedule | None = None):
+    def __init__(self, model_dir: str, trainer, keep_checkpoints: int = 3, plateau: PlateauSchedule | None = None,
+                 chief: bool = True):
         self.model_dir = model_dir
+        self.chief = chief
         self.trainer = trainer
         self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # within the stage
@@ -211,8 +222,17 @@ class Run:
                                     f"{os.path.join(self.model_dir, 'config.json')}: {str(e)[:500]}") from e
         return None
 
-    def save(self) -> str:
-        return self.manager.save(checkpoint_number=int(self.global_step))
+    def save(self) -> str | None:
+        """Write a checkpoint (the chief), or under multi-worker training on another worker take part in
+        the save (it may run collective ops) into a private temporary folder that is then removed."""
+        if self.chief:
+            return self.manager.save(checkpoint_number=int(self.global_step))
+        tmp = tempfile.mkdtemp(prefix="erl_derain_worker_ckpt_")
+        try:
+            self.checkpoint.write(os.path.join(tmp, "ckpt"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return None
 
 
 def prepare_model_dir(model_dir: str, config: dict) -> None:
@@ -236,9 +256,16 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
           checkpoint_every: int = 500, log_every: int = 50, keep_checkpoints: int = 3,
           plateau: PlateauSchedule | None = None, lr_schedule: StepSchedule | None = None, verbose: int = 1,
           on_nan: str = "stop", max_skipped: int = 10,
-          on_step_end: Callable[[int, int, dict], None] | None = None) -> dict:
+          on_step_end: Callable[[int, int, dict], None] | None = None,
+          strategy: tf.distribute.Strategy | None = None, stop_after: int = 0) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
+
+    ``strategy``: a tf.distribute strategy in whose scope ``trainer`` was made (None: the default).
+    ``batch_size`` and ``dataset_fn``'s batches are then global (per replica x replicas); each step
+    runs ``train_step`` on every replica (``strategy.run``) and logs the mean over replicas; only the
+    chief writes the config, summaries and checkpoints. ``stop_after`` > 0: stop after that many steps
+    of this call with a checkpoint (a job slot shorter than the run); the next call resumes.
 
     ``lr_schedule`` (a StepSchedule) sets every stage's learning rate from its step; it replaces the
     plateau rule. ``on_nan``: a non-finite loss stops training naming the step, the batch's files and
@@ -251,9 +278,18 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     if len(stage_steps) != len(stages):
         raise TrainingError(f"--stage_steps has {len(stage_steps)} value(s) but the training strategy has "
                             f"{len(stages)} stage(s): {', '.join(s.name for s in stages)}")
-    prepare_model_dir(model_dir, config)
-    trainer.build_networks()
-    run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau)
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy.num_replicas_in_sync > 1 or isinstance(
+        strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
+    chief = distribute.is_chief(strategy)
+    verbose = verbose if chief else 0
+    if chief:
+        prepare_model_dir(model_dir, config)
+    with strategy.scope():
+        trainer.build_networks()
+        backup = StateBackup(trainer) if on_nan == "skip_batch" else None
+    # (the stage/step counters live on the host: made outside the scope)
+    run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau, chief=chief)
     restored = run.restore()
     if restored:
         logging.info("resumed from %s at stage %s step %d", restored, int(run.stage), int(run.step))
@@ -261,19 +297,21 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
             print(f"Resuming {model_dir} at stage {stages[min(int(run.stage), len(stages) - 1)].name} "
                   f"(#{int(run.stage) + 1}/{len(stages)}), step {int(run.step)}", flush=True)
     jit = resolve_jit_compile(jit_compile)
-    backup = StateBackup(trainer) if on_nan == "skip_batch" else None
     skipped, in_a_row = [], 0
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if chief else \
+        tf.summary.create_noop_writer()
     summary = {"stages": {}, "resumed_from": restored}
     t_start = time.time()
     last_logs: dict = {}
+    steps_done = 0
     while int(run.stage) < len(stages):
         si = int(run.stage)
         stage = stages[si]
         target = int(stage_steps[si])
         trainer.set_stage(si)
         optimizer = trainer.current_optimizer
-        step_fn = tf.function(trainer.train_step, jit_compile=jit, reduce_retracing=True)
+        step_fn = _step_function(trainer, strategy, jit) if distributed else \
+            tf.function(trainer.train_step, jit_compile=jit, reduce_retracing=True)
         start_step = int(run.step)
         if verbose and start_step < target:
             print(f"Stage {stage.name} ({si + 1}/{len(stages)}): training {', '.join(stage.train)}; "
@@ -281,19 +319,24 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
         progbar = keras.utils.Progbar(target, verbose=verbose, stateful_metrics=["lr"]) if verbose else None
         t_stage = time.time()
         if start_step < target:
-            iterator = iter(dataset_fn(int(run.global_step) * batch_size))
+            start = int(run.global_step) * batch_size
+            if distributed:
+                iterator = iter(distribute.distribute_batches(
+                    strategy, lambda: dataset_fn(start).map(_step_inputs), batch_size))
+            else:
+                iterator = iter(dataset_fn(start))
             for step in range(start_step + 1, target + 1):
                 batch = next(iterator)
                 if lr_schedule is not None:
                     scheduled = lr_schedule(step)
-                    if abs(float(optimizer.learning_rate) - scheduled) > 1e-12 * scheduled:
+                    if abs(learning_rate_of(optimizer) - scheduled) > 1e-12 * scheduled:
                         optimizer.learning_rate.assign(scheduled)
                 if backup is not None:
                     backup.save()
-                logs = step_fn({k: batch[k] for k in ("rainy", "clean", "segmentation", "real") if k in batch})
+                logs = step_fn(batch if distributed else _step_inputs(batch))
                 values = {k: float(v) for k, v in logs.items()}
                 if not all(math.isfinite(v) for v in values.values()):
-                    names = [n.decode() for n in batch["name"].numpy()] if "name" in batch else []
+                    names = [n.decode() for n in batch["name"].numpy()] if "name" in batch else []  # (one device)
                     where = (f"stage {stage.name} step {step} (global step {int(run.global_step) + 1}) on batch "
                              f"{names}: {values}")
                     if backup is None or in_a_row >= max_skipped:
@@ -313,7 +356,7 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
                 new_lr = None if lr_schedule is not None else run.plateau.update(values["loss"], optimizer)
                 if new_lr is not None:
                     logging.info("loss plateaued: learning rate -> %g", new_lr)
-                lr = float(optimizer.learning_rate)
+                lr = learning_rate_of(optimizer)
                 if progbar is not None:
                     progbar.update(step, [(k, v) for k, v in values.items()] + [("lr", lr)])
                 if step % log_every == 0 or step == target:
@@ -326,6 +369,12 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
                     run.save()
                 if on_step_end is not None:
                     on_step_end(si, step, values)
+                steps_done += 1
+                if stop_after and steps_done >= stop_after and step != target:
+                    run.save()
+                    summary.update(stopped_early=True, seconds=time.time() - t_start, skipped_batches=skipped,
+                                   global_step=int(run.global_step))
+                    return summary
         summary["stages"][stage.name] = {"steps": target, "seconds": time.time() - t_stage, "final": last_logs}
         run.stage.assign_add(1)
         run.step.assign(0)
@@ -336,6 +385,27 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     summary["skipped_batches"] = skipped
     summary["global_step"] = int(run.global_step)
     return summary
+
+
+STEP_KEYS = ("rainy", "clean", "segmentation", "real")
+
+
+def _step_inputs(batch: dict) -> dict:
+    """The tensors ``train_step`` takes (file names stay on the host)."""
+    return {k: batch[k] for k in STEP_KEYS if k in batch}
+
+
+def _step_function(trainer, strategy: tf.distribute.Strategy, jit: bool):
+    """One step on every replica, the logs averaged over replicas. With ``jit`` the per-replica step
+    is XLA-compiled, as Keras does under a strategy when asked explicitly."""
+    replica_step = tf.function(trainer.train_step, jit_compile=True) if jit else trainer.train_step
+
+    @tf.function(reduce_retracing=True)
+    def step(batch):
+        logs = strategy.run(replica_step, args=(batch,))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+
+    return step
 
 
 def load_trainer(model_dir: str):

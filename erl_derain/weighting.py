@@ -49,6 +49,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
+from erl_derain.distribute import replica_mean
+
 __all__ = [
     "MODES",
     "TaskWeighting",
@@ -182,6 +184,7 @@ class TaskWeighting:
         values = tf.stop_gradient(values)
         denom = tf.reduce_sum(values)
         w = tf.stop_gradient(_equal_share_weights(tf.math.divide_no_nan(values, denom), denom, count))
+        w = replica_mean(w)  # under tf.distribute: each replica's weights from its own batch, averaged
         return {n: w[i] for i, n in enumerate(names)}
 
     @staticmethod

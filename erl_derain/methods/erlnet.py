@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from erl_derain.distribute import as_float32, for_gradients, optimizer
 from erl_derain.nn.blocks import DenseBlock, FeatureFusion, conv3x3, trainable_weights_of
 
 BASES = ("memd", "memd-", "memd--")
@@ -123,7 +124,7 @@ class Decoder(keras.Model):
             if self.cfg.skips:
                 x = self.fus[i](x, taps[i]) if self.cfg.fus else ops.concatenate([x, taps[i]], axis=-1)
             x = self.blocks[i](x)
-        return self.out_conv(x)
+        return as_float32(self.out_conv(x))
 
 
 class MEMD(keras.Model):
@@ -195,7 +196,8 @@ STRATEGIES: dict[str, tuple[Stage, ...]] = {
 
 
 def l1(a, b):
-    return ops.mean(ops.abs(a - b))
+    """Mean absolute difference, in float32 (features are float16/bfloat16 under mixed precision)."""
+    return ops.mean(ops.abs(as_float32(a) - as_float32(b)))
 
 
 class ERLNetTrainer(keras.Model):
@@ -219,7 +221,7 @@ class ERLNetTrainer(keras.Model):
         needs_ae = any("ae" in s.train for s in self.stages)
         self.clean_ae = MEMD(cfg, name="clean_ae") if needs_ae else None
         # One Adam per stage (the paper restarts each stage from lr 4e-4 with default Adam settings).
-        self.stage_optimizers = [keras.optimizers.Adam(learning_rate, name=f"adam_stage_{s.name}")
+        self.stage_optimizers = [optimizer(keras.optimizers.Adam, learning_rate, name=f"adam_stage_{s.name}")
                                  for s in self.stages]
         self.stage_index = 0
 
@@ -295,10 +297,12 @@ class ERLNetTrainer(keras.Model):
     def train_step(self, data):
         rainy, clean = data["rainy"], data["clean"]
         variables = self.stage_variables()
+        opt = self.current_optimizer
         with tf.GradientTape() as tape:
             losses = self.compute_losses(rainy, clean)
-        grads = tape.gradient(losses["loss"], variables)
-        self.current_optimizer.apply(grads, variables)
+            scaled = for_gradients(losses["loss"], opt)
+        grads = tape.gradient(scaled, variables)
+        opt.apply(grads, variables)
         return losses
 
     def call(self, x):

@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras import layers
 
 from erl_derain import losses as losses_lib
+from erl_derain.distribute import as_float32, for_gradients, optimizer
 from erl_derain.nn.php import CONTRAST_POOLING_MODES, ContrastAwarePooling, PHPBlock
 
 
@@ -80,7 +81,7 @@ class SubNetwork(keras.Model):
         for block in self.blocks:
             f = block(f)
         out = self.last(f)
-        return x + out if self.residual else out
+        return as_float32(x + out if self.residual else out)
 
 
 class IADN(keras.Model):
@@ -135,7 +136,7 @@ class IADNTrainer(keras.Model):
         self.seg_net = SubNetwork(cfg, cfg.blocks, contrast_pooling=cfg.contrast_pooling,
                                   out_channels=cfg.num_classes, residual=False, name="segmentation")
         self.stages = (Stage("train", ("iadn", "segmentation")),)
-        self.optimizer_ = keras.optimizers.Adam(learning_rate, name="adam")
+        self.optimizer_ = optimizer(keras.optimizers.Adam, learning_rate, name="adam")
 
     # -- the generic trainer interface used by erl_derain.training -------------------------------
     @property
@@ -189,7 +190,8 @@ class IADNTrainer(keras.Model):
         variables = self.stage_variables()
         with tf.GradientTape() as tape:
             logs = self.compute_losses(data["rainy"], data["clean"], data.get("segmentation"))
-        grads = tape.gradient(logs["loss"], variables)
+            scaled = for_gradients(logs["loss"], self.optimizer_)
+        grads = tape.gradient(scaled, variables)
         # Without labels Phi is not run: its variables get no gradient and are left untouched.
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         self.optimizer_.apply([g for g, _ in pairs], [v for _, v in pairs])

@@ -71,11 +71,13 @@ import tensorflow as tf
 from keras import layers
 
 from erl_derain import losses as losses_lib
+from erl_derain.distribute import as_float32, for_gradients
 
 STRATEGIES = ("proposed", "init2", "init1")
 NETWORKS = ("f_s", "f_r", "g_r", "g_s", "d_b", "d_os", "d_or")
 GEN_NORMS = ("batch", "instance")
 
+STATIC_LOSS_SCALE = 1024.0  # JRGR under mixed_float16 (see JRGRTrainer.__init__)
 # The seven image pools (fake inputs of the discriminators and the clean backgrounds).
 POOLS = ("b_s", "b_s2r", "b_r", "b_r2s", "clean", "o_s2r", "o_r2s")
 
@@ -143,7 +145,7 @@ class UNetRemoval(keras.Model):
             u = self.up_norms[i - 1](self.ups[i - 1](tf.nn.relu(u)), training=training)
             u = tf.concat([skips[i - 1], u], axis=-1)
         out = tf.tanh(self.out_conv(tf.nn.relu(u)))
-        return (out + 1.0) * 0.5
+        return as_float32((out + 1.0) * 0.5)
 
 
 def _reflect(x, p):
@@ -196,7 +198,7 @@ class ResnetRainGenerator(keras.Model):
             h = block(h, training=training)
         for conv, norm in zip(self.ups, self.up_norms):
             h = tf.nn.relu(norm(conv(h), training=training))
-        return 0.5 * tf.tanh(self.tail(_reflect(h, 3)))
+        return as_float32(0.5 * tf.tanh(self.tail(_reflect(h, 3))))
 
 
 class PatchDiscriminator(keras.Model):
@@ -223,7 +225,7 @@ class PatchDiscriminator(keras.Model):
             if i > 0:
                 h = self.norms[i - 1](h)
             h = tf.nn.leaky_relu(h, 0.2)
-        return self.out_conv(tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+        return as_float32(self.out_conv(tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]])))
 
 
 class _ClippedRemoval(keras.Model):
@@ -362,8 +364,13 @@ class JRGRTrainer(keras.Model):
 
         lr = float(learning_rate)
 
+        # One gradient of the generator loss feeds three optimizers, so under mixed_float16 they share a
+        # static loss scale (dynamic scales would differ per optimizer); bfloat16 and float32 need none.
+        scale = STATIC_LOSS_SCALE if keras.mixed_precision.global_policy().name == "mixed_float16" else None
+
         def adam(value, name):
-            return keras.optimizers.Adam(value, beta_1=float(beta_1), beta_2=0.999, name=name)
+            return keras.optimizers.Adam(value, beta_1=float(beta_1), beta_2=0.999, name=name,
+                                         loss_scale_factor=scale)
 
         self.optimizers_by_name = {
             "pretrain": adam(float(pretrain_lr or lr), "adam_pretrain"),
@@ -544,7 +551,8 @@ class JRGRTrainer(keras.Model):
         with tf.GradientTape() as tape:
             logs = {f"mse_{n}": mse(getattr(self, n)(rainy, training=True), clean) for n in names}
             loss = tf.add_n(list(logs.values()))
-        grads = tape.gradient(loss, variables)
+            scaled = for_gradients(loss, self.optimizers_by_name["pretrain"])
+        grads = tape.gradient(scaled, variables)
         self._apply("pretrain", {id(v): g for g, v in zip(grads, variables)}, variables)
         return {"loss": loss, **logs}
 
@@ -556,7 +564,8 @@ class JRGRTrainer(keras.Model):
             out = self.intermediates(o_s, o_r, training=True)
             terms = self.generator_losses(out, clean)
             g_loss = self.generator_total(terms)
-        grads = {id(v): g for g, v in zip(tape.gradient(g_loss, gen_vars), gen_vars)}
+            scaled = for_gradients(g_loss, self.optimizers_by_name["gen"])  # the scale all of them share
+        grads = {id(v): g for g, v in zip(tape.gradient(scaled, gen_vars), gen_vars)}
         self._sync_learning_rates()
         self._apply("gen", grads, self._variables_of(("g_r", "g_s")))
         self._apply("f_r", grads, self._variables_of(("f_r",)))
@@ -570,7 +579,8 @@ class JRGRTrainer(keras.Model):
             with tf.GradientTape() as tape:
                 d_terms = self.discriminator_losses(o_s, o_r, fakes)
                 d_loss = tf.add_n(list(d_terms.values()))
-            d_grads = {id(v): g for g, v in zip(tape.gradient(d_loss, d_vars), d_vars)}
+                scaled = for_gradients(d_loss, self.optimizers_by_name[d_nets[0]])
+            d_grads = {id(v): g for g, v in zip(tape.gradient(scaled, d_vars), d_vars)}
             for n in d_nets:
                 self._apply(n, d_grads, self._variables_of((n,)))
             logs.update(d_terms)

@@ -32,6 +32,7 @@ from keras import layers
 
 from erl_derain import losses as losses_lib
 from erl_derain import weighting
+from erl_derain.distribute import as_float32, for_gradients, optimizer
 
 TASKS = ("p", "e", "t")
 
@@ -125,7 +126,7 @@ class MENET(keras.Model):
         net = tf.nn.depth_to_space(self.bn3(self.layer3(skip2 + net), training=training), 2)
         net = self.bn4(self.layer4(skip1 + net), training=training)
         residual = tf.nn.depth_to_space(self.layer5(net), 2)
-        return tf.clip_by_value(x + residual, 0.0, 1.0)
+        return as_float32(tf.clip_by_value(x + residual, 0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class MENETTrainer(keras.Model):
         self.weighting = weighting.TaskWeighting(task_weighting, fixed, tasks=tasks)
         self.net = MENET(cfg, name="menet")
         self.stages = (Stage("train", ("menet",)),)
-        self.optimizer_ = keras.optimizers.Adam(learning_rate, name="adam")
+        self.optimizer_ = optimizer(keras.optimizers.Adam, learning_rate, name="adam")
 
     # -- the generic trainer interface used by erl_derain.training -------------------------------
     @property
@@ -193,7 +194,9 @@ class MENETTrainer(keras.Model):
             output = self.net(rainy, training=True)
             task_losses = self.task_losses(clean, output)
         w = self.weighting.weights(task_losses, tape=tape, shared=self.net.shared_kernel)
-        grads = weighting.apply_weighted_gradients(tape, task_losses, w, variables)
+        # w is the same on every replica (averaged); the seeds carry the replica and loss scaling.
+        seeds = {t: for_gradients(v, self.optimizer_) for t, v in w.items()}
+        grads = weighting.apply_weighted_gradients(tape, task_losses, seeds, variables)
         del tape
         self.optimizer_.apply(grads, variables)
         logs = {"loss": weighting.weighted_total(task_losses, w)}

@@ -398,6 +398,9 @@ def _step_inputs(batch: dict) -> dict:
 def _step_function(trainer, strategy: tf.distribute.Strategy, jit: bool):
     """One step on every replica, the logs averaged over replicas. With ``jit`` the per-replica step
     is XLA-compiled, as Keras does under a strategy when asked explicitly."""
+    if jit and not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
+        raise TrainingError("--jit_compile=true under a --strategy needs GPUs or TPUs: TensorFlow cannot XLA-compile "
+                            "a replica step whose variables live on another CPU device; use --jit_compile=false")
     replica_step = tf.function(trainer.train_step, jit_compile=True) if jit else trainer.train_step
 
     @tf.function(reduce_retracing=True)

@@ -236,3 +236,11 @@ def test_cli_mixed_precision_and_bad_strategy(run_cli, tmp_path):
     code, out, err = run_cli("train", f"--model_dir={tmp_path / 'run2'}", f"--dataset=folder:{data}",
                              "--strategy=tpu", "--stage_steps=1", *TINY_FLAGS)
     assert code == 1 and "--strategy=tpu needs --tpu" in err
+
+
+def test_xla_under_a_strategy_on_cpu_is_refused_clearly(data, tmp_path):
+    """TF cannot XLA-compile a mirrored step on CPU devices (variables on another device): say so."""
+    out = subprocess.run(_cli(tmp_path / "run", data, "--batch_size=2", "--strategy=mirrored", "--logical_cpus=2",
+                              "--jit_compile=true"), capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 1 and "--jit_compile=true under a --strategy needs GPUs" in out.stderr
+    assert "Traceback" not in out.stderr

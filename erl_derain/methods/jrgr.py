@@ -251,15 +251,19 @@ class ImagePool(tf.Module):
     example is stored and returned; once full, with probability 0.5 a stored image (uniformly chosen)
     is returned and replaced by the example, else the example itself is returned. Random numbers are
     stateless, keyed on (seed, stream, step, batch index): the same step gives the same draws.
-    ``size = 0`` disables the pool (returns its input)."""
+    ``size = 0`` disables the pool (returns its input). Under a tf.distribute strategy every replica
+    keeps a pool of its own (as each process of a multi-GPU PyTorch run does; ON_READ variables), and
+    its draws are keyed on the replica too."""
 
     def __init__(self, size: int, image_shape, *, seed: int = 0, stream: int = 0, name: str = "pool"):
         super().__init__(name=name)
         self.size = int(size)
         self.seed, self.stream = int(seed), int(stream)
         shape = [max(self.size, 1), *[int(s) for s in image_shape]]
-        self.images = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="images")
-        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, name="count")
+        local = dict(synchronization=tf.VariableSynchronization.ON_READ,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.images = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="images", **local)
+        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, name="count", **local)
 
     def reset(self):
         self.count.assign(0)
@@ -271,7 +275,9 @@ class ImagePool(tf.Module):
         batch = images.shape[0]
         if batch is None:
             raise ValueError("ImagePool.query needs a static batch size (batch with drop_remainder=True)")
-        step = tf.cast(step, tf.int64)
+        ctx = tf.distribute.get_replica_context()
+        replicas, replica = (1, 0) if ctx is None else (ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group)
+        step = tf.cast(step, tf.int64) * replicas + tf.cast(replica, tf.int64)
         out = []
         for i in range(batch):
             image = images[i]
@@ -284,7 +290,11 @@ class ImagePool(tf.Module):
             index = tf.where(filling, count, pick)
             stored = self.images[index]  # read before the write
             do_write = tf.logical_or(filling, use_stored)
-            self.images.scatter_nd_update([[index]], [tf.where(do_write, image, stored)])
+            new = tf.where(do_write, image, stored)
+            if isinstance(self.images, tf.distribute.DistributedValues):  # this replica's copy, rewritten
+                self.images.assign(tf.tensor_scatter_nd_update(self.images.read_value(), [[index]], [new]))
+            else:
+                self.images.scatter_nd_update([[index]], [new])
             self.count.assign(tf.minimum(count + 1, self.size))
             out.append(tf.where(use_stored, stored, image))
         return tf.stack(out)
@@ -377,7 +387,8 @@ class JRGRTrainer(keras.Model):
             "gen": adam(lr, "adam_gen"),  # G_r and G_s: the joint stage's base lr
             **{k: adam(lr * f, f"adam_{k}") for k, f in self.lr_factors.items()},
         }
-        self.step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="jrgr_step")
+        self.step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="jrgr_step",
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.pools: dict[str, ImagePool] = {}
         self._built_networks = False
 

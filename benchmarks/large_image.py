@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,10 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+from timing import peak_rss_mib
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -135,12 +131,12 @@ def part_large(args):
     out = os.path.join(os.path.dirname(args.input), "derained.png")
     print(f"[large] {name}; photo {w}x{h} ({w * h / 1e6:.1f} MP, {args.origin}), tile {args.tile}, "
           f"overlap {args.overlap}", flush=True)
-    base_rss = _peak_rss_mib()
+    base_rss = peak_rss_mib()
     info = derain_file(predict, multiple, args.input, out, tile=args.tile, overlap=args.overlap)
     rows, cols = info["tiles"]
     assert (info["height"], info["width"]) == (h, w)
     print(f"[large] derain_file (read JPEG, {rows}x{cols} = {rows * cols} tiles, write PNG): {info['seconds']:.1f} s "
-          f"({info['seconds'] / (w * h / 1e6):.1f} s/MP); peak RSS {_peak_rss_mib() / 1024:.2f} GiB "
+          f"({info['seconds'] / (w * h / 1e6):.1f} s/MP); peak RSS {peak_rss_mib() / 1024:.2f} GiB "
           f"(model alone: {base_rss / 1024:.2f} GiB)", flush=True)
 
 
@@ -165,12 +161,12 @@ def part_compare(args):
         derain_image(predict, image[:tile, :tile], multiple, tile=0)  # warm up this tile shape
         t0 = time.perf_counter()
         tiled[tile, overlap] = (derain_image(predict, image, multiple, tile=tile, overlap=overlap),
-                                time.perf_counter() - t0, _peak_rss_mib())
+                                time.perf_counter() - t0, peak_rss_mib())
     t0 = time.perf_counter()
     whole = derain_image(predict, image, multiple, tile=0)
     t_whole = time.perf_counter() - t0
     print(f"[compare] whole image: {t_whole:.1f} s ({t_whole / (w * h / 1e6):.1f} s/MP), "
-          f"peak RSS {_peak_rss_mib() / 1024:.2f} GiB", flush=True)
+          f"peak RSS {peak_rss_mib() / 1024:.2f} GiB", flush=True)
     for (tile, overlap), (out, dt, rss) in tiled.items():
         rows, cols = tile_grid(h, w, tile, overlap)
         diff = np.abs(out - whole)

@@ -42,7 +42,6 @@ import math
 import os
 import platform
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -52,7 +51,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import time_calls  # noqa: E402
+from timing import peak_rss_mib, time_calls  # noqa: E402
 
 METHODS = ("erlnet", "memd", "menet", "iadn", "jrgr")
 KINDS = ("train", "inference", "data", "scaling")
@@ -111,10 +110,6 @@ def method_config(method: str, smoke: bool, crop: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 # The child: one or more measurements in this process
 # ------------------------------------------------------------------------------------------------
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
 
 def _gpu_reset(tf) -> bool:
     if not tf.config.list_physical_devices("GPU"):

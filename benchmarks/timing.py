@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import resource
 import time
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (``ru_maxrss``: process-wide and monotone)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def seconds_per_call(fn, steps: int, warmup: int = 1) -> float:

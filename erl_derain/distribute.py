@@ -95,13 +95,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def worker_id(strategy: tf.distribute.Strategy) -> str:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or resolver.task_type is None:
-        return "0"
-    return f"{resolver.task_type}{resolver.task_id}"
-
-
 def precision_policy(mixed: bool) -> str:
     if not mixed:
         return "float32"

@@ -196,3 +196,52 @@ def test_long_style_gives_long_soft_additive_streaks():
         rs.RainParams.sample(rng, 0.5, "drizzle")
     with pytest.raises(ValueError, match="blur_sigma"):
         rs.synthesize_rain(clean, blur_sigma=3.5)
+
+
+def test_mean_streak_brightness_matches_a_rendered_layer():
+    """The expected mean of a streak layer, worked by hand: seed rate x mean seed brightness (0.75) x
+    the mass of one blurred seed scaled to peak 1 (about 2 pi sigma^2 for a wide Gaussian) x the line's
+    length (an anti-aliased line of peak 1 sums to about its length)."""
+    for sigma, length in ((1.0, 120.0), (1.5, 200.0)):
+        by_hand = 0.002 * 0.75 * (2 * np.pi * sigma**2) * length
+        assert rs.mean_streak_brightness(0.002, length, 0.0, sigma) == pytest.approx(by_hand, rel=0.1)
+        layer = rs.streak_layer((512, 512), density=0.002, length=length, angle=0.0, blur_sigma=sigma,
+                                rng=np.random.default_rng(0))
+        assert layer.mean() == pytest.approx(by_hand, rel=0.1)
+
+
+def test_haze_is_smooth_additive_and_of_the_given_mean():
+    clean = grey(64, 96, 0.3)
+    rainy, rain = rs.synthesize_rain(clean, intensity=0.0, haze=0.1, seed=4)
+    assert rain.mean() == pytest.approx(0.1, abs=1e-4)  # a linear ramp over a rectangle has mean 0
+    assert np.allclose(rain[..., 0], rain[..., 1]) and np.allclose(rain[..., 0], rain[..., 2])  # achromatic
+    assert rain.min() >= 0.1 * 0.2 - 1e-6 and rain.max() <= 0.1 * 1.8 + 1e-6
+    # linear in x and y: second differences vanish
+    assert np.abs(np.diff(rain[..., 0], 2, axis=0)).max() < 1e-5
+    assert np.abs(np.diff(rain[..., 0], 2, axis=1)).max() < 1e-5
+    # haze=0 draws nothing: the rest of the rendering is unchanged
+    a = rs.synthesize_rain(clean, density=0.01, seed=5)[0]
+    b = rs.synthesize_rain(clean, density=0.01, haze=0.0, seed=5)[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="haze"):
+        rs.synthesize_rain(clean, haze=-0.1)
+
+
+def test_dense_style_is_additive_and_brightens_with_the_level():
+    """The dense style aims at a mean added brightness of (0.03 + 0.19 level) x [0.6, 1.2]: from light
+    to heavy the rain's mean rises from a few to tens of grey levels (on a mid-grey photo, where
+    nothing clips), and it is never negative."""
+    rng = np.random.default_rng(2)
+    clean = grey(256, 256, 0.3)
+    means = {}
+    for level in (0.0, 1.0):
+        vals = []
+        for _ in range(6):
+            p = rs.RainParams.sample(rng, level, "dense")
+            assert p.length >= 100 and p.layers == 1 and not p.accumulation and p.haze > 0
+            rain = rs.synthesize_rain(clean, rng=rng, **asdict(p))[1]
+            assert (rain >= 0).all()
+            vals.append(rain.mean() * 255)
+        means[level] = np.mean(vals)
+    assert 2 <= means[0.0] <= 15
+    assert 25 <= means[1.0] <= 70

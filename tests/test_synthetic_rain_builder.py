@@ -156,3 +156,22 @@ def test_varied_config_adds_scales_and_the_long_style(photos, tmp_path):
         assert (ex["rainy"].astype(int) >= ex["clean"].astype(int)).all()
     with pytest.raises(ValueError, match="styles"):
         srb.custom_config(str(photos), styles=("drizzle",))
+
+
+def test_clean_renders_add_rain_free_pairs_and_keep_the_rainy_ones(photos, tmp_path):
+    """``clean_renders`` (the ``mixed`` config): one pair per train tile whose rainy image is the clean
+    one; the rainy renderings are those of the config without it (no random number is drawn)."""
+    base = _build(srb.custom_config(str(photos), train_renders=2, styles=srb.STYLES), tmp_path / "base")
+    cfg = srb.custom_config(str(photos), train_renders=2, styles=srb.STYLES, clean_renders=1)
+    mixed = _build(cfg, tmp_path / "mixed")
+    before = {ex["name"].decode(): ex for ex in tfds.as_numpy(base.as_dataset(split="train"))}
+    after = {ex["name"].decode(): ex for ex in tfds.as_numpy(mixed.as_dataset(split="train"))}
+    rain_free = {k for k in after if "_c00" in k}
+    assert len(rain_free) == len(before) // 2 and set(after) - rain_free == set(before)
+    for k in rain_free:
+        np.testing.assert_array_equal(after[k]["rainy"], after[k]["clean"])
+    for k, ex in before.items():
+        np.testing.assert_array_equal(after[k]["rainy"], ex["rainy"])
+    assert mixed.info.splits["test"].num_examples == base.info.splits["test"].num_examples
+    with pytest.raises(ValueError, match="clean_renders"):
+        srb.custom_config(str(photos), clean_renders=-1)

@@ -17,7 +17,9 @@ peak 1 before the line kernel, so overlapping streaks add up and saturate as rea
 rain is achromatic (added equally to R, G, B). For heavy rain, ``layers`` > 1 adds further streak layers
 with their own direction, thickness and length, and ``accumulation=True`` applies the rain-
 accumulation (veil) model of Yang et al. (JORDER, CVPR 2017): O = alpha * (B + sum_t S_t) + (1 - alpha) * A
-with transmission ``alpha`` and atmospheric light ``A``.
+with transmission ``alpha`` and atmospheric light ``A``. ``haze`` > 0 adds a smooth achromatic haze of
+that mean brightness (a linear ramp in a random direction), the bright veil that very dense Photoshop
+rain leaves: on such sets (SIRR's, Rain1400) rainy - clean is purely additive, its mean 2-50 grey levels.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from erl_derain.data.image_io import images_by_stem, load_rgb, save_rgb
 
 DIRECTIONS = (0.0, 15.0, -15.0, 30.0, -30.0, 40.0, -40.0)  # degrees from vertical
 BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: streak thickness
-LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long" style
-STYLES = ("streaks", "long")
+LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long"/"dense" styles
+STYLES = ("streaks", "long", "dense")
 
 
 def motion_kernel(length: float, angle: float) -> np.ndarray:
@@ -55,6 +57,22 @@ def motion_kernel(length: float, angle: float) -> np.ndarray:
     return k / k.max()
 
 
+def _seed_peak(blur_sigma: float) -> float:
+    """The peak of one Gaussian-blurred unit seed (dividing by it makes a seed peak at its brightness)."""
+    size = max(9, 2 * int(np.ceil(4 * blur_sigma)) + 1)  # holds the whole Gaussian
+    delta = np.zeros((size, size), np.float32)
+    delta[size // 2, size // 2] = 1.0
+    return float(cv2.GaussianBlur(delta, (0, 0), sigmaX=blur_sigma).max())
+
+
+def mean_streak_brightness(density: float, length: float, angle: float, blur_sigma: float) -> float:
+    """Expected mean of ``streak_layer`` (before ``intensity``): seeds of mean brightness 0.75 at rate
+    ``density``, each spread to total mass ``1 / _seed_peak`` by the blur and ``sum(motion_kernel)`` by the
+    line (edges and clipping aside)."""
+    scale = 1.0 / _seed_peak(blur_sigma) if blur_sigma > 0 else 1.0
+    return float(density * 0.75 * scale * motion_kernel(length, angle).sum())
+
+
 def streak_layer(shape: tuple[int, int], *, density: float, length: float, angle: float, blur_sigma: float,
                  rng: np.random.Generator) -> np.ndarray:
     """One HxW layer of streaks with peak ~1 for an isolated streak (steps 1-3 of the recipe)."""
@@ -63,10 +81,7 @@ def streak_layer(shape: tuple[int, int], *, density: float, length: float, angle
     if blur_sigma > 0:
         seeds = cv2.GaussianBlur(seeds, (0, 0), sigmaX=blur_sigma, borderType=cv2.BORDER_REFLECT)
         # Scale so that one blurred seed peaks at its own brightness: thickness, not brightness, changes.
-        size = max(9, 2 * int(np.ceil(4 * blur_sigma)) + 1)  # holds the whole Gaussian
-        delta = np.zeros((size, size), np.float32)
-        delta[size // 2, size // 2] = 1.0
-        seeds /= cv2.GaussianBlur(delta, (0, 0), sigmaX=blur_sigma).max()
+        seeds /= _seed_peak(blur_sigma)
     return cv2.filter2D(seeds, -1, motion_kernel(length, angle), borderType=cv2.BORDER_REFLECT)
 
 
@@ -83,15 +98,29 @@ class RainParams:
     accumulation: bool = False
     alpha: float | None = None
     atmospheric_light: float | None = None
+    haze: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator, level: float, style: str = "streaks") -> "RainParams":
         """``style="streaks"`` is the paper's recipe (short streaks; several layers and the veil when
         heavy). ``style="long"`` is the Photoshop rain of DDN's Rain1400-like sets: many long (40-220 px),
-        soft streaks of low brightness that overlap into a bright haze, purely additive."""
+        soft streaks of low brightness that overlap into a bright haze, purely additive. ``style="dense"``
+        is the heaviest Photoshop rain (SIRR's sets): very many, very long (100-450 px), faint streaks plus a
+        smooth additive ``haze``, scaled so that their mean brightness together is about 5-55 grey levels
+        from light to heavy (``mean_streak_brightness`` turns that target into an intensity)."""
         level = float(np.clip(level, 0.0, 1.0))
         if style not in STYLES:
             raise ValueError(f"rain style must be one of {STYLES}, got {style!r}")
+        if style == "dense":
+            sigma = float(rng.choice(LONG_BLUR_SIGMAS))
+            density = float(rng.uniform(0.001, 0.002) + 0.003 * level * rng.uniform(0.5, 1.0))
+            length = float(rng.uniform(100, 200) + 250 * level * rng.uniform(0.5, 1.0))
+            angle = float(rng.choice(DIRECTIONS))
+            target = (0.03 + 0.19 * level) * rng.uniform(0.6, 1.2)  # mean added brightness, [0, 1] units
+            share = rng.uniform(0.6, 0.95)                           # of it in streaks; the rest is haze
+            per_unit = mean_streak_brightness(density, length, angle, sigma)
+            return cls(density=density, length=length, intensity=float(target * share / per_unit), angle=angle,
+                       blur_sigma=sigma, layers=1, accumulation=False, haze=float(target * (1 - share)))
         if style == "long":
             sigma = float(rng.choice(LONG_BLUR_SIGMAS))
             return cls(
@@ -117,13 +146,15 @@ class RainParams:
 def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float = 20.0, intensity: float = 0.6,
                     angle: float | None = None, blur_sigma: float | None = None, layers: int = 1,
                     accumulation: bool = False, alpha: float | None = None, atmospheric_light: float | None = None,
-                    seed: int | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    haze: float = 0.0, seed: int | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add rain to ``clean`` (float HxWx3 in [0,1]); returns ``(rainy, rain)`` with rainy = clean + rain.
 
     ``angle`` must be one of ``DIRECTIONS`` or None (random); ``blur_sigma`` in [0, 3] or None
     (random from ``BLUR_SIGMAS``; the paper's radii are 0.2-1.0, wider ones are for the "long" style). Layers after the first draw their own direction and thickness and
     a length of 0.6-1.2 times ``length``. ``accumulation`` applies the veil model with ``alpha``
     (transmission; random in [0.75, 0.95] if None) and ``atmospheric_light`` (random in [0.75, 1.0]).
+    ``haze`` (>= 0) adds, after the streaks, ``haze * (1 + g * ramp)``: ``ramp`` runs linearly from -1 to
+    1 across the image in a random direction, ``g`` is random in [0, 0.8] (no draw when ``haze`` is 0).
     The result depends only on the inputs and ``seed`` (or the state of ``rng``).
     """
     clean = np.asarray(clean, np.float32)
@@ -137,6 +168,8 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
         raise ValueError(f"blur_sigma must be in [0, 3] (the paper's radii are 0.2-1.0) or None, got {blur_sigma}")
     if layers < 1:
         raise ValueError(f"layers must be >= 1, got {layers}")
+    if not 0.0 <= haze <= 1.0:
+        raise ValueError(f"haze must be in [0, 1] (mean added brightness), got {haze}")
     rng = rng if rng is not None else np.random.default_rng(seed)
     h, w, _ = clean.shape
     streaks = np.zeros((h, w), np.float32)
@@ -147,6 +180,12 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
         d = density if i == 0 else density * rng.uniform(0.4, 0.8)
         streaks += streak_layer((h, w), density=d, length=ln, angle=a, blur_sigma=s, rng=rng)
     streaks = intensity * streaks[..., None]
+    if haze > 0:
+        t = rng.uniform(0.0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        ramp = np.cos(t) * xx + np.sin(t) * yy
+        ramp = 2 * (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6) - 1
+        streaks = streaks + (haze * (1 + rng.uniform(0.0, 0.8) * ramp))[..., None]
     if accumulation:
         a = float(rng.uniform(0.75, 0.95)) if alpha is None else float(alpha)
         light = float(rng.uniform(0.75, 1.0)) if atmospheric_light is None else float(atmospheric_light)

@@ -69,6 +69,11 @@ DATA_TEXT = {
                              "per 256x256 tile, rain from light to heavy in two styles chosen at random: the "
                              "paper's short streaks (several layers and the accumulation veil when heavy) and long "
                              "soft Photoshop-style streaks (40-220 px)",
+    "synthetic_rain/mixed": "scikit-image's bundled photos at two scales (longer side 768 and 480), 8 renderings "
+                            "per 256x256 tile, rain from light to heavy in three styles chosen at random: the "
+                            "paper's short streaks (several layers and the accumulation veil when heavy), long "
+                            "soft Photoshop-style streaks (40-220 px) and dense very long faint streaks (100-450 px) "
+                            "with an additive haze, 5-55 grey levels in all; plus one rain-free pair per tile",
 }
 
 
@@ -104,7 +109,9 @@ def main():
         f"{cfg['growth']}); {info['parameters']:,} parameters in the bundled de-raining network (the clean autoencoder "
         "is training-only and not shipped);",
         f"* data: `{cfg['dataset']}` ({DATA_TEXT.get(cfg['dataset'], 'see the flagfile')}); "
-        f"{cfg['crop_size']}x{cfg['crop_size']} crops, batch {cfg['batch_size']}, flips;",
+        f"{cfg['crop_size']}x{cfg['crop_size']} crops, batch {cfg['batch_size']}, flips"
+        + ("; bfloat16 mixed precision (float32 weights; the bundled model runs in float32);"
+           if cfg.get("mixed_precision") else ";"),
         f"* schedule: stages I/II/III of {', '.join(str(s) for s in cfg['stage_steps'])} steps, Adam {cfg['lr']}, "
         "learning rate divided by 10 on loss plateaus;",
         (f"* wall time: {info['train_seconds'] / 60:.1f} minutes on 2 CPU cores;" if info.get("train_seconds") else

@@ -12,6 +12,10 @@ source photographs:
   reduced to at most 768 pixels per side and cut into 256x256 tiles, 4 renderings per tile at random
   levels.
 
+Configs: ``default``; ``varied`` (a second scale of the train photos, 8 renderings per tile, the
+``streaks`` and ``long`` styles); ``mixed`` (``varied`` plus the ``dense`` style and one rain-free pair
+per train tile: the data of the bundled pretrained model).
+
 For a user folder (at least 2 photos with distinct name stems), every 5th photo (sorted by name,
 at least one) goes to test, the others to train.
 """
@@ -39,15 +43,21 @@ SEED = 20190627  # fixed: the dataset is the same on every machine
 class SyntheticRainConfig(tfds.core.BuilderConfig):
     def __init__(self, *, clean_dir: str | None = None, train_renders: int = 4, test_renders: int = 6,
                  tile: int = 256, max_side: int = 768, levels: tuple[float, float] = (0.0, 1.0),
-                 styles: tuple[str, ...] = ("streaks",), extra_sides: tuple[int, ...] = (), **kwargs):
+                 styles: tuple[str, ...] = ("streaks",), extra_sides: tuple[int, ...] = (), clean_renders: int = 0,
+                 **kwargs):
         """``styles``: the ``RainParams.sample`` styles drawn from (train: at random; test: in turn).
-        ``extra_sides``: further scales of the train photos (their longer side) tiled besides ``max_side``."""
+        ``extra_sides``: further scales of the train photos (their longer side) tiled besides ``max_side``.
+        ``clean_renders``: train pairs per tile whose "rainy" image is the clean one (they teach a
+        network to leave rain-free content alone; no random draw, so the rainy renderings are unchanged)."""
         super().__init__(**kwargs)
         bad = [s for s in styles if s not in STYLES]
         if bad or not styles:
             raise ValueError(f"synthetic_rain: styles must be a non-empty subset of {STYLES}, got {styles}")
         self.styles = tuple(styles)
         self.extra_sides = tuple(extra_sides)
+        if clean_renders < 0:
+            raise ValueError(f"synthetic_rain: clean_renders must be >= 0, got {clean_renders}")
+        self.clean_renders = clean_renders
         self.clean_dir = clean_dir
         self.train_renders = train_renders
         self.test_renders = test_renders
@@ -108,9 +118,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
         SyntheticRainConfig(name="default", description="scikit-image's photos, light to heavy rain"),
-        SyntheticRainConfig(name="varied", styles=STYLES, extra_sides=(480,), train_renders=8,
+        SyntheticRainConfig(name="varied", styles=("streaks", "long"), extra_sides=(480,), train_renders=8,
                             description="scikit-image's photos at two scales, 8 renderings per tile, short "
                                         "streaks (with layers and veil) and long Photoshop-style streaks"),
+        SyntheticRainConfig(name="mixed", styles=STYLES, extra_sides=(480,), train_renders=8, clean_renders=1,
+                            description="as varied, plus the dense style (very long faint streaks and an "
+                                        "additive haze) and one rain-free pair per train tile"),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -173,3 +186,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     tid = f"{t:02d}" if isinstance(t, int) else t
                     key = f"{name}_t{tid}_r{r:02d}" if split == "train" else f"{name}_r{r:02d}"
                     yield key, {"rainy": to_uint8(rainy), "clean": to_uint8(piece), "name": key}
+                if split == "train":
+                    for c in range(cfg.clean_renders):
+                        key = f"{name}_t{tid}_c{c:02d}"
+                        yield key, {"rainy": to_uint8(piece), "clean": to_uint8(piece), "name": key}

@@ -227,6 +227,27 @@ def test_haze_is_smooth_additive_and_of_the_given_mean():
         rs.synthesize_rain(clean, haze=-0.1)
 
 
+def test_modulation_varies_the_streaks_smoothly_over_the_image():
+    """With modulation m the streak layer is multiplied by max(0, 1 + m f), f a smooth field in [-1, 1]:
+    the rain of one rendering divided by the same rendering without modulation (same seeds) is that
+    factor, which spans [1 - m, 1 + m] about and changes slowly from pixel to pixel."""
+    clean = grey(128, 192, 0.0)
+    kwargs = dict(density=0.05, length=15.0, intensity=0.02, angle=0.0, blur_sigma=1.0)
+    plain = rs.synthesize_rain(clean, seed=6, **kwargs)[1][..., 0]
+    rng = np.random.default_rng(6)
+    modulated = rs.synthesize_rain(clean, rng=rng, modulation=1.0, **kwargs)[1][..., 0]
+    seen = plain > 0.05
+    factor = modulated[seen] / plain[seen]
+    assert factor.min() < 0.4 and factor.max() > 1.5 and factor.max() <= 2.0 + 1e-4
+    full = np.full(plain.shape, np.nan, np.float32)
+    full[seen] = modulated[seen] / plain[seen]
+    steps = np.abs(np.diff(full, axis=1))
+    assert np.nanmax(steps) < 0.1  # smooth: a few percent per pixel at most
+    np.testing.assert_array_equal(rs.synthesize_rain(clean, seed=6, modulation=0.0, **kwargs)[1][..., 0], plain)
+    with pytest.raises(ValueError, match="modulation"):
+        rs.synthesize_rain(clean, modulation=1.5)
+
+
 def test_dense_style_is_additive_and_brightens_with_the_level():
     """The dense style aims at a mean added brightness of (0.03 + 0.19 level) x [0.6, 1.2]: from light
     to heavy the rain's mean rises from a few to tens of grey levels (on a mid-grey photo, where
@@ -238,7 +259,8 @@ def test_dense_style_is_additive_and_brightens_with_the_level():
         vals = []
         for _ in range(6):
             p = rs.RainParams.sample(rng, level, "dense")
-            assert p.length >= 100 and p.layers == 1 and not p.accumulation and p.haze > 0
+            assert p.length >= 40 and p.layers == 1 and not p.accumulation and p.haze > 0 and p.modulation >= 0.5
+            assert p.blur_sigma in rs.DENSE_BLUR_SIGMAS
             rain = rs.synthesize_rain(clean, rng=rng, **asdict(p))[1]
             assert (rain >= 0).all()
             vals.append(rain.mean() * 255)

@@ -19,7 +19,9 @@ with their own direction, thickness and length, and ``accumulation=True`` applie
 accumulation (veil) model of Yang et al. (JORDER, CVPR 2017): O = alpha * (B + sum_t S_t) + (1 - alpha) * A
 with transmission ``alpha`` and atmospheric light ``A``. ``haze`` > 0 adds a smooth achromatic haze of
 that mean brightness (a linear ramp in a random direction), the bright veil that very dense Photoshop
-rain leaves: on such sets (SIRR's, Rain1400) rainy - clean is purely additive, its mean 2-50 grey levels.
+rain leaves: on such sets (SIRR's, Rain1400) rainy - clean is purely additive, its mean 2-50 grey levels,
+and its brightness varies over the image on a large scale: ``modulation`` > 0 multiplies the streaks by
+such a smooth positive field.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from erl_derain.data.image_io import images_by_stem, load_rgb, save_rgb
 DIRECTIONS = (0.0, 15.0, -15.0, 30.0, -30.0, 40.0, -40.0)  # degrees from vertical
 BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: streak thickness
 LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long"/"dense" styles
+DENSE_BLUR_SIGMAS = (1.0, 1.5, 2.0)                        # the mottled, wider streaks of the "dense" style
 STYLES = ("streaks", "long", "dense")
 
 
@@ -99,28 +102,31 @@ class RainParams:
     alpha: float | None = None
     atmospheric_light: float | None = None
     haze: float = 0.0
+    modulation: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator, level: float, style: str = "streaks") -> "RainParams":
         """``style="streaks"`` is the paper's recipe (short streaks; several layers and the veil when
         heavy). ``style="long"`` is the Photoshop rain of DDN's Rain1400-like sets: many long (40-220 px),
         soft streaks of low brightness that overlap into a bright haze, purely additive. ``style="dense"``
-        is the heaviest Photoshop rain (SIRR's sets): very many, very long (100-450 px), faint streaks plus a
-        smooth additive ``haze``, scaled so that their mean brightness together is about 5-55 grey levels
-        from light to heavy (``mean_streak_brightness`` turns that target into an intensity)."""
+        is the heaviest Photoshop rain (SIRR's sets): very many long (40-200 px), faint, wide streaks
+        whose brightness varies smoothly over the image (``modulation``) plus a smooth additive ``haze``,
+        scaled so that their mean brightness together is about 5-55 grey levels from light to heavy
+        (``mean_streak_brightness`` turns that target into an intensity)."""
         level = float(np.clip(level, 0.0, 1.0))
         if style not in STYLES:
             raise ValueError(f"rain style must be one of {STYLES}, got {style!r}")
         if style == "dense":
-            sigma = float(rng.choice(LONG_BLUR_SIGMAS))
-            density = float(rng.uniform(0.001, 0.002) + 0.003 * level * rng.uniform(0.5, 1.0))
-            length = float(rng.uniform(100, 200) + 250 * level * rng.uniform(0.5, 1.0))
+            sigma = float(rng.choice(DENSE_BLUR_SIGMAS))
+            density = float(rng.uniform(0.002, 0.005) + 0.006 * level * rng.uniform(0.5, 1.0))
+            length = float(rng.uniform(40, 120) + 80 * level * rng.uniform(0.5, 1.0))
             angle = float(rng.choice(DIRECTIONS))
             target = (0.03 + 0.19 * level) * rng.uniform(0.6, 1.2)  # mean added brightness, [0, 1] units
             share = rng.uniform(0.6, 0.95)                           # of it in streaks; the rest is haze
             per_unit = mean_streak_brightness(density, length, angle, sigma)
             return cls(density=density, length=length, intensity=float(target * share / per_unit), angle=angle,
-                       blur_sigma=sigma, layers=1, accumulation=False, haze=float(target * (1 - share)))
+                       blur_sigma=sigma, layers=1, accumulation=False, haze=float(target * (1 - share)),
+                       modulation=float(rng.uniform(0.5, 1.0)))
         if style == "long":
             sigma = float(rng.choice(LONG_BLUR_SIGMAS))
             return cls(
@@ -143,10 +149,18 @@ class RainParams:
         )
 
 
+def _ramp(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A linear ramp from -1 to 1 across an HxW image, in a random direction."""
+    t = rng.uniform(0.0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = np.cos(t) * xx + np.sin(t) * yy
+    return 2 * (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6) - 1
+
+
 def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float = 20.0, intensity: float = 0.6,
                     angle: float | None = None, blur_sigma: float | None = None, layers: int = 1,
                     accumulation: bool = False, alpha: float | None = None, atmospheric_light: float | None = None,
-                    haze: float = 0.0, seed: int | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    haze: float = 0.0, modulation: float = 0.0, seed: int | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add rain to ``clean`` (float HxWx3 in [0,1]); returns ``(rainy, rain)`` with rainy = clean + rain.
 
     ``angle`` must be one of ``DIRECTIONS`` or None (random); ``blur_sigma`` in [0, 3] or None
@@ -155,6 +169,9 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
     (transmission; random in [0.75, 0.95] if None) and ``atmospheric_light`` (random in [0.75, 1.0]).
     ``haze`` (>= 0) adds, after the streaks, ``haze * (1 + g * ramp)``: ``ramp`` runs linearly from -1 to
     1 across the image in a random direction, ``g`` is random in [0, 0.8] (no draw when ``haze`` is 0).
+    ``modulation`` (in [0, 1]) multiplies the streaks by ``max(0, 1 + modulation * f)``, ``f`` a smooth field
+    in [-1, 1]: 0.6 of a ramp as above plus 0.4 of Gaussian-blurred noise (sigma = 1/8 of the longer
+    side), so that rain is brighter on one side and in patches (no draw when ``modulation`` is 0).
     The result depends only on the inputs and ``seed`` (or the state of ``rng``).
     """
     clean = np.asarray(clean, np.float32)
@@ -170,6 +187,8 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
         raise ValueError(f"layers must be >= 1, got {layers}")
     if not 0.0 <= haze <= 1.0:
         raise ValueError(f"haze must be in [0, 1] (mean added brightness), got {haze}")
+    if not 0.0 <= modulation <= 1.0:
+        raise ValueError(f"modulation must be in [0, 1], got {modulation}")
     rng = rng if rng is not None else np.random.default_rng(seed)
     h, w, _ = clean.shape
     streaks = np.zeros((h, w), np.float32)
@@ -179,13 +198,14 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
         ln = length if i == 0 else length * rng.uniform(0.6, 1.2)
         d = density if i == 0 else density * rng.uniform(0.4, 0.8)
         streaks += streak_layer((h, w), density=d, length=ln, angle=a, blur_sigma=s, rng=rng)
+    if modulation > 0:
+        noise = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0),
+                                 sigmaX=max(h, w) / 8, borderType=cv2.BORDER_REFLECT)
+        noise /= max(float(np.abs(noise).max()), 1e-6)
+        streaks *= np.maximum(0.0, 1 + modulation * (0.6 * _ramp(h, w, rng) + 0.4 * noise))
     streaks = intensity * streaks[..., None]
     if haze > 0:
-        t = rng.uniform(0.0, 2 * np.pi)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        ramp = np.cos(t) * xx + np.sin(t) * yy
-        ramp = 2 * (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6) - 1
-        streaks = streaks + (haze * (1 + rng.uniform(0.0, 0.8) * ramp))[..., None]
+        streaks = streaks + (haze * (1 + rng.uniform(0.0, 0.8) * _ramp(h, w, rng)))[..., None]
     if accumulation:
         a = float(rng.uniform(0.75, 0.95)) if alpha is None else float(alpha)
         light = float(rng.uniform(0.75, 1.0)) if atmospheric_light is None else float(atmospheric_light)

@@ -72,8 +72,9 @@ DATA_TEXT = {
     "synthetic_rain/mixed": "scikit-image's bundled photos at two scales (longer side 768 and 480), 8 renderings "
                             "per 256x256 tile, rain from light to heavy in three styles chosen at random: the "
                             "paper's short streaks (several layers and the accumulation veil when heavy), long "
-                            "soft Photoshop-style streaks (40-220 px) and dense very long faint streaks (100-450 px) "
-                            "with an additive haze, 5-55 grey levels in all; plus one rain-free pair per tile",
+                            "soft Photoshop-style streaks (40-220 px) and dense, wide, faint streaks (40-200 px) "
+                            "whose brightness varies smoothly over the image, with an additive haze, 5-55 grey "
+                            "levels in all; plus one rain-free pair per tile",
 }
 
 

@@ -341,9 +341,13 @@ def cmd_train():
         print(f"Stopped after {FLAGS.stop_after} steps (--stop_after) at global step {summary['global_step']}; "
               f"the same command resumes from {os.path.join(model_dir, 'checkpoints')}", flush=True)
         return
+    if not distribute.is_chief(strategy):
+        print(f"Training done in {summary['seconds']:.1f} s ({summary['global_step']} steps) on this worker; "
+              "the chief (worker 0) writes the checkpoints", flush=True)
+        return
     print(f"Training done in {summary['seconds']:.1f} s ({summary['global_step']} steps); "
           f"checkpoints in {os.path.join(model_dir, 'checkpoints')}", flush=True)
-    if FLAGS.evaluate_after and distribute.is_chief(strategy):
+    if FLAGS.evaluate_after:
         _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dir, FLAGS.dataset, FLAGS.eval_split,
                   FLAGS.clean_dir)
 

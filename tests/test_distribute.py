@@ -109,9 +109,13 @@ def test_multi_worker_on_loopback_equals_one_worker(data, single, tmp_path):
         procs.append(subprocess.Popen(_cli(model_dir, data, "--batch_size=2", "--strategy=multi_worker"),
                                       env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
+    outs = []
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, out[-2000:] + err[-3000:]
+        outs.append(out)
+    assert f"checkpoints in {model_dir / 'checkpoints'}" in outs[0]
+    assert "checkpoints in" not in outs[1] and "the chief (worker 0) writes the checkpoints" in outs[1]
     assert _max_diff(single, _weights(model_dir)) < TOLERANCE
     assert json.loads((model_dir / "config.json").read_text())["strategy"] == "multi_worker"
     assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.json", "flags.txt", "logs"]

@@ -40,6 +40,9 @@ flags.DEFINE_integer("seed", 0, "Seed for initialisation, shuffling and crops.")
 flags.DEFINE_integer("batch_size", 1, "Batch size (ERL-Net paper: 1).")
 flags.DEFINE_integer("crop_size", 320, "Random training crop, pixels (ERL-Net paper: 320).")
 flags.DEFINE_boolean("flip", False, "Random horizontal flips (ERL-Net trains 'without any data augmentation').")
+flags.DEFINE_boolean("channel_shuffle", False, "Permute the RGB channels of each training pair alike (one of 6 at "
+                     "random): colour variety for achromatic synthetic rain (the bundled model's data has few "
+                     "greens). Not in the papers; off by default.")
 flags.DEFINE_list("stage_steps", None, "Training steps of each stage of the strategy, e.g. 2000,1000,1000 for MA_D.")
 flags.DEFINE_list("stage_epochs", None, "Alternative to --stage_steps: epochs of the training split per stage.")
 flags.DEFINE_float("lr", None, "Initial learning rate of every stage (default: the method's; ERL-Net 4e-4, MENET 1e-3).")
@@ -179,7 +182,7 @@ flags.DEFINE_integer("rain_layers", 1, "synthesize: streak layers.")
 flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER veil (rain accumulation) model.")
 
 # Flags that describe a training run (saved to <model_dir>/config.json).
-RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "stage_steps", "stage_epochs",
+RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "channel_shuffle", "stage_steps", "stage_epochs",
             "lr", "lr_decay_epochs", "lr_decay_steps", "lr_decay_factor", "crop_mode", "menet_blocks", "menet_ca",
             "tasks", "task_weighting", "task_weights", "texture_reduction", "iadn_width", "iadn_blocks",
             "iadn_refine_blocks", "php_groups", "php_mode", "contrast_pooling", "iadn_refinement", "iadn_filtered_gt",
@@ -305,7 +308,10 @@ def cmd_train():
     pipelines.paired_dataset(dataset, split, **stream)  # a bad dataset fails before any training work starts
 
     def paired_fn(start_index: int) -> tf.data.Dataset:
-        return pipelines.paired_dataset(dataset, split, start_index=start_index, **stream)
+        ds = pipelines.paired_dataset(dataset, split, start_index=start_index, **stream)
+        if FLAGS.channel_shuffle:
+            ds = pipelines.shuffle_channels(ds, seed=FLAGS.seed, start_index=start_index, batch_size=global_batch)
+        return ds
 
     dataset_fn = paired_fn
     if FLAGS.method == "jrgr":  # synthetic pairs zipped with unpaired real rainy crops

@@ -439,3 +439,26 @@ def test_scale_rotate_crops_are_deterministic_and_resume(tmp_path):
     tail = paired_dataset(f"folder:{root}", "train", start_index=4, **kw)
     for x, y in zip(a[4:], tail.take(2)):
         np.testing.assert_array_equal(x["rainy"].numpy(), y["rainy"].numpy())
+
+
+def test_shuffle_channels_permutes_rainy_and_clean_alike_and_resumes(folder):
+    """Each example's channels come out as one of the six RGB permutations (the coordinate images
+    make the permutation readable: R = x, G = y, B = tag), the same one for rainy and clean; all six
+    occur; a pixel's channel values are those of the unshuffled example in the permuted order; a
+    stream resumed at example 6 (step 3, batch 2) equals the uninterrupted one."""
+    dataset, _ = folder
+
+    def stream(start_index, num_batches):
+        ds = paired_dataset(dataset, batch_size=2, crop_size=CROP, seed=4, start_index=start_index)
+        return examples(pipelines.shuffle_channels(ds, seed=4, start_index=start_index, batch_size=2), num_batches)
+
+    plain = examples(paired_dataset(dataset, batch_size=2, crop_size=CROP, seed=4), 30)
+    shuffled = stream(0, 30)
+    seen = set()
+    for a, b in zip(plain, shuffled):
+        assert a["name"] == b["name"]
+        perm = next(p for p in pipelines.RGB_PERMUTATIONS if np.array_equal(b["rainy"], a["rainy"][..., list(p)]))
+        np.testing.assert_array_equal(b["clean"], a["clean"][..., list(perm)])
+        seen.add(perm)
+    assert seen == set(pipelines.RGB_PERMUTATIONS)
+    assert_same_examples(stream(6, 27), shuffled[6:])

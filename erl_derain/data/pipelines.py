@@ -83,6 +83,7 @@ _TF_NATIVE_BMP_MODES = frozenset({"RGB", "RGBA", "L", "P"})
 _STREAM_SHUFFLE = 0
 _STREAM_AUGMENT = 1
 _STREAM_GEOMETRY = 2  # scale and rotation (crop_mode="scale_rotate")
+_STREAM_COLOR = 3     # RGB permutation (shuffle_channels)
 _NUM_STREAMS = 4
 
 _MAX_LISTED = 20  # problems listed in one error message
@@ -830,6 +831,32 @@ def paired_dataset(dataset: str, split: str = "train", *, batch_size: int = 1, c
         builder, split, dataset=dataset, batch_size=batch_size, crop_size=crop_size, training=training,
         seed=seed, start_index=start_index, flip=flip, shuffle_buffer=shuffle_buffer, crop_mode=crop_mode,
         cache_limit_bytes=DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes)
+
+
+RGB_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def shuffle_channels(ds: tf.data.Dataset, *, seed: int, start_index: int, batch_size: int) -> tf.data.Dataset:
+    """A colour augmentation for achromatic rain: the RGB channels of each example's rainy and clean
+    images are permuted alike, by one of the six permutations, drawn from (seed, the batch's first
+    example position). Rain added equally to R, G and B (``rain_synthesis``, and the veil model with
+    a grey atmospheric light) stays a valid pair, while a few photos give greens and blues that their
+    own colours lack. ``ds`` is a training stream of `paired_dataset` that starts at example
+    ``start_index`` with batches of ``batch_size`` (deterministic, so a resumed run sees the same)."""
+    perms = tf.constant(RGB_PERMUTATIONS, tf.int32)
+
+    def permute(index, batch):
+        first = tf.cast(start_index, tf.int64) + index * batch_size
+        size = tf.shape(batch["rainy"])[0]
+        k = tf.random.stateless_uniform([size], _op_seed(seed, _STREAM_COLOR, first), minval=0, maxval=6,
+                                        dtype=tf.int32)
+        order = tf.gather(perms, k)  # [B, 3]
+        out = dict(batch)
+        for key in ("rainy", "clean"):
+            out[key] = tf.gather(batch[key], order, axis=-1, batch_dims=1)
+        return out
+
+    return ds.enumerate().map(permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def num_examples(dataset: str, split: str = "train", *, data_dir: str | None = None,

@@ -117,6 +117,7 @@ def main():
         "learning rate divided by 10 on loss plateaus;",
         (f"* wall time: {info['train_seconds'] / 60:.1f} minutes on 2 CPU cores;" if info.get("train_seconds") else
          "* wall time: see the closing note of the session that trained it;"),
+        *([f"* history: {info['history']}"] if info.get("history") else []),
         f"* weights: `{DEFAULT}.npz`, SHA-256 `{info['sha256']}` (checked at every load).",
         "",
         "## Evaluation (Y-channel PSNR/SSIM, MATLAB rounded Y, whole images)",

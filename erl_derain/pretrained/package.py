@@ -35,8 +35,12 @@ def main():
     p.add_argument("model_dir")
     p.add_argument("--name", default=DEFAULT)
     p.add_argument("--train_seconds", type=float, default=None, help="wall time of the training run (model card)")
+    p.add_argument("--history", default=None, help="how the run went if not in one go, e.g. settings changed on "
+                                                   "resume (model card)")
     args = p.parse_args()
     extra = {"train_seconds": args.train_seconds} if args.train_seconds else {}
+    if args.history:
+        extra["history"] = args.history
     for path in package(args.model_dir, args.name, extra=extra):
         print(f"wrote {path} ({os.path.getsize(path) / 2**20:.2f} MiB)")
 

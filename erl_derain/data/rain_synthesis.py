@@ -37,7 +37,7 @@ from erl_derain.data.image_io import images_by_stem, load_rgb, save_rgb
 
 DIRECTIONS = (0.0, 15.0, -15.0, 30.0, -30.0, 40.0, -40.0)  # degrees from vertical
 BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: streak thickness
-LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long"/"dense" styles
+LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long" style
 DENSE_BLUR_SIGMAS = (1.0, 1.5, 2.0)                        # the mottled, wider streaks of the "dense" style
 STYLES = ("streaks", "long", "dense")
 
@@ -160,7 +160,8 @@ def _ramp(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float = 20.0, intensity: float = 0.6,
                     angle: float | None = None, blur_sigma: float | None = None, layers: int = 1,
                     accumulation: bool = False, alpha: float | None = None, atmospheric_light: float | None = None,
-                    haze: float = 0.0, modulation: float = 0.0, seed: int | None = None, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    haze: float = 0.0, modulation: float = 0.0, seed: int | None = None,
+                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add rain to ``clean`` (float HxWx3 in [0,1]); returns ``(rainy, rain)`` with rainy = clean + rain.
 
     ``angle`` must be one of ``DIRECTIONS`` or None (random); ``blur_sigma`` in [0, 3] or None

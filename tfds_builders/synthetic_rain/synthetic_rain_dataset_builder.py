@@ -14,7 +14,7 @@ source photographs:
 
 Configs: ``default``; ``varied`` (a second scale of the train photos, 8 renderings per tile, the
 ``streaks`` and ``long`` styles); ``mixed`` (``varied`` plus the ``dense`` style and one rain-free pair
-per train tile: the data of the bundled pretrained model).
+per train tile: the data of ``flags/pretrained/erlnet_synthetic_mixed.flags``; the bundled model's is ``varied``).
 
 For a user folder (at least 2 photos with distinct name stems), every 5th photo (sorted by name,
 at least one) goes to test, the others to train.
@@ -122,8 +122,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                             description="scikit-image's photos at two scales, 8 renderings per tile, short "
                                         "streaks (with layers and veil) and long Photoshop-style streaks"),
         SyntheticRainConfig(name="mixed", styles=STYLES, extra_sides=(480,), train_renders=8, clean_renders=1,
-                            description="as varied, plus the dense style (very long faint streaks and an "
-                                        "additive haze) and one rain-free pair per train tile"),
+                            description="as varied, plus the dense style (wide faint streaks modulated over the "
+                                        "image, and an additive haze) and one rain-free pair per train tile"),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -171,6 +171,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 pieces = [(0, clean)]
                 renders = cfg.test_renders
             for t, piece in pieces:
+                tid = f"{t:02d}" if isinstance(t, int) else t
+                clean_u8 = to_uint8(piece)
                 for r in range(renders):
                     if split == "train":
                         level = rng.uniform(lo, hi)
@@ -183,10 +185,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                             cfg.styles[r % len(cfg.styles)]
                     params = RainParams.sample(rng, level, style)
                     rainy, _ = synthesize_rain(piece, rng=rng, **asdict(params))
-                    tid = f"{t:02d}" if isinstance(t, int) else t
                     key = f"{name}_t{tid}_r{r:02d}" if split == "train" else f"{name}_r{r:02d}"
-                    yield key, {"rainy": to_uint8(rainy), "clean": to_uint8(piece), "name": key}
+                    yield key, {"rainy": to_uint8(rainy), "clean": clean_u8, "name": key}
                 if split == "train":
                     for c in range(cfg.clean_renders):
                         key = f"{name}_t{tid}_c{c:02d}"
-                        yield key, {"rainy": to_uint8(piece), "clean": to_uint8(piece), "name": key}
+                        yield key, {"rainy": clean_u8, "clean": clean_u8, "name": key}

@@ -160,11 +160,15 @@ def _make_module(model, multiple: int, method: str, flags_json: str, version: in
             shape = tf.shape(images)
             padded = tf.concat([shape, tf.fill([4], -1)], 0)
             n, h, w, c = padded[0], padded[1], padded[2], padded[3]
-            lo, hi = tf.reduce_min(images), tf.reduce_max(images)
+            shape_check = tf.debugging.Assert(tf.logical_and(tf.equal(c, 3), tf.equal(padded[4], -1)), [
+                tf.strings.format("images: expected 3 channels (RGB) in a [batch, height, width, 3] tensor, "
+                                  "got shape {}", shape)])
+            # The range reductions run only after the shape check (Grappler may fold their axes from
+            # the declared rank 4; on a tensor of another rank they would fail first, unnamed).
+            with tf.control_dependencies([shape_check]):
+                lo, hi = tf.reduce_min(images), tf.reduce_max(images)
             checks = [
-                tf.debugging.Assert(tf.logical_and(tf.equal(c, 3), tf.equal(padded[4], -1)), [tf.strings.format(
-                    "images: expected 3 channels (RGB) in a [batch, height, width, 3] tensor, got shape {}",
-                    shape)]),
+                shape_check,
                 tf.debugging.Assert(tf.logical_or(tf.equal(n, 0), tf.logical_and(h > 0, w > 0)), [
                     tf.strings.format("images: height and width must be positive, got shape {}", shape)]),
                 tf.debugging.Assert(tf.logical_or(tf.equal(tf.size(images), 0), tf.logical_and(

@@ -44,6 +44,9 @@ flags.DEFINE_boolean("channel_shuffle", False, "Permute the RGB channels of each
                      "random): colour variety for achromatic synthetic rain (the bundled model's data has few "
                      "greens). Not in the papers; off by default.")
 flags.DEFINE_list("stage_steps", None, "Training steps of each stage of the strategy, e.g. 2000,1000,1000 for MA_D.")
+flags.DEFINE_string("init_from", None, "train: start a new run from the network weights of another run (its "
+                    "--model_dir; same method and sizes); the optimisers start afresh. With --stage_steps=0,0,N only "
+                    "the last stage trains: a fine-tune. Ignored when --model_dir already has a checkpoint.")
 flags.DEFINE_list("stage_epochs", None, "Alternative to --stage_steps: epochs of the training split per stage.")
 flags.DEFINE_float("lr", None, "Initial learning rate of every stage (default: the method's; ERL-Net 4e-4, MENET 1e-3).")
 flags.DEFINE_list("lr_decay_epochs", None, "Multiply the learning rate by --lr_decay_factor after these epochs of "
@@ -182,7 +185,7 @@ flags.DEFINE_integer("rain_layers", 1, "synthesize: streak layers.")
 flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER veil (rain accumulation) model.")
 
 # Flags that describe a training run (saved to <model_dir>/config.json).
-RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "channel_shuffle", "stage_steps", "stage_epochs",
+RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "channel_shuffle", "init_from", "stage_steps", "stage_epochs",
             "lr", "lr_decay_epochs", "lr_decay_steps", "lr_decay_factor", "crop_mode", "menet_blocks", "menet_ca",
             "tasks", "task_weighting", "task_weights", "texture_reduction", "iadn_width", "iadn_blocks",
             "iadn_refine_blocks", "php_groups", "php_mode", "contrast_pooling", "iadn_refinement", "iadn_filtered_gt",
@@ -339,7 +342,7 @@ def cmd_train():
                              checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
                              keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
                              lr_schedule=_lr_schedule(config, global_batch), on_nan=FLAGS.on_nan, strategy=strategy,
-                             stop_after=FLAGS.stop_after)
+                             stop_after=FLAGS.stop_after, init_from=FLAGS.init_from)
     if summary.get("skipped_batches"):
         print(f"Skipped {len(summary['skipped_batches'])} batch(es) with a non-finite loss: "
               f"{summary['skipped_batches'][:10]}", flush=True)

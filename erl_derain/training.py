@@ -198,10 +198,11 @@ class Run:
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, "checkpoints"),
                                                   max_to_keep=keep_checkpoints, checkpoint_name="ckpt")
 
-    def restore(self, networks_only: bool = False) -> str | None:
+    def restore(self, networks_only: bool = False, built_from: str | None = None) -> str | None:
         """Restore the newest readable checkpoint. A checkpoint whose files are torn or missing (a
         crash of the machine mid-write; TF writes the index only after the data) is passed over for
-        the previous one, with a warning; one that does not match the network is an error."""
+        the previous one, with a warning; one that does not match the network is an error (``built_from``
+        says where the network's sizes came from; default: this run's config.json)."""
         candidates = list(reversed(self.manager.checkpoints))
         for i, path in enumerate(candidates):
             try:
@@ -219,7 +220,7 @@ class Run:
                 logging.warning("checkpoint %s is damaged (%s); trying the previous one", path, str(e)[:200])
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise TrainingError(f"checkpoint {path} does not match the network built from "
-                                    f"{os.path.join(self.model_dir, 'config.json')}: {str(e)[:500]}") from e
+                                    f"{built_from or os.path.join(self.model_dir, 'config.json')}: {str(e)[:500]}") from e
         return None
 
     def save(self) -> str | None:
@@ -257,7 +258,8 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
           plateau: PlateauSchedule | None = None, lr_schedule: StepSchedule | None = None, verbose: int = 1,
           on_nan: str = "stop", max_skipped: int = 10,
           on_step_end: Callable[[int, int, dict], None] | None = None,
-          strategy: tf.distribute.Strategy | None = None, stop_after: int = 0) -> dict:
+          strategy: tf.distribute.Strategy | None = None, stop_after: int = 0,
+          init_from: str | None = None) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
 
@@ -271,6 +273,10 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     plateau rule. ``on_nan``: a non-finite loss stops training naming the step, the batch's files and
     the loss terms, keeping the last good checkpoint (``"stop"``), or undoes that step and goes on with
     the next batch (``"skip_batch"``; more than ``max_skipped`` in a row stop training).
+    ``init_from``: a new run (no checkpoint in ``model_dir`` yet) starts from the network weights of that
+    run's latest checkpoint (another ``--model_dir`` of the same method and sizes); the optimisers and
+    the step counters start afresh. Stages given 0 steps are passed over, so ``stage_steps=[0, 0, n]``
+    fine-tunes with the last stage only. A run that already has a checkpoint resumes from it instead.
     Returns a summary dict (final losses, steps, wall time, skipped batches)."""
     if on_nan not in ("stop", "skip_batch"):
         raise TrainingError(f"--on_nan must be stop or skip_batch, got {on_nan!r}")
@@ -291,6 +297,19 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     # (the stage/step counters live on the host: made outside the scope)
     run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau, chief=chief)
     restored = run.restore()
+    initialised = None
+    if not restored and init_from:
+        try:
+            initialised = Run(init_from, trainer).restore(
+                networks_only=True, built_from="this run's settings (the method and the network sizes must be the same)")
+        except TrainingError as e:
+            raise TrainingError(f"--init_from={init_from}: {e}") from e
+        if initialised is None:
+            raise TrainingError(f"--init_from={init_from}: no checkpoint in {os.path.join(init_from, 'checkpoints')} "
+                                f"(expected the --model_dir of a finished or running training)")
+        logging.info("initialised from %s", initialised)
+        if verbose:
+            print(f"Starting from the network weights of {initialised} (--init_from)", flush=True)
     if restored:
         logging.info("resumed from %s at stage %s step %d", restored, int(run.stage), int(run.step))
         if verbose:
@@ -300,7 +319,7 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     skipped, in_a_row = [], 0
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if chief else \
         tf.summary.create_noop_writer()
-    summary = {"stages": {}, "resumed_from": restored}
+    summary = {"stages": {}, "resumed_from": restored, "initialised_from": initialised}
     t_start = time.time()
     last_logs: dict = {}
     steps_done = 0

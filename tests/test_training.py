@@ -93,6 +93,44 @@ def test_model_dir_of_another_method_is_rejected(tmp_path):
                        stage_steps=[1], batch_size=1, verbose=0)
 
 
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n=3, size=(24, 24))
+    source, _, _ = _run(tmp_path / "source", data, steps=(2, 1, 1))
+
+    def fine_tune(model_dir, init_from, steps=(0, 0, 0), sizes=TINY):
+        keras.utils.set_random_seed(7)  # another initialisation than the source's
+        cfg = {"method": "erlnet", "erl_strategy": "ma_d", **TINY, **sizes}
+        trainer = make_trainer(cfg)
+        summary = training.train(
+            trainer, cfg, lambda start: pipelines.paired_dataset(f"folder:{data}", "train", batch_size=2,
+                                                                 crop_size=16, seed=3, start_index=start),
+            model_dir=str(model_dir), stage_steps=list(steps), batch_size=2, jit_compile="false", verbose=0,
+            plateau=training.PlateauSchedule(window=0), init_from=str(init_from))
+        return trainer, summary
+
+    # No step trained: every network weight is the one the source run ended with.
+    tuned, summary = fine_tune(tmp_path / "tuned", tmp_path / "source")
+    assert summary["initialised_from"].endswith("ckpt-4") and summary["global_step"] == 0
+    pairs = list(zip(source.net.weights + source.clean_ae.weights, tuned.net.weights + tuned.clean_ae.weights))
+    keras.utils.set_random_seed(7)
+    fresh = make_trainer({"method": "erlnet", "erl_strategy": "ma_d", **TINY})
+    fresh.build_networks()  # what the new run would have started from without --init_from
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(source.net.weights, fresh.net.weights))
+    for a, b in pairs:
+        assert a.path == b.path
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # A stage given 0 steps is passed over: only stage III trains, and it changes the weights.
+    tuned3, summary = fine_tune(tmp_path / "tuned3", tmp_path / "source", steps=(0, 0, 2))
+    assert {k: v["steps"] for k, v in summary["stages"].items()} == {"I": 0, "II": 0, "III": 2}
+    assert summary["global_step"] == 2
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(source.net.weights, tuned3.net.weights))
+    # Bad sources are named.
+    with pytest.raises(training.TrainingError, match=r"--init_from=.*nowhere.*no checkpoint"):
+        fine_tune(tmp_path / "t2", tmp_path / "nowhere")
+    with pytest.raises(training.TrainingError, match=r"--init_from=.*does not match.*this run's settings"):
+        fine_tune(tmp_path / "t3", tmp_path / "source", sizes={"widths": [8, 24]})
+
+
 def test_wrong_number_of_stage_steps(tmp_path):
     trainer = make_trainer({"method": "erlnet", "erl_strategy": "ma_d", **TINY})
     with pytest.raises(training.TrainingError, match="3 stage"):

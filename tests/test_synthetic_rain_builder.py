@@ -158,6 +158,24 @@ def test_varied_config_adds_scales_and_the_long_style(photos, tmp_path):
         srb.custom_config(str(photos), styles=("drizzle",))
 
 
+def test_a_style_named_twice_is_drawn_twice_as_often(photos, tmp_path):
+    """The ``dense`` config names the dense style twice: the test split takes the four names in turn,
+    so renders 0 and 1 are dense ones, exactly those of a dense-only config (the same generator state
+    and level), and render 2 is the short-streak style, which differs."""
+    kw = dict(train_renders=1, test_renders=4, levels=(0.3, 0.9))
+    only = _build(srb.custom_config(str(photos), styles=("dense",), **kw), tmp_path / "only")
+    twice = _build(srb.custom_config(str(photos), styles=("dense", "dense", "streaks", "long"), **kw),
+                   tmp_path / "twice")
+    a = {ex["name"].decode(): ex["rainy"] for ex in tfds.as_numpy(only.as_dataset(split="test"))}
+    b = {ex["name"].decode(): ex["rainy"] for ex in tfds.as_numpy(twice.as_dataset(split="test"))}
+    for name in a:
+        if name.endswith(("_r00", "_r01")):
+            np.testing.assert_array_equal(a[name], b[name])
+        elif name.endswith("_r02"):
+            assert not np.array_equal(a[name], b[name])
+    assert [c.name for c in srb.Builder.BUILDER_CONFIGS if c.styles.count("dense") == 2] == ["dense"]
+
+
 def test_clean_renders_add_rain_free_pairs_and_keep_the_rainy_ones(photos, tmp_path):
     """``clean_renders`` (the ``mixed`` config): one pair per train tile whose rainy image is the clean
     one; the rainy renderings are those of the config without it (no random number is drawn)."""

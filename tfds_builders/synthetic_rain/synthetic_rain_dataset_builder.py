@@ -14,7 +14,9 @@ source photographs:
 
 Configs: ``default``; ``varied`` (a second scale of the train photos, 8 renderings per tile, the
 ``streaks`` and ``long`` styles); ``mixed`` (``varied`` plus the ``dense`` style and one rain-free pair
-per train tile: the data of ``flags/pretrained/erlnet_synthetic_mixed.flags``; the bundled model's is ``varied``).
+per train tile: the bundled model's training data, ``flags/pretrained/erlnet_synthetic.flags``); ``dense``
+(``mixed`` with half the renderings in the dense style: its fine-tuning data,
+``flags/pretrained/erlnet_synthetic_finetune.flags``).
 
 For a user folder (at least 2 photos with distinct name stems), every 5th photo (sorted by name,
 at least one) goes to test, the others to train.
@@ -45,14 +47,15 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
                  tile: int = 256, max_side: int = 768, levels: tuple[float, float] = (0.0, 1.0),
                  styles: tuple[str, ...] = ("streaks",), extra_sides: tuple[int, ...] = (), clean_renders: int = 0,
                  **kwargs):
-        """``styles``: the ``RainParams.sample`` styles drawn from (train: at random; test: in turn).
+        """``styles``: the ``RainParams.sample`` styles drawn from (train: uniformly at random, so a style
+        named twice is drawn twice as often; test: in turn).
         ``extra_sides``: further scales of the train photos (their longer side) tiled besides ``max_side``.
         ``clean_renders``: train pairs per tile whose "rainy" image is the clean one (they teach a
         network to leave rain-free content alone; no random draw, so the rainy renderings are unchanged)."""
         super().__init__(**kwargs)
         bad = [s for s in styles if s not in STYLES]
         if bad or not styles:
-            raise ValueError(f"synthetic_rain: styles must be a non-empty subset of {STYLES}, got {styles}")
+            raise ValueError(f"synthetic_rain: styles must be a non-empty list of {STYLES}, got {styles}")
         self.styles = tuple(styles)
         self.extra_sides = tuple(extra_sides)
         if clean_renders < 0:
@@ -124,6 +127,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         SyntheticRainConfig(name="mixed", styles=STYLES, extra_sides=(480,), train_renders=8, clean_renders=1,
                             description="as varied, plus the dense style (wide faint streaks modulated over the "
                                         "image, and an additive haze) and one rain-free pair per train tile"),
+        SyntheticRainConfig(name="dense", styles=("dense", "dense", "streaks", "long"), extra_sides=(480,),
+                            train_renders=8, clean_renders=1,
+                            description="as mixed, with half the renderings in the dense style (the "
+                                        "bundled model's fine-tuning data)"),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:

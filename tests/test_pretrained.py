@@ -75,3 +75,44 @@ def test_bundled_model_improves_heavy_rain_pairs_it_never_saw():
         after.append(metrics.psnr_y(derain_image(model, rainy, model.pad_multiple, tile=0), clean))
     assert len(before) == 5
     assert np.mean(after) > np.mean(before)
+
+
+def test_package_a_fine_tune_and_load_it(tmp_path):
+    """``package`` writes a run's de-raining network with its checksum; ``load_pretrained`` rebuilds the
+    same function. A run started with ``--init_from`` records the configuration of the run it started
+    from, and the card describes both schedules."""
+    import keras
+
+    from erl_derain import training
+    from erl_derain.data import pipelines
+    from erl_derain.methods import make_trainer
+    from erl_derain.pretrained import card, package
+
+    from .conftest import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", n=3, size=(24, 24))
+    sizes = {"method": "erlnet", "erl_strategy": "ma_d", "widths": [8, 16], "bottleneck_width": 16,
+             "dense_layers": 2, "growth": 8, "se_ratio": 2, "dataset": f"folder:{data}", "crop_size": 16,
+             "batch_size": 2}
+    base = {**sizes, "stage_steps": ["1", "1", "1"], "lr": 4e-4}
+    tune = {**sizes, "stage_steps": ["0", "0", "2"], "lr": 1e-4, "lr_decay_steps": ["1"], "lr_decay_factor": 0.25,
+            "init_from": str(tmp_path / "base")}
+    for name, cfg in (("base", base), ("tune", tune)):
+        keras.utils.set_random_seed(0)
+        training.train(make_trainer(cfg), cfg, lambda start: pipelines.paired_dataset(
+            f"folder:{data}", "train", batch_size=2, crop_size=16, seed=3, start_index=start),
+            model_dir=str(tmp_path / name), stage_steps=[int(s) for s in cfg["stage_steps"]], batch_size=2,
+            jit_compile="false", verbose=0, init_from=cfg.get("init_from"))
+    out = tmp_path / "pkg"
+    out.mkdir()
+    info_path, weights_path = package.package(str(tmp_path / "tune"), "tiny", str(out), {"train_seconds": 60.0})
+    info = json.loads(open(info_path).read())
+    assert info["sha256"] == pretrained.sha256_of(weights_path) and info["train_seconds"] == 60.0
+    assert info["init_config"]["stage_steps"] == ["1", "1", "1"] and info["config"]["init_from"].endswith("base")
+    trainer, _ = training.load_trainer(str(tmp_path / "tune"))
+    model = pretrained.load_pretrained("tiny", str(out))
+    x = tf.random.uniform((1, 16, 24, 3), seed=1)
+    np.testing.assert_allclose(model(x).numpy(), trainer.inference_model()(x).numpy(), atol=1e-6)
+    assert card._schedule(info["config"]) == "stage III 2 steps, Adam 0.0001, learning rate x0.25 after step 1"
+    assert card._schedule(info["init_config"]) == ("stages I 1, II 1, III 1 steps, Adam 0.0004, learning rate "
+                                                   "divided by 10 on loss plateaus")

@@ -75,7 +75,26 @@ DATA_TEXT = {
                             "soft Photoshop-style streaks (40-220 px) and dense, wide, faint streaks (40-200 px) "
                             "whose brightness varies smoothly over the image, with an additive haze, 5-55 grey "
                             "levels in all; plus one rain-free pair per tile",
+    "synthetic_rain/dense": "as `synthetic_rain/mixed`, with half the renderings in the dense style and a quarter "
+                            "in each of the other two",
 }
+
+
+def _schedule(cfg: dict) -> str:
+    steps = [int(s) for s in cfg["stage_steps"]]
+    stages = ", ".join(f"{name} {n}" for name, n in zip(("I", "II", "III"), steps) if n)
+    text = f"stage{'s' if sum(n > 0 for n in steps) > 1 else ''} {stages} steps, Adam {cfg['lr']}"
+    if cfg.get("lr_decay_steps"):
+        return text + f", learning rate x{cfg['lr_decay_factor']} after step {', '.join(cfg['lr_decay_steps'])}"
+    return text + ", learning rate divided by 10 on loss plateaus"
+
+
+def _data(cfg: dict) -> str:
+    return (f"`{cfg['dataset']}` ({DATA_TEXT.get(cfg['dataset'], 'see the flagfile')}); {cfg['crop_size']}x"
+            f"{cfg['crop_size']} crops, batch {cfg['batch_size']}, flips"
+            + (", RGB channel orders shuffled" if cfg.get("channel_shuffle") else "")
+            + (", bfloat16 mixed precision (float32 weights; the bundled model runs in float32)"
+               if cfg.get("mixed_precision") else ""))
 
 
 def main():
@@ -92,6 +111,12 @@ def main():
     results = evaluate_sets(predict, trainer.pad_multiple, args.shared_data)
     grid = real_grid(predict, trainer.pad_multiple, args.shared_data, os.path.join(HERE, "before_after.png"))
     cfg = info["config"]
+    base = info.get("init_config")  # the model is a fine-tune of that run
+    commands = ["erl-derain train --flagfile=flags/pretrained/erlnet_synthetic.flags"]
+    run_dir = "runs/pretrained_erlnet_synthetic"
+    if base:
+        commands.append("erl-derain train --flagfile=flags/pretrained/erlnet_synthetic_finetune.flags")
+        run_dir += "_finetune"
     lines = [
         f"# Model card: `{DEFAULT}` (the bundled model)",
         "",
@@ -101,21 +126,19 @@ def main():
         "",
         "## Training",
         "",
-        "    erl-derain train --flagfile=flags/pretrained/erlnet_synthetic.flags",
-        "    python -m erl_derain.pretrained.package runs/pretrained_erlnet_synthetic",
+        *[f"    {c}" for c in commands],
+        f"    python -m erl_derain.pretrained.package {run_dir}",
         "    python -m erl_derain.pretrained.card --shared_data=../shared/data",
         "",
         f"* network: ERL-Net, strategy {cfg['erl_strategy'].upper()}, entanglement {cfg['entanglement'].upper()}, widths "
         f"{cfg['widths']}, bottleneck {cfg['bottleneck_width']}, dense blocks of {cfg['dense_layers']} layers (growth "
         f"{cfg['growth']}); {info['parameters']:,} parameters in the bundled de-raining network (the clean autoencoder "
         "is training-only and not shipped);",
-        f"* data: `{cfg['dataset']}` ({DATA_TEXT.get(cfg['dataset'], 'see the flagfile')}); "
-        f"{cfg['crop_size']}x{cfg['crop_size']} crops, batch {cfg['batch_size']}, flips"
-        + ("; bfloat16 mixed precision (float32 weights; the bundled model runs in float32);"
-           if cfg.get("mixed_precision") else ";"),
-        f"* schedule: stages I/II/III of {', '.join(str(s) for s in cfg['stage_steps'])} steps, Adam {cfg['lr']}, "
-        "learning rate divided by 10 on loss plateaus;",
-        (f"* wall time: {info['train_seconds'] / 60:.1f} minutes on 2 CPU cores;" if info.get("train_seconds") else
+        *([f"* training: {_data(base)}; {_schedule(base)};",
+           f"* fine-tune (`--init_from` that run, optimisers afresh): {_data(cfg)}; {_schedule(cfg)};"] if base else
+          [f"* data: {_data(cfg)};", f"* schedule: {_schedule(cfg)};"]),
+        (f"* wall time: {info['train_seconds'] / 60:.1f} minutes on 2 CPU cores"
+         + (" (both runs);" if base else ";") if info.get("train_seconds") else
          "* wall time: see the closing note of the session that trained it;"),
         *([f"* history: {info['history']}"] if info.get("history") else []),
         f"* weights: `{DEFAULT}.npz`, SHA-256 `{info['sha256']}` (checked at every load).",

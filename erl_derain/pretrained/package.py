@@ -1,7 +1,8 @@
 """Package a trained run as the bundled model: ``python -m erl_derain.pretrained.package <model_dir>``.
 
 Writes ``<name>.npz`` (the de-raining network's variables by path) and ``<name>.json`` (the training
-configuration, the weights' SHA-256, steps and wall time) into this package folder."""
+configuration, the weights' SHA-256, steps and wall time) into this package folder. A run trained with
+``--init_from`` (a fine-tune) also records the configuration of the run it started from."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from erl_derain.pretrained import DEFAULT, HERE, paths, sha256_of
 
 
 def package(model_dir: str, name: str = DEFAULT, directory: str = HERE, extra: dict | None = None) -> tuple[str, str]:
-    from erl_derain.training import load_trainer
+    from erl_derain.training import load_trainer, read_config
 
     trainer, config = load_trainer(model_dir)
+    if config.get("init_from"):  # a fine-tune: the card also describes the run it started from
+        extra = {"init_config": read_config(config["init_from"]), **(extra or {})}
     variables = {v.path: np.asarray(v.numpy()) for v in trainer.inference_model().weights}
     info_path, weights_path = paths(name, directory)
     tmp = weights_path + ".tmp.npz"
@@ -34,7 +37,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("model_dir")
     p.add_argument("--name", default=DEFAULT)
-    p.add_argument("--train_seconds", type=float, default=None, help="wall time of the training run (model card)")
+    p.add_argument("--train_seconds", type=float, default=None,
+                   help="wall time of the training run, with that of the run it started from if any (model card)")
     p.add_argument("--history", default=None, help="how the run went if not in one go, e.g. settings changed on "
                                                    "resume (model card)")
     args = p.parse_args()

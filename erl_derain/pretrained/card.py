@@ -86,7 +86,9 @@ def _schedule(cfg: dict) -> str:
     text = f"stage{'s' if sum(n > 0 for n in steps) > 1 else ''} {stages} steps, Adam {cfg['lr']}"
     if cfg.get("lr_decay_steps"):
         return text + f", learning rate x{cfg['lr_decay_factor']} after step {', '.join(cfg['lr_decay_steps'])}"
-    return text + ", learning rate divided by 10 on loss plateaus"
+    factor = cfg.get("lr_plateau_factor", 0.1)
+    return text + (", learning rate divided by 10" if factor == 0.1 else f", learning rate x{factor}") + \
+        " on loss plateaus"
 
 
 def _data(cfg: dict) -> str:

@@ -267,3 +267,32 @@ def test_dense_style_is_additive_and_brightens_with_the_level():
         means[level] = np.mean(vals)
     assert 2 <= means[0.0] <= 15
     assert 25 <= means[1.0] <= 70
+
+
+def test_wide_style_has_separate_bright_streaks_when_light_and_dimmer_drops_when_heavy():
+    """The wide style (SIRR's lighter Photoshop rain): at level 0 about one streak per 1000-1500 pixels,
+    each 4-7 px wide and peaking at 0.1-0.25 times a seed's brightness (seeds 0.5-1, so 13-64 grey
+    levels), with a mean added brightness of 0.012 x [0.6, 1.2] (1.8-3.7 levels); at level 1 the mean is
+    (0.012 + 0.07) x [0.6, 1.2] unless the density cap binds, and single streaks are dimmer. Peaks and
+    widths are read from the rendered rain by connected components, not from the sampled settings."""
+    rng = np.random.default_rng(4)
+    clean = grey(320, 320, 0.3)
+    stats = {}
+    for level in (0.0, 1.0):
+        means, peaks = [], []
+        for _ in range(5):
+            p = rs.RainParams.sample(rng, level, "wide")
+            assert p.blur_sigma in rs.WIDE_BLUR_SIGMAS and 8 <= p.length <= 45 and p.haze == 0
+            assert p.layers == 1 and not p.accumulation and p.density <= 0.02
+            rain = rs.synthesize_rain(clean, rng=rng, **asdict(p))[1][..., 0]
+            assert (rain >= 0).all()
+            means.append(rain.mean() * 255)
+            if level == 0.0:
+                count, labels, st, _ = cv2.connectedComponentsWithStats((rain > 0.01).astype(np.uint8))
+                big = [k for k in range(1, count) if st[k, cv2.CC_STAT_AREA] >= 10]
+                assert 320 * 320 / 2500 <= len(big) <= 320 * 320 / 500  # a streak per 500-2500 pixels
+                peaks += [rain[labels == k].max() * 255 for k in big]
+        stats[level] = (np.mean(means), np.median(peaks) if peaks else None)
+    assert 1.2 <= stats[0.0][0] <= 4.5
+    assert 10 <= stats[0.0][1] <= 70
+    assert 6 <= stats[1.0][0] <= 30 and stats[1.0][0] > 2 * stats[0.0][0]

@@ -173,7 +173,7 @@ def test_a_style_named_twice_is_drawn_twice_as_often(photos, tmp_path):
             np.testing.assert_array_equal(a[name], b[name])
         elif name.endswith("_r02"):
             assert not np.array_equal(a[name], b[name])
-    assert [c.name for c in srb.Builder.BUILDER_CONFIGS if c.styles.count("dense") == 2] == ["dense"]
+    assert [c.name for c in srb.Builder.BUILDER_CONFIGS if c.styles.count("dense") == 2] == ["dense", "wide"]
 
 
 def test_clean_renders_add_rain_free_pairs_and_keep_the_rainy_ones(photos, tmp_path):
@@ -193,3 +193,35 @@ def test_clean_renders_add_rain_free_pairs_and_keep_the_rainy_ones(photos, tmp_p
     assert mixed.info.splits["test"].num_examples == base.info.splits["test"].num_examples
     with pytest.raises(ValueError, match="clean_renders"):
         srb.custom_config(str(photos), clean_renders=-1)
+
+
+def test_clean_gamma_shows_each_train_scene_lighter_and_darker(photos, tmp_path):
+    """``clean_gamma`` (the ``wide`` config): each train pair's clean image is the photo tile raised to one
+    power in the range (fitted here from the pixels), the rain is added on top of it (additive styles: the
+    rainy image is never darker), rain-free pairs carry the same jittered scene on both sides, and the test
+    split is that of the config without it."""
+    kw = dict(train_renders=3, styles=("wide", "long", "dense"), clean_renders=1)
+    base = _build(srb.custom_config(str(photos), **kw), tmp_path / "base")
+    jit = _build(srb.custom_config(str(photos), clean_gamma=(0.6, 1.6), **kw), tmp_path / "jit")
+    before = {ex["name"].decode(): ex for ex in tfds.as_numpy(base.as_dataset(split="train"))}
+    after = {ex["name"].decode(): ex for ex in tfds.as_numpy(jit.as_dataset(split="train"))}
+    assert set(before) == set(after)
+    gammas = []
+    for name, ex in after.items():
+        photo = before[name]["clean"].astype(np.float64) / 255  # the tile itself (no jitter there)
+        mid = (photo > 0.15) & (photo < 0.85)
+        g = np.median(np.log(np.maximum(ex["clean"][mid] / 255, 1e-3)) / np.log(photo[mid]))
+        assert 0.55 <= g <= 1.7
+        np.testing.assert_allclose(ex["clean"] / 255, photo ** g, atol=3 / 255)
+        gammas.append(g)
+        if "_c00" in name:
+            np.testing.assert_array_equal(ex["rainy"], ex["clean"])
+        else:
+            assert (ex["rainy"].astype(int) >= ex["clean"].astype(int) - 1).all()
+    assert min(gammas) < 0.9 and max(gammas) > 1.15  # lighter and darker versions both occur
+    test_a = [ex["rainy"] for ex in tfds.as_numpy(base.as_dataset(split="test"))]
+    test_b = [ex["rainy"] for ex in tfds.as_numpy(jit.as_dataset(split="test"))]
+    for a, b in zip(test_a, test_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="clean_gamma"):
+        srb.custom_config(str(photos), clean_gamma=(1.5, 0.8))

@@ -39,7 +39,8 @@ DIRECTIONS = (0.0, 15.0, -15.0, 30.0, -30.0, 40.0, -40.0)  # degrees from vertic
 BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: streak thickness
 LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long" style
 DENSE_BLUR_SIGMAS = (1.0, 1.5, 2.0)                        # the mottled, wider streaks of the "dense" style
-STYLES = ("streaks", "long", "dense")
+WIDE_BLUR_SIGMAS = (1.0, 1.5, 2.0)                         # the 4-7 px wide streaks of the "wide" style
+STYLES = ("streaks", "long", "dense", "wide")
 
 
 def motion_kernel(length: float, angle: float) -> np.ndarray:
@@ -112,7 +113,11 @@ class RainParams:
         is the heaviest Photoshop rain (SIRR's sets): very many long (40-200 px), faint, wide streaks
         whose brightness varies smoothly over the image (``modulation``) plus a smooth additive ``haze``,
         scaled so that their mean brightness together is about 5-55 grey levels from light to heavy
-        (``mean_streak_brightness`` turns that target into an intensity)."""
+        (``mean_streak_brightness`` turns that target into an intensity). ``style="wide"`` is the lighter
+        Photoshop rain of the same sets: separate wide (Gaussian radius 1-2, 4-7 px), bright streaks, 8-45 px
+        long, about one per 1000 pixels when light (their mean brightness about 2-4 grey levels, a streak
+        peaking at 25-65), many more and dimmer (peaks 10-25) overlapping into drops when heavy (mean
+        about 12-25 levels); no haze."""
         level = float(np.clip(level, 0.0, 1.0))
         if style not in STYLES:
             raise ValueError(f"rain style must be one of {STYLES}, got {style!r}")
@@ -127,6 +132,18 @@ class RainParams:
             return cls(density=density, length=length, intensity=float(target * share / per_unit), angle=angle,
                        blur_sigma=sigma, layers=1, accumulation=False, haze=float(target * (1 - share)),
                        modulation=float(rng.uniform(0.5, 1.0)))
+        if style == "wide":
+            sigma = float(rng.choice(WIDE_BLUR_SIGMAS))
+            length = float(rng.uniform(8, 45))
+            angle = float(rng.choice(DIRECTIONS))
+            target = (0.012 + 0.07 * level) * rng.uniform(0.6, 1.2)  # mean added brightness, [0, 1] units
+            peak = rng.uniform(0.1, 0.25) * (1 - 0.6 * level)         # of a streak of mean seed brightness
+            # Along a line much longer than it is wide, the blurred seeds add up to sigma * sqrt(2 pi) times a
+            # seed's peak across the streak; seeds are 0.75 bright on average.
+            intensity = peak / (0.75 * sigma * np.sqrt(2 * np.pi))
+            density = target / (intensity * mean_streak_brightness(1.0, length, angle, sigma))
+            return cls(density=float(min(density, 0.02)), length=length, intensity=float(intensity), angle=angle,
+                       blur_sigma=sigma, layers=1, accumulation=False)
         if style == "long":
             sigma = float(rng.choice(LONG_BLUR_SIGMAS))
             return cls(

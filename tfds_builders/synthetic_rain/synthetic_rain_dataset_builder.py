@@ -15,8 +15,9 @@ source photographs:
 Configs: ``default``; ``varied`` (a second scale of the train photos, 8 renderings per tile, the
 ``streaks`` and ``long`` styles); ``mixed`` (``varied`` plus the ``dense`` style and one rain-free pair
 per train tile: the bundled model's training data, ``flags/pretrained/erlnet_synthetic.flags``); ``dense``
-(``mixed`` with half the renderings in the dense style: its fine-tuning data,
-``flags/pretrained/erlnet_synthetic_finetune.flags``).
+(``mixed`` with half the renderings in the dense style); ``wide`` (a third dense, a third in the wide style
+of separate wide bright streaks, the rest short and long streaks, each train scene raised to a random power
+in [0.6, 1.6] so that it comes lighter and darker: ``clean_gamma``).
 
 For a user folder (at least 2 photos with distinct name stems), every 5th photo (sorted by name,
 at least one) goes to test, the others to train.
@@ -46,12 +47,16 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
     def __init__(self, *, clean_dir: str | None = None, train_renders: int = 4, test_renders: int = 6,
                  tile: int = 256, max_side: int = 768, levels: tuple[float, float] = (0.0, 1.0),
                  styles: tuple[str, ...] = ("streaks",), extra_sides: tuple[int, ...] = (), clean_renders: int = 0,
-                 **kwargs):
+                 clean_gamma: tuple[float, float] = (1.0, 1.0), **kwargs):
         """``styles``: the ``RainParams.sample`` styles drawn from (train: uniformly at random, so a style
         named twice is drawn twice as often; test: in turn).
         ``extra_sides``: further scales of the train photos (their longer side) tiled besides ``max_side``.
         ``clean_renders``: train pairs per tile whose "rainy" image is the clean one (they teach a
-        network to leave rain-free content alone; no random draw, so the rainy renderings are unchanged)."""
+        network to leave rain-free content alone; no random draw, so the rainy renderings are unchanged).
+        ``clean_gamma``: train only, each pair (rainy and rain-free) raises its clean tile to a power drawn
+        log-uniformly from this range before the rain is added, so the same scene comes lighter and
+        darker (a network cannot learn a scene's brightness and read the rest as haze). (1, 1): off,
+        no draw."""
         super().__init__(**kwargs)
         bad = [s for s in styles if s not in STYLES]
         if bad or not styles:
@@ -61,6 +66,10 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
         if clean_renders < 0:
             raise ValueError(f"synthetic_rain: clean_renders must be >= 0, got {clean_renders}")
         self.clean_renders = clean_renders
+        lo, hi = (float(g) for g in clean_gamma)
+        if not 0 < lo <= hi:
+            raise ValueError(f"synthetic_rain: clean_gamma must be a range 0 < low <= high, got {clean_gamma}")
+        self.clean_gamma = (lo, hi)
         self.clean_dir = clean_dir
         self.train_renders = train_renders
         self.test_renders = test_renders
@@ -124,13 +133,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         SyntheticRainConfig(name="varied", styles=("streaks", "long"), extra_sides=(480,), train_renders=8,
                             description="scikit-image's photos at two scales, 8 renderings per tile, short "
                                         "streaks (with layers and veil) and long Photoshop-style streaks"),
-        SyntheticRainConfig(name="mixed", styles=STYLES, extra_sides=(480,), train_renders=8, clean_renders=1,
+        SyntheticRainConfig(name="mixed", styles=("streaks", "long", "dense"), extra_sides=(480,), train_renders=8, clean_renders=1,
                             description="as varied, plus the dense style (wide faint streaks modulated over the "
                                         "image, and an additive haze) and one rain-free pair per train tile"),
         SyntheticRainConfig(name="dense", styles=("dense", "dense", "streaks", "long"), extra_sides=(480,),
                             train_renders=8, clean_renders=1,
-                            description="as mixed, with half the renderings in the dense style (the "
-                                        "bundled model's fine-tuning data)"),
+                            description="as mixed, with half the renderings in the dense style"),
+        SyntheticRainConfig(name="wide", styles=("dense", "dense", "wide", "wide", "streaks", "long"),
+                            extra_sides=(480,), train_renders=8, clean_renders=1, clean_gamma=(0.6, 1.6),
+                            description="as dense, with a third of the renderings in the wide style (separate "
+                                        "wide bright streaks, drops when heavy) and each train pair's clean tile "
+                                        "raised to a random power in [0.6, 1.6] (lighter and darker scenes)"),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -177,10 +190,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             else:
                 pieces = [(0, clean)]
                 renders = cfg.test_renders
+            jitter = split == "train" and cfg.clean_gamma != (1.0, 1.0)
+
+            def jittered(piece):
+                if not jitter:
+                    return piece
+                gamma = np.exp(rng.uniform(*np.log(cfg.clean_gamma)))
+                return np.power(np.clip(piece, 0.0, 1.0), gamma).astype(np.float32)
+
             for t, piece in pieces:
                 tid = f"{t:02d}" if isinstance(t, int) else t
                 clean_u8 = to_uint8(piece)
                 for r in range(renders):
+                    scene = jittered(piece)
                     if split == "train":
                         level = rng.uniform(lo, hi)
                     else:  # evenly spread, light to heavy
@@ -191,10 +213,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                         style = cfg.styles[rng.integers(len(cfg.styles))] if split == "train" else \
                             cfg.styles[r % len(cfg.styles)]
                     params = RainParams.sample(rng, level, style)
-                    rainy, _ = synthesize_rain(piece, rng=rng, **asdict(params))
+                    rainy, _ = synthesize_rain(scene, rng=rng, **asdict(params))
                     key = f"{name}_t{tid}_r{r:02d}" if split == "train" else f"{name}_r{r:02d}"
-                    yield key, {"rainy": to_uint8(rainy), "clean": clean_u8, "name": key}
+                    yield key, {"rainy": to_uint8(rainy), "clean": to_uint8(scene) if jitter else clean_u8,
+                                "name": key}
                 if split == "train":
                     for c in range(cfg.clean_renders):
                         key = f"{name}_t{tid}_c{c:02d}"
-                        yield key, {"rainy": clean_u8, "clean": clean_u8, "name": key}
+                        same = to_uint8(jittered(piece)) if jitter else clean_u8
+                        yield key, {"rainy": same, "clean": same, "name": key}

@@ -296,3 +296,35 @@ def test_wide_style_has_separate_bright_streaks_when_light_and_dimmer_drops_when
     assert 1.2 <= stats[0.0][0] <= 4.5
     assert 10 <= stats[0.0][1] <= 70
     assert 6 <= stats[1.0][0] <= 30 and stats[1.0][0] > 2 * stats[0.0][0]
+
+
+def test_haze_gradient_sets_how_far_the_haze_runs_across_the_image():
+    """With no streaks, the rain is haze * (1 + g * ramp), the ramp running linearly from -1 to 1: for
+    g = 1 it goes from 0 on one side to twice the haze on the other, its mean the haze; for g = 0 it is flat."""
+    clean = grey(64, 96, 0.3)
+    rain = rs.synthesize_rain(clean, density=0.0, intensity=0.0, haze=0.1, haze_gradient=(1.0, 1.0), seed=2)[1]
+    assert rain.min() == pytest.approx(0.0, abs=1e-6) and rain.max() == pytest.approx(0.2, abs=1e-6)
+    assert rain.mean() == pytest.approx(0.1, abs=1e-3)
+    flat = rs.synthesize_rain(clean, density=0.0, intensity=0.0, haze=0.1, haze_gradient=(0.0, 0.0), seed=2)[1]
+    np.testing.assert_allclose(flat, 0.1, atol=1e-6)
+    with pytest.raises(ValueError, match="haze_gradient"):
+        rs.synthesize_rain(clean, haze=0.1, haze_gradient=(0.5, 1.5))
+
+
+def test_veil_style_puts_most_of_the_rain_in_a_veil_that_runs_across_the_image():
+    """The veil style (SIRR's heaviest images): mean added brightness (0.05 + 0.2 level) x [0.6, 1.2],
+    i.e. 8-37 grey levels at level 0 and 38-77 at level 1; measured from the render, the smooth floor under
+    the streaks (local minimum over 15x15, then blurred) carries most of it and runs from well below its
+    mean on one side to well above it on the other, as on SIRR's heavy pairs (floor shares 0.55-0.86 there)."""
+    rng = np.random.default_rng(7)
+    clean = grey(240, 320, 0.3)
+    for level, (lo, hi) in ((0.0, (7, 40)), (1.0, (35, 80))):
+        for _ in range(3):
+            p = rs.RainParams.sample(rng, level, "veil")
+            assert p.haze > 0 and p.haze_gradient == (0.6, 1.0) and p.blur_sigma in rs.DENSE_BLUR_SIGMAS
+            rain = rs.synthesize_rain(clean, rng=rng, **asdict(p))[1][..., 0] * 255
+            assert (rain >= 0).all() and lo <= rain.mean() <= hi
+            floor = cv2.GaussianBlur(cv2.erode(rain, np.ones((15, 15), np.uint8)), (0, 0), 8)
+            assert floor.mean() / rain.mean() >= 0.4
+            p5, p95 = np.percentile(floor, [5, 95])
+            assert p5 < 0.7 * floor.mean() and p95 > 1.3 * floor.mean()

@@ -40,7 +40,7 @@ BLUR_SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)                    # Gaussian radius: st
 LONG_BLUR_SIGMAS = (0.6, 1.0, 1.5)                         # the soft, wide streaks of the "long" style
 DENSE_BLUR_SIGMAS = (1.0, 1.5, 2.0)                        # the mottled, wider streaks of the "dense" style
 WIDE_BLUR_SIGMAS = (1.0, 1.5, 2.0)                         # the 4-7 px wide streaks of the "wide" style
-STYLES = ("streaks", "long", "dense", "wide")
+STYLES = ("streaks", "long", "dense", "wide", "veil")
 
 
 def motion_kernel(length: float, angle: float) -> np.ndarray:
@@ -104,6 +104,7 @@ class RainParams:
     atmospheric_light: float | None = None
     haze: float = 0.0
     modulation: float = 0.0
+    haze_gradient: tuple[float, float] = (0.0, 0.8)
 
     @classmethod
     def sample(cls, rng: np.random.Generator, level: float, style: str = "streaks") -> "RainParams":
@@ -117,21 +118,29 @@ class RainParams:
         Photoshop rain of the same sets: separate wide (Gaussian radius 1-2, 4-7 px), bright streaks, 8-45 px
         long, about one per 1000 pixels when light (their mean brightness about 2-4 grey levels, a streak
         peaking at 25-65), many more and dimmer (peaks 10-25) overlapping into drops when heavy (mean
-        about 12-25 levels); no haze."""
+        about 12-25 levels); no haze. ``style="veil"`` is SIRR's heaviest rain: the dense style's streaks
+        over a veil that carries most (50-85%) of a mean added brightness of 8-75 grey levels and runs
+        from almost nothing on one side of the image to twice its mean on the other (``haze_gradient``
+        0.6-1)."""
         level = float(np.clip(level, 0.0, 1.0))
         if style not in STYLES:
             raise ValueError(f"rain style must be one of {STYLES}, got {style!r}")
-        if style == "dense":
+        if style in ("dense", "veil"):
             sigma = float(rng.choice(DENSE_BLUR_SIGMAS))
             density = float(rng.uniform(0.002, 0.005) + 0.006 * level * rng.uniform(0.5, 1.0))
             length = float(rng.uniform(40, 120) + 80 * level * rng.uniform(0.5, 1.0))
             angle = float(rng.choice(DIRECTIONS))
-            target = (0.03 + 0.19 * level) * rng.uniform(0.6, 1.2)  # mean added brightness, [0, 1] units
-            share = rng.uniform(0.6, 0.95)                           # of it in streaks; the rest is haze
+            # The mean added brightness ([0, 1] units) and the share of it in streaks; the rest is haze.
+            if style == "dense":
+                target = (0.03 + 0.19 * level) * rng.uniform(0.6, 1.2)
+                share, gradient = rng.uniform(0.6, 0.95), (0.0, 0.8)
+            else:
+                target = (0.05 + 0.2 * level) * rng.uniform(0.6, 1.2)
+                share, gradient = rng.uniform(0.15, 0.5), (0.6, 1.0)
             per_unit = mean_streak_brightness(density, length, angle, sigma)
             return cls(density=density, length=length, intensity=float(target * share / per_unit), angle=angle,
                        blur_sigma=sigma, layers=1, accumulation=False, haze=float(target * (1 - share)),
-                       modulation=float(rng.uniform(0.5, 1.0)))
+                       modulation=float(rng.uniform(0.5, 1.0)), haze_gradient=gradient)
         if style == "wide":
             sigma = float(rng.choice(WIDE_BLUR_SIGMAS))
             length = float(rng.uniform(8, 45))
@@ -177,7 +186,8 @@ def _ramp(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float = 20.0, intensity: float = 0.6,
                     angle: float | None = None, blur_sigma: float | None = None, layers: int = 1,
                     accumulation: bool = False, alpha: float | None = None, atmospheric_light: float | None = None,
-                    haze: float = 0.0, modulation: float = 0.0, seed: int | None = None,
+                    haze: float = 0.0, modulation: float = 0.0, haze_gradient: tuple[float, float] = (0.0, 0.8),
+                    seed: int | None = None,
                     rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add rain to ``clean`` (float HxWx3 in [0,1]); returns ``(rainy, rain)`` with rainy = clean + rain.
 
@@ -186,7 +196,8 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
     a length of 0.6-1.2 times ``length``. ``accumulation`` applies the veil model with ``alpha``
     (transmission; random in [0.75, 0.95] if None) and ``atmospheric_light`` (random in [0.75, 1.0]).
     ``haze`` (>= 0) adds, after the streaks, ``haze * (1 + g * ramp)``: ``ramp`` runs linearly from -1 to
-    1 across the image in a random direction, ``g`` is random in [0, 0.8] (no draw when ``haze`` is 0).
+    1 across the image in a random direction, ``g`` is random in ``haze_gradient`` (default [0, 0.8];
+    within [0, 1], so the haze is never negative; no draw when ``haze`` is 0).
     ``modulation`` (in [0, 1]) multiplies the streaks by ``max(0, 1 + modulation * f)``, ``f`` a smooth field
     in [-1, 1]: 0.6 of a ramp as above plus 0.4 of Gaussian-blurred noise (sigma = 1/8 of the longer
     side), so that rain is brighter on one side and in patches (no draw when ``modulation`` is 0).
@@ -205,6 +216,9 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
         raise ValueError(f"layers must be >= 1, got {layers}")
     if not 0.0 <= haze <= 1.0:
         raise ValueError(f"haze must be in [0, 1] (mean added brightness), got {haze}")
+    lo, hi = haze_gradient
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"haze_gradient must be a range within [0, 1], got {haze_gradient}")
     if not 0.0 <= modulation <= 1.0:
         raise ValueError(f"modulation must be in [0, 1], got {modulation}")
     rng = rng if rng is not None else np.random.default_rng(seed)
@@ -223,7 +237,7 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
         streaks *= np.maximum(0.0, 1 + modulation * (0.6 * _ramp(h, w, rng) + 0.4 * noise))
     streaks = intensity * streaks[..., None]
     if haze > 0:
-        streaks = streaks + (haze * (1 + rng.uniform(0.0, 0.8) * _ramp(h, w, rng)))[..., None]
+        streaks = streaks + (haze * (1 + rng.uniform(lo, hi) * _ramp(h, w, rng)))[..., None]
     if accumulation:
         a = float(rng.uniform(0.75, 0.95)) if alpha is None else float(alpha)
         light = float(rng.uniform(0.75, 1.0)) if atmospheric_light is None else float(atmospheric_light)

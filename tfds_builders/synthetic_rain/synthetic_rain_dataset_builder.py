@@ -18,7 +18,8 @@ per train tile: the bundled model's training data, ``flags/pretrained/erlnet_syn
 (``mixed`` with half the renderings in the dense style); ``wide`` (a third dense, a third in the wide style
 of separate wide bright streaks, the rest short and long streaks, each train scene raised to a random power
 in [0.6, 1.6] so that it comes lighter and darker: ``clean_gamma``); ``veiled`` (``wide`` with half of
-the dense renderings in the veil style: most of the rain in a smooth veil across the image).
+the dense renderings in the veil style, most of the rain in a smooth veil across the image, and twice the
+renderings per tile).
 
 For a user folder (at least 2 photos with distinct name stems), every 5th photo (sorted by name,
 at least one) goes to test, the others to train.
@@ -146,9 +147,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                         "wide bright streaks, drops when heavy) and each train pair's clean tile "
                                         "raised to a random power in [0.6, 1.6] (lighter and darker scenes)"),
         SyntheticRainConfig(name="veiled", styles=("dense", "veil", "wide", "wide", "streaks", "long"),
-                            extra_sides=(480,), train_renders=8, clean_renders=1, clean_gamma=(0.6, 1.6),
+                            extra_sides=(480,), train_renders=16, clean_renders=2, clean_gamma=(0.6, 1.6),
                             description="as wide, with half of the dense renderings in the veil style (most of "
-                                        "the rain in a smooth veil running from nothing to twice its mean)"),
+                                        "the rain in a smooth veil running from nothing to twice its mean), "
+                                        "twice the renderings per tile"),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:

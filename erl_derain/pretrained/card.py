@@ -77,6 +77,10 @@ DATA_TEXT = {
                             "levels in all; plus one rain-free pair per tile",
     "synthetic_rain/dense": "as `synthetic_rain/mixed`, with half the renderings in the dense style and a quarter "
                             "in each of the other two",
+    "synthetic_rain/wide": "as `synthetic_rain/mixed`, with a third of the renderings in the dense style, a third in "
+                           "the wide style (separate 4-7 px wide bright streaks when light, dimmer drops when "
+                           "heavy) and a sixth in each of the other two; each train scene raised to a random power "
+                           "in [0.6, 1.6] (lighter and darker)",
 }
 
 

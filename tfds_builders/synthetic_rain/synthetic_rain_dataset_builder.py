@@ -17,7 +17,8 @@ Configs: ``default``; ``varied`` (a second scale of the train photos, 8 renderin
 per train tile: the bundled model's training data, ``flags/pretrained/erlnet_synthetic.flags``); ``dense``
 (``mixed`` with half the renderings in the dense style); ``wide`` (a third dense, a third in the wide style
 of separate wide bright streaks, the rest short and long streaks, each train scene raised to a random power
-in [0.6, 1.6] so that it comes lighter and darker: ``clean_gamma``); ``veiled`` (``wide`` with half of
+in [0.6, 1.6] so that it comes lighter and darker: ``clean_gamma``; the bundled model's fine-tuning data,
+``flags/pretrained/erlnet_synthetic_finetune.flags``); ``veiled`` (``wide`` with half of
 the dense renderings in the veil style, most of the rain in a smooth veil across the image, and twice the
 renderings per tile).
 

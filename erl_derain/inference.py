@@ -4,6 +4,7 @@
   reflect-padded to the network's multiple and the output is cropped to the input's size.
 * ``derain_image``: whole-image inference when the image fits in ``tile`` pixels per side,
   otherwise overlapping tiles blended with linear ramps (memory stays bounded for 12 MP photos).
+* ``flip_ensemble``: optional test-time averaging over mirrored views (``--self_ensemble``).
 * ``derain_file``: one photo file in, one out, keeping its mode (grey, alpha), bit depth and
   orientation (``image_io.read_image`` / ``write_image``).
 
@@ -61,6 +62,32 @@ def apply_padded(model, x: tf.Tensor, multiple: int) -> tf.Tensor:
     padded, h, w = pad_to_multiple(x, multiple)
     y = model(padded)
     return tf.clip_by_value(tf.cast(y[:, :h, :w, :], tf.float32), 0.0, 1.0)
+
+
+SELF_ENSEMBLE_VIEWS = (1, 2, 4)
+
+
+def flip_ensemble(model, views: int = 1):
+    """``model`` (NHWC -> NHWC) averaged over mirrored views of its input, each output mirrored back
+    (test-time "self-ensemble"): 1 = the model itself, 2 = also left-right mirrored, 4 = also upside-down
+    and both. Rain streaks stay rain streaks under these mirrors (their tilt only changes sign, as under
+    ``--flip`` in training); 90-degree rotations would turn them horizontal, so they are not used.
+    Costs ``views`` runs of the network per image or tile."""
+    if views not in SELF_ENSEMBLE_VIEWS:
+        raise ValueError(f"--self_ensemble must be one of {SELF_ENSEMBLE_VIEWS} views, got {views}")
+    if views == 1:
+        return model
+    axes = ([], [2], [1], [1, 2])[:views]
+
+    def averaged(x):
+        total = None
+        for ax in axes:
+            y = tf.cast(model(tf.reverse(x, ax) if ax else x), tf.float32)
+            y = tf.reverse(y, ax) if ax else y
+            total = y if total is None else total + y
+        return total / float(views)
+
+    return averaged
 
 
 def _ramp(n: int, overlap: int, before: bool, after: bool) -> np.ndarray:

@@ -84,6 +84,29 @@ def test_train_evaluate_export_roundtrip(run_cli, tmp_path):
         assert (int(r["height"]), int(r["width"])) == (24, 32)
     assert summary["psnr_y"] == pytest.approx(np.mean([float(r["psnr_y"]) for r in rows]), abs=1e-9)
 
+    # --self_ensemble=4: each image's output is the mean of the network run on the four mirrored copies
+    # (mirrored with numpy here, mirrored back, averaged, then clipped) -- the metric of that image.
+    code, out, err = run_cli("evaluate", f"--model_dir={model_dir}", f"--output={tmp_path / 'ev4'}",
+                             "--self_ensemble=4")
+    assert code == 0, err
+    rows4 = list(csv.DictReader(open(tmp_path / "ev4" / "per_image.csv")))
+    assert json.loads((tmp_path / "ev4" / "metrics.json").read_text())["self_ensemble"] == 4
+    from erl_derain.inference import pad_to_multiple
+    from erl_derain.training import load_trainer
+
+    net = load_trainer(str(model_dir))[0].inference_model()
+    for r in rows4:
+        rainy = cv2.imread(str(data / "rainy" / f"{r['name']}.png"))[..., ::-1].astype(np.float32) / 255
+        clean = cv2.imread(str(data / "clean" / f"{r['name']}.png"))[..., ::-1]
+        padded = pad_to_multiple(tf.constant(rainy[None]), 4)[0].numpy()[0]
+        views = []
+        for flip in (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]):
+            views.append(flip(net(tf.constant(flip(padded)[None].copy())).numpy()[0]))
+        expected = np.clip(np.mean(views, 0)[:24, :32], 0, 1)
+        assert float(r["psnr_y"]) == pytest.approx(metrics.psnr_y(expected, clean), abs=5e-3)
+    # (and the views do differ: the ensemble is not the single run)
+    assert max(abs(float(a["psnr_y"]) - float(b["psnr_y"])) for a, b in zip(rows, rows4)) > 0.02
+
     export_base = tmp_path / "export" / "erlnet"
     code, out, err = run_cli("export", f"--model_dir={model_dir}", f"--export_base={export_base}")
     assert code == 0, err
@@ -224,6 +247,9 @@ def test_derain_via_server_needs_a_server(run_cli, tmp_path):
     assert code == 1 and f"127.0.0.1:{port}" in err
     code, _, err = run_cli("derain", f"--server=127.0.0.1:{port}", f"--output_dir={tmp_path / 'out'}", str(photo))
     assert code == 1 and "--model_name is required" in err
+    code, _, err = run_cli("derain", f"--server=127.0.0.1:{port}", "--model_name=erlnet", "--self_ensemble=2",
+                           f"--output_dir={tmp_path / 'out'}", str(photo))
+    assert code == 1 and "--self_ensemble" in err and "Traceback" not in err
 
 
 def test_a_truncated_jpeg_found_while_training_is_named(run_cli, tmp_path):

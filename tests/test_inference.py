@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from erl_derain.inference import apply_padded, derain_image, pad_to_multiple
+from erl_derain.inference import apply_padded, derain_image, flip_ensemble, pad_to_multiple
 
 
 @pytest.mark.parametrize("h,w,multiple", [(37, 53, 8), (5, 3, 8), (16, 16, 8), (321, 481, 16)])
@@ -126,3 +126,26 @@ def test_derain_file_tiles_large_images(tiny_erlnet, tmp_path):
     assert info["tiles"] == (2, 3) and (info["width"], info["height"]) == (150, 100)
     expected = derain_image(predict, np.round(image * 255) / np.float32(255), multiple, tile=64, overlap=16)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.floor(expected * 255 + 0.5))
+
+
+def test_flip_ensemble_averages_mirrored_views_worked_by_hand():
+    """A model that adds 0.01*column + 0.001*row sees the ramps mirrored in the mirrored views; mirrored
+    back and averaged, the column ramp j (left-right view: W-1-j) averages to (W-1)/2 and the row ramp
+    likewise with the upside-down views: x + 0.01*(W-1)/2 + 0.001*(H-1)/2 with 4 views, the row ramp
+    untouched with 2 views, the model itself with 1."""
+    h, w = 6, 10
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = tf.constant((0.01 * cols + 0.001 * rows)[None, :, :, None])
+    model = lambda t: t + ramp  # noqa: E731
+    x = tf.random.uniform((2, h, w, 3), seed=5)
+    assert flip_ensemble(model, 1) is model
+    two = flip_ensemble(model, 2)(x).numpy()
+    np.testing.assert_allclose(two, x.numpy() + (0.01 * (w - 1) / 2 + 0.001 * rows)[None, :, :, None], atol=1e-6)
+    four = flip_ensemble(model, 4)(x).numpy()
+    np.testing.assert_allclose(four, x.numpy() + 0.01 * (w - 1) / 2 + 0.001 * (h - 1) / 2, atol=1e-6)
+    # Through padding and tiles: a pointwise model is its own ensemble.
+    image = np.random.default_rng(2).random((37, 70, 3)).astype(np.float32)
+    np.testing.assert_allclose(derain_image(flip_ensemble(tf.sqrt, 4), image, 8, tile=32, overlap=8),
+                               np.sqrt(image), atol=1e-6)
+    with pytest.raises(ValueError, match="--self_ensemble"):
+        flip_ensemble(model, 3)

@@ -736,9 +736,13 @@ def main(argv):
     except Exception as e:  # pylint: disable=broad-except
         if type(e).__name__ != "InvalidArgumentError":
             raise
+        logging.debug("error", exc_info=True)
+        if not _from_data_pipeline(e):
+            print(f"erl-derain {verb}: error: TensorFlow rejected an operation: {_tf_message(e)} "
+                  "(--verbosity=1 shows where)", file=sys.stderr)
+            return 1
         # A file that passed the header scan but fails to decode while tf.data reads it (e.g. a
         # truncated JPEG): name it instead of showing TF's stack trace. Checkpoints are untouched.
-        logging.debug("error", exc_info=True)
         print(f"erl-derain {verb}: error: reading the data failed: {_tf_message(e)}", file=sys.stderr)
         for flag in ("dataset", "real_dataset"):
             value = getattr(FLAGS, flag, None)
@@ -753,6 +757,18 @@ def main(argv):
                     print("  fix or remove these files; the last checkpoint is kept", file=sys.stderr)
         return 1
     return 0
+
+
+def _from_data_pipeline(e) -> bool:
+    """Whether a TF error came out of reading the data: raised while a tf.data iterator produced the next
+    batch (a frame of ``tensorflow/python/data`` on the way, or an ``IteratorGetNext`` node inside a
+    compiled step), not from the model's own computation."""
+    import traceback
+
+    if "IteratorGetNext" in str(e):
+        return True
+    marker = os.path.join("tensorflow", "python", "data", "")
+    return any(marker in frame.f_code.co_filename for frame, _ in traceback.walk_tb(e.__traceback__))
 
 
 def _tf_message(e) -> str:

@@ -252,6 +252,27 @@ def test_derain_via_server_needs_a_server(run_cli, tmp_path):
     assert code == 1 and "--self_ensemble" in err and "Traceback" not in err
 
 
+def test_a_tf_error_outside_the_data_is_not_blamed_on_the_data(run_cli, tmp_path, monkeypatch):
+    """An InvalidArgumentError from the model's own computation (here: a matmul of mismatched shapes run
+    where cmd_evaluate would run) is reported as such, in one line, not as "reading the data failed"."""
+    from erl_derain import cli
+
+    def bad_matmul():
+        tf.matmul(tf.ones((2, 3)), tf.ones((2, 3)))
+
+    monkeypatch.setattr(cli, "cmd_evaluate", bad_matmul)
+    code, _, err = run_cli("evaluate", f"--model_dir={tmp_path}")
+    assert code == 1 and "TensorFlow rejected an operation" in err and "Matrix size-incompatible" in err
+    assert "reading the data failed" not in err and "Traceback" not in err
+
+    def bad_batch():  # the same kind of error, raised by a tf.data iterator: a data error
+        next(iter(tf.data.Dataset.from_tensors(tf.constant(-1)).map(lambda v: tf.ones((v,)))))
+
+    monkeypatch.setattr(cli, "cmd_evaluate", bad_batch)
+    code, _, err = run_cli("evaluate", f"--model_dir={tmp_path}")
+    assert code == 1 and "reading the data failed" in err and "Traceback" not in err
+
+
 def test_a_truncated_jpeg_found_while_training_is_named(run_cli, tmp_path):
     """The header scan cannot see a truncated JPEG; when tf.data fails on it, the CLI names the file
     (no TensorFlow stack trace) and keeps the checkpoints."""

@@ -117,8 +117,7 @@ def main():
     spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
     predict = tf.function(lambda x: model(x), input_signature=spec)
     results = evaluate_sets(predict, trainer.pad_multiple, args.shared_data)
-    mirrored = flip_ensemble(model, 4)
-    ensembled = evaluate_sets(tf.function(lambda x: mirrored(x), input_signature=spec), trainer.pad_multiple,
+    ensembled = evaluate_sets(tf.function(flip_ensemble(model, 4), input_signature=spec), trainer.pad_multiple,
                               args.shared_data)
     grid = real_grid(predict, trainer.pad_multiple, args.shared_data, os.path.join(HERE, "before_after.png"))
     cfg = info["config"]

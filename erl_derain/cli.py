@@ -415,12 +415,11 @@ def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None, output
                                max_images=FLAGS.max_images)
     summary = evaluation.summarize(rows)
     out_dir = output or os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}")
-    csv_path, json_path = evaluation.write_results(
-        rows, summary, out_dir, extra={"dataset": dataset, "split": split, "model_dir": model_dir,
-                                       "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
-                                       "self_ensemble": FLAGS.self_ensemble})
-    if model_dir and os.path.isdir(model_dir):
-        evaluation.write_json(os.path.join(model_dir, "metrics.json"), {"dataset": dataset, "split": split, **summary})
+    settings = {"dataset": dataset, "split": split, "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
+                "self_ensemble": FLAGS.self_ensemble}
+    csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra={**settings, "model_dir": model_dir})
+    if model_dir and os.path.isdir(model_dir):  # the latest evaluation, with the settings that produced it
+        evaluation.write_json(os.path.join(model_dir, "metrics.json"), {**settings, **summary})
     print(f"Mean over {summary['num_images']} images: Y-PSNR {summary['input_psnr_y']:.2f} (rainy) -> "
           f"{summary['psnr_y']:.2f} dB ({summary['gain_psnr_y']:+.2f}), Y-SSIM {summary['input_ssim_y']:.4f} -> "
           f"{summary['ssim_y']:.4f}; RGB PSNR {summary['input_psnr_rgb']:.2f} -> {summary['psnr_rgb']:.2f} dB")

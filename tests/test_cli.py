@@ -91,6 +91,7 @@ def test_train_evaluate_export_roundtrip(run_cli, tmp_path):
     assert code == 0, err
     rows4 = list(csv.DictReader(open(tmp_path / "ev4" / "per_image.csv")))
     assert json.loads((tmp_path / "ev4" / "metrics.json").read_text())["self_ensemble"] == 4
+    assert json.loads((model_dir / "metrics.json").read_text())["self_ensemble"] == 4  # the latest evaluation's
     from erl_derain.inference import pad_to_multiple
     from erl_derain.training import load_trainer
 

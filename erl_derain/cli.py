@@ -378,8 +378,8 @@ def _predict_fn(model):
     from erl_derain.inference import flip_ensemble
     from erl_derain.training import resolve_jit_compile
 
-    step = flip_ensemble(model, FLAGS.self_ensemble)
-    return tf.function(lambda x: step(x), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+    return tf.function(flip_ensemble(model, FLAGS.self_ensemble),
+                       input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
                        jit_compile=resolve_jit_compile(FLAGS.jit_compile))
 
 
@@ -400,6 +400,12 @@ def _eval_tile() -> int:
     return FLAGS.tile if FLAGS["tile"].present else EVAL_TILE
 
 
+def _eval_settings(dataset: str, split: str) -> dict:
+    """What an evaluate / compare result depends on besides the model(s), recorded with it."""
+    return {"dataset": dataset, "split": split, "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
+            "self_ensemble": FLAGS.self_ensemble}
+
+
 def _safe_name(dataset: str) -> str:
     return dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
 
@@ -415,8 +421,7 @@ def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None, output
                                max_images=FLAGS.max_images)
     summary = evaluation.summarize(rows)
     out_dir = output or os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}")
-    settings = {"dataset": dataset, "split": split, "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
-                "self_ensemble": FLAGS.self_ensemble}
+    settings = _eval_settings(dataset, split)
     csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra={**settings, "model_dir": model_dir})
     if model_dir and os.path.isdir(model_dir):  # the latest evaluation, with the settings that produced it
         evaluation.write_json(os.path.join(model_dir, "metrics.json"), {**settings, **summary})
@@ -490,11 +495,9 @@ def cmd_compare():
     out_dir = FLAGS.output or os.path.join(
         candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}_{split}")
     csv_path, json_path = evaluation.write_results(
-        rows, summary, out_dir, extra={"dataset": dataset, "split": split, "baseline": baseline_dir,
+        rows, summary, out_dir, extra={**_eval_settings(dataset, split), "baseline": baseline_dir,
                                        "candidate": candidate_dir, "baseline_method": base_config.get("method"),
-                                       "candidate_method": cand_config.get("method"),
-                                       "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
-                                       "self_ensemble": FLAGS.self_ensemble})
+                                       "candidate_method": cand_config.get("method")})
     figures = evaluation.comparison_figures(rows, kept, summary, out_dir, dataset=dataset)
     print(f"Candidate improves {summary['num_all_improved']}/{summary['num_all']} images "
           f"({summary['improved_proportion']:.1%}); hard {summary['num_hard_improved']}/{summary['num_hard']}, "

@@ -1,36 +1,48 @@
 """JRGR: Ye, Chang, Zhou & Yan, "Closing the Loop: Joint Rain Generation and Removal via Disentangled
-Image Translation" (CVPR 2021). Paper: ../shared/seeds/002; open details from the authors' PyTorch code
-(guyii54/JRGR, ``models/raincycle_model.py``, ``models/networks.py``), read and re-written here.
+Image Translation" (CVPR 2021), with the open details taken from the authors' PyTorch code (guyii54/JRGR:
+``models/raincycle_model.py``, ``models/networks.py``, ``models/unetderain_model.py``,
+``util/image_pool.py``, ``options/*.py``, ``train.py``), read and re-written here. The tests check this
+module against numbers that code computed (the forward intermediates, every loss term, one optimizer step).
 
-Networks (Sec. 3.3; the authors' code):
+Networks (JRGR (CVPR 2021) Sec. 3.3 names the architectures; the sizes are the code's):
 
 * removal nets F_s (synthetic) and F_r (real): pix2pix U-Nets (``unet_128``: 7 down steps of 4x4
   stride-2 convolutions, 64 base filters doubling up to 8x, BatchNorm, LeakyReLU(0.2) down / ReLU up,
   skip concatenations, tanh out). ``depth`` and ``filters`` are arguments; ``pad_multiple = 2**depth``.
 * generation nets G_r (synthetic rain layer -> real rain layer) and G_s (real -> synthetic): CycleGAN
   ResNet generators (reflect-padded 7x7 conv, two stride-2 downs, ``blocks`` residual blocks (9), two
-  transposed-conv ups, 7x7 conv, tanh). The authors call ``define_G`` without ``norm``: BatchNorm
-  (``gen_norm="batch"``; ``"instance"`` is offered).
+  transposed-conv ups, 7x7 conv, tanh; the paper's Sec. 3.3 says U-Net, the code uses this ResNet).
+  The authors call ``define_G`` without ``norm``: BatchNorm (``gen_norm="batch"``; ``"instance"`` is
+  offered). The ups are PyTorch's ``ConvTranspose2d(3, stride 2, padding 1, output_padding 1)``: the
+  full ("valid") transposed convolution without its first row and column (Keras' "same" puts the
+  output grid one pixel off).
 * discriminators D_B (backgrounds), D_Os (synthetic rainy), D_Or (real rainy): PatchGAN (``n_layers``
   3, 64 filters, InstanceNorm without affine = ``GroupNormalization(groups=-1)``, LSGAN: no sigmoid).
+* BatchNorm is PyTorch's ``BatchNorm2d``: momentum 0.1, eps 1e-5, normalisation by the biased batch
+  variance, the running variance updated with the unbiased one (Keras' layer uses the biased one; this
+  matters for test-time F_r after training with small feature maps); Adam is PyTorch's (eps 1e-8 added
+  to the bias-corrected sqrt(v)), see :class:`TorchAdam`.
 
 Value ranges: the library's images are [0, 1]; the authors' tensors are [-1, 1]. Every network here
 takes and returns [0, 1]-space tensors and converts inside (x -> 2x - 1 in, (tanh + 1) / 2 out for
 F; a rain layer R -> 2R in, tanh / 2 out for G; x -> 2x - 1 into D), so every intermediate equals the
-authors' one mapped by v -> (v + 1) / 2 (images) or v -> v / 2 (rain layers). Backgrounds F(O) lie in
-[0, 1]; generated rainy images B + G(R) are not clipped during training (as the authors'), only the
-inference model clips.
+authors' one mapped by v -> (v + 1) / 2 (images) or v -> v / 2 (rain layers). The losses are computed
+in the authors' [-1, 1] scale (L1 there is twice, MSE four times the [0, 1] value), so the loss weights
+mean what they mean in the paper and the code. Backgrounds F(O) lie in [0, 1]; generated rainy images
+B + G(R) are not clipped during training (as the authors'), only the inference model clips.
 
 The two closed loops (Fig. 2; names of :meth:`JRGRTrainer.synthetic_loop` / ``real_loop`` outputs,
-with the panels of Fig. 6):
+with the panels of Fig. 6 and the authors' names):
 
-    synthetic O_s: b_s = F_s(O_s) (g), r_s = O_s - b_s, o_s2r = b_s + G_r(r_s) (h: generated real),
-                   b_s2r = F_r(o_s2r) (i), o_s_rec = b_s2r + G_s(o_s2r - b_s2r) (j)
-    real O_r:      b_r = F_r(O_r) (b), r_r = O_r - b_r, o_r2s = b_r + G_s(r_r) (c: generated synthetic),
-                   b_r2s = F_s(o_r2s) (d), o_r_rec = b_r2s + G_r(o_r2s - b_r2s) (e)
+    synthetic O_s: b_s = F_s(O_s) (g; pred_Bs), r_s = O_s - b_s (pred_Rs),
+                   o_s2r = b_s + G_r(r_s) (h: generated real; pred_Ot), b_s2r = F_r(o_s2r) (i; pred_pred_Bs),
+                   o_s_rec = b_s2r + G_s(o_s2r - b_s2r) (j; pred_pred_Os)
+    real O_r:      b_r = F_r(O_r) (b; pred_Bt), r_r = O_r - b_r (pred_Rt),
+                   o_r2s = b_r + G_s(r_r) (c: generated synthetic; pred_Os), b_r2s = F_s(o_r2s) (d; pred_pred_Bt),
+                   o_r_rec = b_r2s + G_r(o_r2s - b_r2s) (e; pred_pred_Ot)
 
-Losses (Eq. 2-8, LSGAN form ls(x, t) = mean((x - t)^2); L1 and MSE are means over elements, as
-PyTorch's L1Loss / MSELoss):
+Losses (JRGR (CVPR 2021) Sec. 3.2, Eq. 2-8, in the LSGAN form of the code: ls(x, t) = mean((x - t)^2);
+L1 and MSE are means over elements of [-1, 1] tensors, as PyTorch's L1Loss / MSELoss in the code):
 
 * generators: adv_b = sum over the four backgrounds (b_s, b_s2r, b_r, b_r2s) of ls(D_B(b), 1);
   adv_or = ls(D_Or(o_s2r), 1); adv_os = ls(D_Os(o_r2s), 1); cyc_os = L1(O_s, o_s_rec),
@@ -38,26 +50,38 @@ PyTorch's L1Loss / MSELoss):
   mse = MSE(b_s, B) + MSE(b_s2r, B);
   total = lambda_adv_b * adv_b + lambda_adv_o * (adv_os + adv_or) + lambda_cyc * sum(cyc) + lambda_mse * mse
   (lambda_adv_b = lambda_adv_o = lambda_adv unless given: Table 2's "w/o L_adv^B" / "w/o L_adv^O").
-* discriminators (Eq. 3, 4): d_b = 0.5 * (alpha * ls(D_B(pool(B)), 1) + sum_k ls(D_B(pool_k(b_k)), 0));
-  d_or = 0.5 * (ls(D_Or(O_r), 1) + ls(D_Or(pool(o_s2r)), 0)); d_os likewise with O_s and o_r2s.
-  With alpha = 4 this is exactly the authors' D_B loss (four (real, fake) pairs, each halved). The
-  "real" backgrounds come from a pool of former clean inputs too (Sec. 3.2: "B is randomly chosen in
-  the former inputs"). A discriminator is not updated at all when its adversarial weight is 0.
+* discriminators (Eq. 3, 4): d_b = sum over k = 1..4 of 0.5 * (alpha / 4 * ls(D_B(B_k), 1) + ls(D_B(f_k), 0)),
+  f_k the pooled batches of b_s, b_s2r, b_r, b_r2s and B_k four independent draws, each ONE clean
+  background chosen uniformly among those stored in the pool of clean inputs (Sec. 3.2: "B is randomly
+  chosen in the former inputs"; the code's ``Pool_real_B.query(Bs)`` then ``query(return_num=4)``).
+  alpha weighs the real term against the four fake ones as in Eq. 3; alpha = 4 is exactly the code's
+  loss (four (real, fake) pairs, each halved). d_or = 0.5 * (ls(D_Or(O_r), 1) + ls(D_Or(pool(o_s2r)), 0));
+  d_os likewise with O_s and o_r2s. A discriminator is not updated at all when its adversarial weight is 0.
 
 Image pools (CycleGAN's, size 50): one per fake input of a discriminator plus one of clean
 backgrounds (seven, as the authors'). They live in ``tf.Variable``s and draw stateless random numbers
 keyed on (seed, pool, step counter, batch index), so ``train_step`` works inside ``tf.function``.
 Pools are not checkpointed (a resumed run refills them, as the authors' code; 7 x 50 crops of 256^2
-would add 275 MB per checkpoint); the step counter is.
+would add 275 MB per checkpoint); the step counter is. Non-finite images are never stored.
 
-Training (Sec. 3.3, 4.4): stage "pretrain" trains F_s (init2) or F_s and F_r (proposed) on synthetic
-pairs with MSE, Adam(lr 1e-4, beta_1 0.5), 100 epochs; stage "joint" (200 epochs) trains all seven
-networks: generation nets at ``lr``, F_r at lr/10, F_s at lr/100, each discriminator at ``lr``, Adam
-(0.5, 0.999), one optimizer per group; the generator update comes first, then the discriminators' on
-the same (detached, pooled) fakes. ``init1`` has no pre-training. The lr of F_r, F_s and the
-discriminators follows the generation nets' optimizer (``current_optimizer``, which the training loop
-decays), keeping the paper's ratios. The authors' code copies one pre-trained de-raining U-Net into
-both F_s and F_r; here both are pre-trained side by side from their own initialisations.
+Training (JRGR (CVPR 2021) Sec. 3.3, Sec. 4.4 / Table 2; the code's README and ``train.py``):
+
+* ``proposed``: stage "pretrain" trains the removal net on synthetic pairs with MSE, then stage "joint"
+  trains all seven networks. ``pretrain="shared"`` (default; the code's README recipe that produced the
+  published models: its ``unetderain`` model trains ONE U-Net, loaded into both F_s and F_r with
+  ``--init_derain 1,3``): F_s is pre-trained and copied (weights and BatchNorm statistics) into F_r when
+  the joint stage starts. ``pretrain="separate"``: F_s and F_r are pre-trained side by side from their
+  own initialisations (the paper's wording "pre-train the synthetic removal sub-network and real removal
+  sub-network").
+* ``init2``: F_s only is pre-trained; ``init1``: no pre-training.
+* joint-stage learning rates: generation nets and discriminators at ``lr``; a removal net is cut only
+  when it was pre-trained (the code's rule for ``init_derain``): F_s at lr/100 (proposed, init2), F_r at
+  lr/10 (proposed); otherwise at ``lr`` (init1 trains all at the base rate). Adam(beta_1 0.5, 0.999), one
+  optimizer per group; the generator update comes first, then the discriminators' on the same
+  (detached, pooled) fakes (:meth:`JRGRTrainer.generator_step`, :meth:`JRGRTrainer.discriminator_step`).
+  The lr of F_r, F_s and the discriminators follows the generation nets' optimizer
+  (``current_optimizer``, which the training loop's schedules drive), keeping the ratios.
+
 Test: F_r only (``inference_model``).
 """
 
@@ -74,8 +98,10 @@ from erl_derain import losses as losses_lib
 from erl_derain.distribute import as_float32, for_gradients
 
 STRATEGIES = ("proposed", "init2", "init1")
+PRETRAIN_MODES = ("shared", "separate")
 NETWORKS = ("f_s", "f_r", "g_r", "g_s", "d_b", "d_os", "d_or")
 GEN_NORMS = ("batch", "instance")
+D_B_REAL_DRAWS = 4  # clean backgrounds drawn from the pool per D_B update (one per fake background)
 
 STATIC_LOSS_SCALE = 1024.0  # JRGR under mixed_float16 (see JRGRTrainer.__init__)
 # The seven image pools (fake inputs of the discriminators and the clean backgrounds).
@@ -86,10 +112,59 @@ def _init():
     return keras.initializers.RandomNormal(0.0, 0.02)  # the authors' init_type "normal", gain 0.02
 
 
+class TorchBatchNorm(layers.BatchNormalization):
+    """PyTorch's ``BatchNorm2d`` (momentum 0.1 = Keras 0.9, eps 1e-5): in training the batch is
+    normalised with the biased batch variance (as Keras does), but the running variance is updated
+    with the unbiased one, ``var * n / (n - 1)`` for ``n`` values per channel (Keras uses the biased
+    one). Only the test-time (moving-statistics) path differs; it does for small maps: n = 16 for the
+    4x4 level of a U-Net at 256^2, batch 1 (the code's setting), a factor 1.067."""
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        x = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = self._moments(x, None)
+        n = keras.ops.cast(keras.ops.size(x) // keras.ops.shape(x)[self.axis], x.dtype)
+        unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
+        m = self.momentum
+        self.moving_mean.assign(keras.ops.cast(self.moving_mean, x.dtype) * m + mean * (1.0 - m))
+        self.moving_variance.assign(keras.ops.cast(self.moving_variance, x.dtype) * m + unbiased * (1.0 - m))
+        out = keras.ops.batch_normalization(
+            x, mean, variance, axis=self.axis, epsilon=self.epsilon,
+            offset=keras.ops.cast(self.beta, x.dtype) if self.center else None,
+            scale=keras.ops.cast(self.gamma, x.dtype) if self.scale else None)
+        return keras.ops.cast(out, self.compute_dtype)
+
+
+class TorchAdam(keras.optimizers.Adam):
+    """``torch.optim.Adam`` (the authors' optimizer): eps (1e-8, PyTorch's default) is added to the
+    bias-corrected ``sqrt(v_hat)``: ``w -= lr * m_hat / (sqrt(v_hat) + eps)``. Keras' Adam adds its eps
+    (default 1e-7) to the uncorrected ``sqrt(v)``, which is an eps of ``eps / sqrt(1 - beta_2^t)``
+    in PyTorch's form (3.2e-6 on the first step): weights with gradients below about 1e-5 would move
+    visibly less than PyTorch moves them. Same variables as Keras' Adam (checkpoints are compatible)."""
+
+    def __init__(self, learning_rate=1e-4, *, epsilon: float = 1e-8, **kwargs):
+        super().__init__(learning_rate, epsilon=epsilon, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        ops = keras.ops
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        bias_1 = 1 - ops.power(ops.cast(self.beta_1, variable.dtype), local_step)
+        bias_2 = 1 - ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(bias_2)), self.epsilon)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, lr / bias_1), denominator))
+
+
 def _bn(name):
-    # PyTorch BatchNorm2d: momentum 0.1 (Keras 0.9), eps 1e-5; gamma ~ N(1, 0.02) as init_weights.
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, gamma_initializer=keras.initializers.RandomNormal(
-        1.0, 0.02), name=name)
+    # gamma ~ N(1, 0.02) as the authors' init_weights
+    return TorchBatchNorm(momentum=0.9, epsilon=1e-5, gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
+                          name=name)
 
 
 def _instance_norm(name):
@@ -111,7 +186,9 @@ class UNetRemoval(keras.Model):
 
     ``depth`` down steps (7 = ``unet_128``, sides must be multiples of ``2**depth``), level ``i`` has
     ``filters * min(2**i, 8)`` channels; BatchNorm everywhere except the outermost down conv and the
-    innermost down conv; the output is (tanh + 1) / 2."""
+    innermost down conv; the output is (tanh + 1) / 2. (The code's in-place LeakyReLU also rewrites the
+    tensor its skip concatenates, but that concatenation only feeds a ReLU and relu(lrelu(x)) = relu(x):
+    no difference, forward or backward.)"""
 
     def __init__(self, depth: int = 7, filters: int = 64, **kwargs):
         super().__init__(**kwargs)
@@ -184,7 +261,9 @@ class ResnetRainGenerator(keras.Model):
                                     name=f"down_{i}") for i in range(2)]
         self.down_norms = [_norm(norm, f"down_norm_{i}") for i in range(2)]
         self.blocks = [_ResnetBlock(f * 4, norm, name=f"block_{i}") for i in range(int(blocks))]
-        self.ups = [layers.Conv2DTranspose(f * 2 ** (1 - i), 3, strides=2, padding="same", use_bias=bias,
+        # PyTorch ConvTranspose2d(3, stride 2, padding 1, output_padding 1): output pixel o = 2 i + k - 1,
+        # i.e. the full ("valid", 2n + 1) transposed convolution from its second row/column on (see call)
+        self.ups = [layers.Conv2DTranspose(f * 2 ** (1 - i), 3, strides=2, padding="valid", use_bias=bias,
                                            kernel_initializer=_init(), name=f"up_{i}") for i in range(2)]
         self.up_norms = [_norm(norm, f"up_norm_{i}") for i in range(2)]
         self.tail = layers.Conv2D(3, 7, use_bias=True, kernel_initializer=_init(), name="tail")
@@ -197,7 +276,7 @@ class ResnetRainGenerator(keras.Model):
         for block in self.blocks:
             h = block(h, training=training)
         for conv, norm in zip(self.ups, self.up_norms):
-            h = tf.nn.relu(norm(conv(h), training=training))
+            h = tf.nn.relu(norm(conv(h)[:, 1:, 1:, :], training=training))
         return as_float32(0.5 * tf.tanh(self.tail(_reflect(h, 3))))
 
 
@@ -245,15 +324,19 @@ class _ClippedRemoval(keras.Model):
 
 
 class ImagePool(tf.Module):
-    """CycleGAN's history of generated images, graph-friendly.
+    """CycleGAN's history of images (guyii54/JRGR ``util/image_pool.py``), graph-friendly.
 
     ``query(images, step)``: per example of the batch, while fewer than ``size`` images are stored the
     example is stored and returned; once full, with probability 0.5 a stored image (uniformly chosen)
-    is returned and replaced by the example, else the example itself is returned. Random numbers are
-    stateless, keyed on (seed, stream, step, batch index): the same step gives the same draws.
-    ``size = 0`` disables the pool (returns its input). Under a tf.distribute strategy every replica
-    keeps a pool of its own (as each process of a multi-GPU PyTorch run does; ON_READ variables), and
-    its draws are keyed on the replica too."""
+    is returned and replaced by the example, else the example itself is returned. ``sample(n, step)``:
+    ``n`` independent draws, each ONE stored image chosen uniformly among the images stored so far
+    (the code's ``query(return_num=n)``: ``random.randint(0, num_imgs - 1)`` per draw).
+    Random numbers are stateless, keyed on (seed, stream, step, batch index): the same step gives the
+    same draws. Non-finite images are returned but never stored (a skipped step cannot poison the
+    pool). ``size = 0`` disables the pool (``query`` returns its input, ``sample`` draws from the
+    ``images`` it is given). Under a tf.distribute strategy every replica keeps a pool of its own (as
+    each process of a multi-GPU PyTorch run does; ON_READ variables), and its draws are keyed on the
+    replica too."""
 
     def __init__(self, size: int, image_shape, *, seed: int = 0, stream: int = 0, name: str = "pool"):
         super().__init__(name=name)
@@ -268,6 +351,12 @@ class ImagePool(tf.Module):
     def reset(self):
         self.count.assign(0)
 
+    @staticmethod
+    def _replica_step(step):
+        ctx = tf.distribute.get_replica_context()
+        replicas, replica = (1, 0) if ctx is None else (ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group)
+        return tf.cast(step, tf.int64) * replicas + tf.cast(replica, tf.int64)
+
     def query(self, images, step):
         if self.size <= 0:
             return images
@@ -275,9 +364,7 @@ class ImagePool(tf.Module):
         batch = images.shape[0]
         if batch is None:
             raise ValueError("ImagePool.query needs a static batch size (batch with drop_remainder=True)")
-        ctx = tf.distribute.get_replica_context()
-        replicas, replica = (1, 0) if ctx is None else (ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group)
-        step = tf.cast(step, tf.int64) * replicas + tf.cast(replica, tf.int64)
+        step = self._replica_step(step)
         out = []
         for i in range(batch):
             image = images[i]
@@ -285,19 +372,43 @@ class ImagePool(tf.Module):
             u = tf.random.stateless_uniform([2], seed=key)
             count = self.count.read_value()
             filling = count < self.size
+            finite = tf.reduce_all(tf.math.is_finite(image))
             use_stored = tf.logical_and(tf.logical_not(filling), u[0] > 0.5)
             pick = tf.minimum(tf.cast(u[1] * self.size, tf.int32), self.size - 1)
             index = tf.where(filling, count, pick)
             stored = self.images[index]  # read before the write
-            do_write = tf.logical_or(filling, use_stored)
+            do_write = tf.logical_and(finite, tf.logical_or(filling, use_stored))
             new = tf.where(do_write, image, stored)
             if isinstance(self.images, tf.distribute.DistributedValues):  # this replica's copy, rewritten
                 self.images.assign(tf.tensor_scatter_nd_update(self.images.read_value(), [[index]], [new]))
             else:
                 self.images.scatter_nd_update([[index]], [new])
-            self.count.assign(tf.minimum(count + 1, self.size))
+            self.count.assign(tf.minimum(count + tf.cast(tf.logical_and(filling, finite), tf.int32), self.size))
             out.append(tf.where(use_stored, stored, image))
         return tf.stack(out)
+
+    def sample(self, n: int, step, images=None):
+        """``n`` draws with replacement, each one image chosen uniformly among the ``count`` stored
+        (or, for ``size = 0``, among ``images``); [n, H, W, C]. Keyed on a stream of its own, so the
+        draws do not repeat ``query``'s random numbers."""
+        if self.size <= 0:
+            if images is None:
+                raise ValueError("ImagePool.sample with size 0 needs the images to draw from")
+            return draw_uniformly(images, n, self.seed * 64 + 32 + self.stream, self._replica_step(step))
+        count = tf.maximum(self.count.read_value(), 1)
+        return draw_uniformly(self.images.read_value(), n, self.seed * 64 + 32 + self.stream,
+                              self._replica_step(step), count)
+
+
+def draw_uniformly(images, n: int, stream: int, step, count=None):
+    """``n`` rows of ``images[:count]`` (default: all rows), each chosen uniformly and independently
+    (Python's ``random.randint(0, count - 1)`` per draw in the authors' pool); stateless, keyed on
+    (stream, step)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    count = tf.shape(images)[0] if count is None else tf.cast(count, tf.int32)
+    u = tf.random.stateless_uniform([int(n)], seed=tf.stack([tf.constant(stream, tf.int64), tf.cast(step, tf.int64)]))
+    index = tf.minimum(tf.cast(u * tf.cast(count, tf.float32), tf.int32), count - 1)
+    return tf.gather(images, index)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -310,7 +421,19 @@ def lsgan(prediction, target: float):
     return tf.reduce_mean(tf.square(prediction - target))
 
 
-l1, mse = losses_lib.l1, losses_lib.mse  # means over every element, as PyTorch's L1Loss / MSELoss
+def _code_range(x):
+    """A [0, 1] image in the authors' [-1, 1] scale (their ``Normalize(0.5, 0.5)``)."""
+    return 2.0 * x - 1.0
+
+
+def l1(a, b):
+    """The code's ``L1Loss`` of two [0, 1] images, on their [-1, 1] versions (twice the [0, 1] value)."""
+    return losses_lib.l1(_code_range(a), _code_range(b))
+
+
+def mse(a, b):
+    """The code's ``MSELoss`` of two [0, 1] images, on their [-1, 1] versions (four times the [0, 1] value)."""
+    return losses_lib.mse(_code_range(a), _code_range(b))
 
 
 GENERATOR_TERMS = ("adv_b", "adv_os", "adv_or", "cyc_os", "cyc_or", "cyc_bs", "cyc_br", "mse")
@@ -328,10 +451,19 @@ class Stage:
     train: tuple
 
 
-def stages_for(strategy: str) -> tuple:
+def _check_pretrain(pretrain: str) -> str:
+    if pretrain not in PRETRAIN_MODES:
+        raise ValueError(f"--jrgr_pretrain must be one of {', '.join(PRETRAIN_MODES)}, got {pretrain!r}")
+    return pretrain
+
+
+def stages_for(strategy: str, pretrain: str = "shared") -> tuple:
+    """Table 2's strategies. ``proposed`` with ``pretrain="shared"`` pre-trains F_s only (it is copied
+    into F_r when the joint stage starts, see :meth:`JRGRTrainer.set_stage`); ``"separate"`` both."""
+    _check_pretrain(pretrain)
     joint = Stage("joint", NETWORKS)
     if strategy == "proposed":
-        return Stage("pretrain", ("f_s", "f_r")), joint
+        return Stage("pretrain", ("f_s",) if pretrain == "shared" else ("f_s", "f_r")), joint
     if strategy == "init2":
         return Stage("pretrain", ("f_s",)), joint
     if strategy == "init1":
@@ -339,26 +471,49 @@ def stages_for(strategy: str) -> tuple:
     raise ValueError(f"--jrgr_strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
-class JRGRTrainer(keras.Model):
-    """JRGR's seven networks, their optimizers and image pools; custom ``train_step`` per stage."""
+def pretrained_networks(strategy: str) -> tuple:
+    """The removal nets that enter the joint stage pre-trained (own pre-training or the shared copy)."""
+    return {"proposed": ("f_s", "f_r"), "init2": ("f_s",), "init1": ()}[strategy]
 
-    def __init__(self, *, strategy: str = "proposed", unet_depth: int = 7, unet_filters: int = 64,
-                 resnet_blocks: int = 9, gen_filters: int = 64, gen_norm: str = "batch", disc_filters: int = 64,
-                 disc_layers: int = 3, alpha: float = 4.0, lambda_adv: float = 10.0, lambda_adv_b: float | None = None,
-                 lambda_adv_o: float | None = None, lambda_cyc: float = 1.0, lambda_mse: float = 10.0,
-                 learning_rate: float = 1e-4, pretrain_lr: float | None = None, fr_lr_factor: float = 0.1,
-                 fs_lr_factor: float = 0.01, d_lr_factor: float = 1.0, beta_1: float = 0.5, pool_size: int = 50,
-                 crop_size: int = 256, seed: int = 0, **kwargs):
+
+def default_lr_factors(strategy: str) -> dict:
+    """The code's rule (``raincycle_model.py``, by ``init_derain``): a removal net's joint-stage lr is
+    cut (F_s /100, F_r /10) only when that net was pre-trained; otherwise it trains at the base rate."""
+    pre = pretrained_networks(strategy)
+    return {"f_s": 0.01 if "f_s" in pre else 1.0, "f_r": 0.1 if "f_r" in pre else 1.0}
+
+
+class JRGRTrainer(keras.Model):
+    """JRGR's seven networks, their optimizers and image pools; custom ``train_step`` per stage.
+
+    ``fs_lr_factor`` / ``fr_lr_factor``: None = the code's rule (:func:`default_lr_factors`)."""
+
+    def __init__(self, *, strategy: str = "proposed", pretrain: str = "shared", unet_depth: int = 7,
+                 unet_filters: int = 64, resnet_blocks: int = 9, gen_filters: int = 64, gen_norm: str = "batch",
+                 disc_filters: int = 64, disc_layers: int = 3, alpha: float = 4.0, lambda_adv: float = 10.0,
+                 lambda_adv_b: float | None = None, lambda_adv_o: float | None = None, lambda_cyc: float = 1.0,
+                 lambda_mse: float = 10.0, learning_rate: float = 1e-4, pretrain_lr: float | None = None,
+                 fr_lr_factor: float | None = None, fs_lr_factor: float | None = None, d_lr_factor: float = 1.0,
+                 beta_1: float = 0.5, pool_size: int = 50, crop_size: int = 256, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.strategy = strategy
-        self.stages = stages_for(strategy)
+        self.pretrain = _check_pretrain(pretrain)
+        self.stages = stages_for(strategy, pretrain)
         self.stage_index = 0
         self.alpha = float(alpha)
+        if self.alpha < 0:
+            raise ValueError(f"--jrgr_alpha must be >= 0 (the weight of D_B's real term), got {alpha}")
         self.lambda_adv_b = float(lambda_adv if lambda_adv_b is None else lambda_adv_b)
         self.lambda_adv_o = float(lambda_adv if lambda_adv_o is None else lambda_adv_o)
         self.lambda_cyc, self.lambda_mse = float(lambda_cyc), float(lambda_mse)
-        self.lr_factors = {"f_r": float(fr_lr_factor), "f_s": float(fs_lr_factor), "d_b": float(d_lr_factor),
-                           "d_os": float(d_lr_factor), "d_or": float(d_lr_factor)}
+        defaults = default_lr_factors(strategy)
+        self.lr_factors = {"f_r": float(defaults["f_r"] if fr_lr_factor is None else fr_lr_factor),
+                           "f_s": float(defaults["f_s"] if fs_lr_factor is None else fs_lr_factor),
+                           "d_b": float(d_lr_factor), "d_os": float(d_lr_factor), "d_or": float(d_lr_factor)}
+        for k, f in self.lr_factors.items():
+            if not f > 0:
+                raise ValueError(f"the learning-rate factor of {k} must be > 0, got {f} "
+                                 f"(--{'fr' if k == 'f_r' else 'fs'}_lr_factor)")
         self.unet_depth = int(unet_depth)
         self.disc_layers = int(disc_layers)
         self.crop_size = int(crop_size)
@@ -379,14 +534,14 @@ class JRGRTrainer(keras.Model):
         scale = STATIC_LOSS_SCALE if keras.mixed_precision.global_policy().name == "mixed_float16" else None
 
         def adam(value, name):
-            return keras.optimizers.Adam(value, beta_1=float(beta_1), beta_2=0.999, name=name,
-                                         loss_scale_factor=scale)
+            return TorchAdam(value, beta_1=float(beta_1), beta_2=0.999, name=name, loss_scale_factor=scale)
 
         self.optimizers_by_name = {
             "pretrain": adam(float(pretrain_lr or lr), "adam_pretrain"),
             "gen": adam(lr, "adam_gen"),  # G_r and G_s: the joint stage's base lr
             **{k: adam(lr * f, f"adam_{k}") for k, f in self.lr_factors.items()},
         }
+        # joint steps taken (keys the pools' random draws; checkpointed)
         self.step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="jrgr_step",
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.pools: dict[str, ImagePool] = {}
@@ -408,6 +563,11 @@ class JRGRTrainer(keras.Model):
     @property
     def update_d_o(self) -> bool:
         return self.lambda_adv_o > 0
+
+    @property
+    def copies_shared_pretraining(self) -> bool:
+        """F_r starts the joint stage as a copy of the pre-trained F_s (the code's recipe)."""
+        return self.strategy == "proposed" and self.pretrain == "shared"
 
     def build_networks(self, image_shape=None):
         if image_shape is None:
@@ -436,18 +596,33 @@ class JRGRTrainer(keras.Model):
             out.extend(getattr(self, n).trainable_weights)
         return out
 
+    def _discriminators(self) -> list:
+        return [n for n in ("d_b", "d_os", "d_or")
+                if (n == "d_b" and self.update_d_b) or (n != "d_b" and self.update_d_o)]
+
     def stage_variables(self, index=None) -> list:
         stage = self.stages[self.stage_index if index is None else index]
         names = list(stage.train)
         if stage.name == "joint":
-            names = [n for n in names if not ((n == "d_b" and not self.update_d_b)
-                                              or (n in ("d_os", "d_or") and not self.update_d_o))]
+            names = [n for n in names if n not in ("d_b", "d_os", "d_or") or n in self._discriminators()]
         return self._variables_of(names)
 
     def set_stage(self, index: int):
+        """Select the stage ``index``. With the shared pre-training (``proposed``, ``pretrain="shared"``)
+        entering the joint stage before any joint step (``jrgr_step == 0``) copies F_s, weights and
+        BatchNorm statistics, into F_r, as the code loads one pre-trained U-Net into both; a resumed
+        joint stage (``jrgr_step > 0``) keeps its F_r. The copy is repeatable (F_s only changes in
+        joint steps), so a run resumed at the start of the joint stage gets the same F_r."""
         if not 0 <= int(index) < len(self.stages):
             raise ValueError(f"JRGR strategy {self.strategy} has {len(self.stages)} stage(s), got stage {index}")
         self.stage_index = int(index)
+        if (self.stage.name == "joint" and self.copies_shared_pretraining and self._built_networks
+                and int(self.step_counter.numpy()) == 0):
+            self.copy_f_s_to_f_r()
+
+    def copy_f_s_to_f_r(self):
+        for target, source in zip(self.f_r.weights, self.f_s.weights):
+            target.assign(source)
 
     @property
     def stage(self) -> Stage:
@@ -459,11 +634,21 @@ class JRGRTrainer(keras.Model):
         generation nets' in the joint stage (F_r, F_s and the discriminators follow it)."""
         return self.optimizers_by_name["pretrain" if self.stage.name == "pretrain" else "gen"]
 
+    def step_state_variables(self) -> list:
+        """What a joint step changes besides the checkpointed variables: the image pools (so that
+        ``--on_nan=skip_batch`` can undo a step completely, pools and ``jrgr_step`` included)."""
+        return [v for pool in self.pools.values() for v in (pool.images, pool.count)]
+
     def checkpoint_items(self) -> dict:
         items = dict(self.networks)
         items.update({f"optimizer_{k}": o for k, o in self.optimizers_by_name.items()})
         items["jrgr_step"] = self.step_counter
         return items
+
+    def step_state_variables(self) -> list:
+        """What a step changes besides the checkpointed items: the image pools (``--on_nan=skip_batch``
+        restores them with the rest, so a skipped step leaves no fake of its own in a pool)."""
+        return [v for pool in self.pools.values() for v in (pool.images, pool.count)]
 
     def inference_model(self) -> keras.Model:
         return _ClippedRemoval(self.f_r, name="jrgr_f_r")
@@ -494,13 +679,15 @@ class JRGRTrainer(keras.Model):
         return self._closed_loop(o_r, "r", "s", training)
 
     def intermediates(self, synthetic, real, training=False) -> dict:
-        """Every intermediate of both loops (Fig. 6), keyed as in the module docstring."""
+        """Every intermediate of both loops (Fig. 6), keyed as in the module docstring; the networks
+        run in the code's order (F_s, G_r, F_r, G_s on O_s, then F_r, G_s, F_s, G_r on O_r), which
+        fixes the BatchNorm running statistics."""
         return {**self.synthetic_loop(synthetic, training), **self.real_loop(real, training)}
 
     # -- losses -------------------------------------------------------------------------------------
     def generator_losses(self, out: dict, clean) -> dict:
-        """The generator-side terms (unweighted) from the intermediates; adversarial terms whose
-        weight is 0 are not computed (reported as 0)."""
+        """The generator-side terms (unweighted, in the code's [-1, 1] scale) from the intermediates;
+        adversarial terms whose weight is 0 are not computed (reported as 0)."""
         zero = tf.constant(0.0)
         t = {}
         if self.update_d_b:
@@ -525,20 +712,33 @@ class JRGRTrainer(keras.Model):
                 + self.lambda_mse * t["mse"])
 
     def pooled_fakes(self, out: dict, clean, step) -> dict:
-        """The discriminators' inputs drawn through the image pools (detached)."""
+        """The discriminators' inputs through the image pools (detached): the six fakes, and under
+        "clean" the D_B_REAL_DRAWS real backgrounds [4, H, W, 3] drawn from the pool of clean inputs
+        after this batch's ``clean`` went in (the code's ``Pool_real_B.query(Bs)``, then
+        ``query(return_num=4)``)."""
         sg = tf.stop_gradient
         fakes = {k: sg(out[k]) for k in POOLS if k != "clean"}
-        fakes["clean"] = clean
-        if self.pools:
-            fakes = {k: self.pools[k].query(v, step) for k, v in fakes.items()}
+        clean = tf.convert_to_tensor(clean, tf.float32)
+        if not self.pools:  # (networks not built: no pools) the draws come from this batch
+            fakes["clean"] = draw_uniformly(clean, D_B_REAL_DRAWS, self.seed * 64 + 32 + POOLS.index("clean"), step)
+            return fakes
+        fakes = {k: self.pools[k].query(v, step) for k, v in fakes.items()}
+        self.pools["clean"].query(clean, step)  # stored; the returned batch is not used (as the code's)
+        fakes["clean"] = self.pools["clean"].sample(D_B_REAL_DRAWS, step, images=clean)
         return fakes
 
     def discriminator_losses(self, o_s, o_r, fakes: dict) -> dict:
-        """d_b, d_os, d_or from the (pooled) inputs; a discriminator with adversarial weight 0 is skipped."""
+        """d_b, d_os, d_or from the (pooled) inputs; a discriminator with adversarial weight 0 is skipped.
+        ``fakes["clean"]``: the real backgrounds drawn for D_B, one per fake background."""
         t = {}
         if self.update_d_b:
+            reals = fakes["clean"]
+            if reals.shape[0] != D_B_REAL_DRAWS:
+                raise ValueError(f"D_B takes {D_B_REAL_DRAWS} real backgrounds (one per fake), got {reals.shape[0]}")
+            per_draw = tf.reduce_mean(tf.square(self.d_b(reals) - 1.0), axis=[1, 2, 3])  # ls(D_B(B_k), 1)
+            real_weight = self.alpha / D_B_REAL_DRAWS
             fake = tf.add_n([lsgan(self.d_b(fakes[k]), 0.0) for k in ("b_s", "b_s2r", "b_r", "b_r2s")])
-            t["d_b"] = 0.5 * (self.alpha * lsgan(self.d_b(fakes["clean"]), 1.0) + fake)
+            t["d_b"] = 0.5 * (real_weight * tf.reduce_sum(per_draw) + fake)
         if self.update_d_o:
             t["d_os"] = 0.5 * (lsgan(self.d_os(o_s), 1.0) + lsgan(self.d_os(fakes["o_r2s"]), 0.0))
             t["d_or"] = 0.5 * (lsgan(self.d_or(o_r), 1.0) + lsgan(self.d_or(fakes["o_s2r"]), 0.0))
@@ -567,10 +767,12 @@ class JRGRTrainer(keras.Model):
         self._apply("pretrain", {id(v): g for g, v in zip(grads, variables)}, variables)
         return {"loss": loss, **logs}
 
-    def joint_step(self, data):
+    def generator_step(self, data):
+        """The removal and generation nets' update (the code's ``backward_G`` + ``optimizer_G.step``):
+        both loops in training mode, the generator loss, one gradient, F_s / F_r / (G_r, G_s) each by
+        its optimizer. The discriminators are evaluated, not changed. Returns (intermediates, logs)."""
         o_s, clean, o_r = data["rainy"], data["clean"], data["real"]
-        gen_nets = ("f_s", "f_r", "g_r", "g_s")
-        gen_vars = self._variables_of(gen_nets)
+        gen_vars = self._variables_of(("f_s", "f_r", "g_r", "g_s"))
         with tf.GradientTape() as tape:
             out = self.intermediates(o_s, o_r, training=True)
             terms = self.generator_losses(out, clean)
@@ -581,20 +783,32 @@ class JRGRTrainer(keras.Model):
         self._apply("gen", grads, self._variables_of(("g_r", "g_s")))
         self._apply("f_r", grads, self._variables_of(("f_r",)))
         self._apply("f_s", grads, self._variables_of(("f_s",)))
-        logs = {"loss": g_loss, **terms}
-        d_nets = [n for n in ("d_b", "d_os", "d_or")
-                  if (n == "d_b" and self.update_d_b) or (n != "d_b" and self.update_d_o)]
-        if d_nets:
-            fakes = self.pooled_fakes(out, clean, self.step_counter)
-            d_vars = self._variables_of(d_nets)
-            with tf.GradientTape() as tape:
-                d_terms = self.discriminator_losses(o_s, o_r, fakes)
-                d_loss = tf.add_n(list(d_terms.values()))
-                scaled = for_gradients(d_loss, self.optimizers_by_name[d_nets[0]])
-            d_grads = {id(v): g for g, v in zip(tape.gradient(scaled, d_vars), d_vars)}
-            for n in d_nets:
-                self._apply(n, d_grads, self._variables_of((n,)))
-            logs.update(d_terms)
+        return out, {"loss": g_loss, **terms}
+
+    def discriminator_step(self, o_s, o_r, fakes: dict) -> dict:
+        """The discriminators' update on the (detached, pooled) ``fakes`` of :meth:`pooled_fakes`; the
+        removal and generation nets are not run. Discriminators with adversarial weight 0 are skipped."""
+        d_nets = self._discriminators()
+        if not d_nets:
+            return {}
+        self._sync_learning_rates()
+        d_vars = self._variables_of(d_nets)
+        with tf.GradientTape() as tape:
+            d_terms = self.discriminator_losses(o_s, o_r, fakes)
+            d_loss = tf.add_n(list(d_terms.values()))
+            scaled = for_gradients(d_loss, self.optimizers_by_name[d_nets[0]])
+        d_grads = {id(v): g for g, v in zip(tape.gradient(scaled, d_vars), d_vars)}
+        for n in d_nets:
+            self._apply(n, d_grads, self._variables_of((n,)))
+        return d_terms
+
+    def joint_step(self, data):
+        """One step of the code's ``optimize_parameters``: the generator update, then the three
+        discriminators' on the fakes of the same forward pass; ``jrgr_step`` counts these steps."""
+        out, logs = self.generator_step(data)
+        if self._discriminators():
+            fakes = self.pooled_fakes(out, data["clean"], self.step_counter)
+            logs.update(self.discriminator_step(data["rainy"], data["real"], fakes))
         self.step_counter.assign_add(1)
         return logs
 
@@ -665,7 +879,9 @@ def trainer_from_config(config: dict) -> JRGRTrainer:
         lambda_adv_b=config.get("lambda_adv_b"), lambda_adv_o=config.get("lambda_adv_o"),
         lambda_cyc=float(get("lambda_cyc", 1.0)), lambda_mse=float(get("lambda_mse", 10.0)),
         learning_rate=float(get("lr", 1e-4)), pretrain_lr=config.get("pretrain_lr"),
-        fr_lr_factor=float(get("fr_lr_factor", 0.1)), fs_lr_factor=float(get("fs_lr_factor", 0.01)),
+        fr_lr_factor=config.get("fr_lr_factor"), fs_lr_factor=config.get("fs_lr_factor"),
+        # a run written before the setting existed pre-trained both removal nets side by side
+        pretrain=get("jrgr_pretrain", "shared" if "jrgr_pretrain" in config else "separate"),
         beta_1=float(get("beta_1", 0.5)), pool_size=int(get("pool_size", 50)),
         crop_size=int(get("crop_size", 256)), seed=int(get("seed", 0)))
 

@@ -23,7 +23,7 @@ MENET ("Multi-Task Learning Enhanced Single Image De-Raining", section III.B)
 * ``L_t`` -- :func:`texture_loss`, Eq. 7: Gram matrices of ``K x K`` patches (``K = 4``).
 
 Sobel maps (:func:`sobel_maps`), following the authors' TF1 code (SumiHui/MENET,
-``{light,heavy}/template/menet_*_edge*.py`` call ``tf.image.sobel_edges``):
+``heavy/template/menet_*_edge*.py`` call ``tf.image.sobel_edges``):
 
 * kernels, applied as a *cross-correlation* (TF convolutions do not flip the kernel)::
 
@@ -49,18 +49,25 @@ Texture matching loss (:func:`texture_loss`): ``X = space_to_depth(img, K)`` res
   image, averaged over the batch.  Note the size of this term: each Gram entry is a sum over ``M``
   patches, so the loss grows like ``M^2`` (``(HW)^2``) -- for 224 x 224 crops it can be orders of
   magnitude larger than ``L_p``, which matters for fixed weights and for LB weighting;
-* ``"mean"`` (the authors' code, ``texture_matching_loss`` in
-  ``{light,heavy}/template/menet_*_gram_*.py``): each Gram matrix is reduced to the mean of its
-  entries, ``m = mean(G)``, and the loss is ``tf.losses.mean_squared_error`` of those per-image
-  scalars, i.e. ``mean_b (m_b(y) - m_b(y_hat))^2``.
+* ``"mean"`` (the authors' code, ``texture_matching_loss`` in SumiHui/MENET
+  ``heavy/template/menet_*_gram_*.py``, and so the form behind Tables I-II): each Gram matrix is
+  reduced to the mean of its entries, ``m = mean(G)``, and the loss is
+  ``tf.losses.mean_squared_error`` of those per-image scalars, i.e. ``mean_b (m_b(y) - m_b(y_hat))^2``.
+  On ``[0, 255]`` images it is huge (about 2.7e11 for random 64x64 images), which makes the authors'
+  GB / LB weight of this task round to exactly 0 (see :mod:`erl_derain.weighting`).
 
 Both sides must be multiples of ``K``: with static shapes a :class:`ValueError` is raised at trace
 time; with unknown (dynamic) sides a ``tf.debugging`` assertion fails at run time.  Callers crop or
 pad beforehand.
 
-Value range: the authors train on ``[0, 255]`` images (their output is clipped to ``[0, 255]``
-and SSIM/PSNR use ``max_val=255``); here images are in ``[0, 1]``, so ``L_p`` and ``L_e`` are
-``255^2`` times smaller than theirs and the texture loss ``255^4`` times smaller.
+Value range: the losses take images on whatever scale they are given. The authors train on
+``[0, 255]`` images (their output is clipped to ``[0, 255]`` and SSIM/PSNR use ``max_val=255``); on
+``[0, 1]`` images ``L_p`` and ``L_e`` are ``255^2`` times smaller than theirs and the texture loss
+``255^4`` times smaller. MENET's trainer (``--menet_value_range``, :mod:`erl_derain.methods.menet`)
+scales its images to ``[0, V]`` before calling them; with ``V = 255`` and ``reduction="mean"`` they
+equal the authors' ``mse``, ``edge_loss`` and ``content_loss`` (tested against the numbers their code
+computes). That is the form and scale that produced the paper's Tables I-II; ``"frobenius"`` (Eq. 7)
+remains the default here and an option of every flagfile.
 
 Registry: :data:`TASK_LOSSES` maps MENET's task letters (``--tasks=p,e,t``) to the loss functions;
 :func:`parse_tasks` validates such a flag value and :func:`task_losses` evaluates the chosen ones.

@@ -4,27 +4,48 @@ and loss balance (LB, Algorithm 2).  Usable by any trainer; selected by ``--task
 The total loss is ``L = sum_t w_t L_t`` (MENET Eq. 2) over named task losses ``{name: scalar}``
 (e.g. :func:`erl_derain.losses.task_losses`).  For the dynamic modes the weights are recomputed every
 step from that step's batch and are treated as constants (``tf.stop_gradient``), as in the authors'
-code (SumiHui/MENET ``*_gradbalance.py`` / ``*_lossbalance.py``):
+code (SumiHui/MENET ``heavy/template/*_gradbalance.py`` / ``*_lossbalance.py``):
 
 * ``fixed``: ``w_t`` = the given weight (``fixed[name]``, default 1.0 for a task not listed).
   MENET's authors use ``L_p + 0.01 L_e`` for their fixed runs.
 * ``gb`` (Algorithm 1): ``g_t = ||dL_t / dW_shared||_2`` where ``W_shared`` is the kernel of the
   network's last shared convolution (for MENET the final conv; the authors take
   ``trainable_variables(scope="derain/layer5")``, that conv's bias-free kernel).  The per-task
-  gradients are taken with respect to that variable only (cheap: back-propagation stops at the last
-  layer), one ``tape.gradient(L_t, shared)`` per task, so **the tape must be persistent**
+  gradients are taken with respect to that variable only (cheap inside ``tf.function``, where the
+  rest of each backward pass is pruned; an eager tape walks the whole network), one
+  ``tape.gradient(L_t, shared)`` per task, so **the tape must be persistent**
   (``tf.GradientTape(persistent=True)``; a non-persistent tape raises ValueError).  Then
-  ``w_t = 1 - g_t / sum_j g_j``.  ``shared`` may also be a list of variables, in which case
-  ``g_t`` is their global norm.  A task whose loss does not depend on ``shared`` has ``g_t = 0``.
-* ``lb`` (Algorithm 2): ``w_t = 1 - L_t / sum_j L_j``.
+  ``w_t = 1 - g_t / S`` with ``S = sum_j g_j``.  ``shared`` may also be a list of variables, in which
+  case ``g_t`` is their global norm.  A task whose loss does not depend on ``shared`` has ``g_t = 0``.
+* ``lb`` (Algorithm 2): ``w_t = 1 - L_t / S`` with ``S = sum_j L_j``.
+
+Arithmetic (``arithmetic=``, ``--gb_arithmetic``; GB and LB alike):
+
+* ``"authors"`` (default): ``1 - v_t / S`` in float32, as the authors' graph computes it.  When one
+  task dominates (MENET's texture term on [0, 255] images: ``g_t`` about 4e9 against 4 and 65) its
+  share ``v_t / S`` rounds to exactly 1 and its weight to exactly 0, and the other weights to exactly
+  1: what the authors optimised, and so what produced the published tables, was ``L_p + L_e``.
+* ``"stable"``: ``w_t = (sum_{j != t} v_j) / S``, the same number in exact arithmetic but without the
+  cancellation: the dominant task keeps its small weight (about 1.8e-8 for MENET's texture term),
+  which is the paper's intent.
 
 With ``T`` tasks the GB/LB weights sum to ``T - 1``; with a single task they would be 0, so
 ``T < 2`` raises ValueError (naming ``--task_weighting`` and ``--tasks``).  When the denominator is
-0 (every gradient norm, or every loss, is zero) the weights fall back to the equal weights
-``1 - 1/T`` (what the formula gives for equal shares), never NaN.
+0 (every gradient norm, or every loss, is zero) the weights are the equal weights ``1 - 1/T`` (what
+the formula gives for equal shares).  A non-finite norm or loss is never hidden: the weights are then
+NaN, so the step's logged loss and weights are NaN and the training loop's guard (``--on_nan``)
+stops (naming the step, the batch and the values) or skips the batch.
+
+Mixed precision: under ``mixed_float16`` a large loss (MENET's texture term on [0, 255] images) can
+overflow float16 on its way back to ``shared``.  Each norm is therefore taken of the gradient of the
+*normalised* loss ``L_t * c_t`` with ``c_t = 2^-floor(log2 |L_t|)`` (``L_t c_t`` in [1, 2); seeded as
+``output_gradients``) and divided by ``c_t`` in float32.  ``c_t`` is a power of two, so in float32 the
+norm is exactly the unscaled one (the losses themselves should be float32, as every loss of
+:mod:`erl_derain.losses` on a float32 network output is).
 
 Under ``tf.distribute`` the weights are computed per replica from the replica's own batch (the
-authors trained on one GPU); the ratios do not depend on a replica-count scaling of the losses.
+authors trained on one GPU) and averaged over the replicas; the ratios do not depend on a
+replica-count scaling of the losses.
 
 A train step (eager or inside ``tf.function``)::
 
@@ -53,6 +74,7 @@ from erl_derain.distribute import replica_mean
 
 __all__ = [
     "MODES",
+    "ARITHMETICS",
     "TaskWeighting",
     "parse_task_weights",
     "weighted_total",
@@ -60,10 +82,12 @@ __all__ = [
 ]
 
 MODES = ("fixed", "gb", "lb")
+ARITHMETICS = ("authors", "stable")
 
 _MODE_FLAG = "--task_weighting"
 _TASKS_FLAG = "--tasks"
 _WEIGHTS_FLAG = "--task_weights"
+_ARITHMETIC_FLAG = "--gb_arithmetic"
 
 
 def parse_task_weights(spec: Union[str, Mapping[str, float], None], flag: str = _WEIGHTS_FLAG) -> Dict[str, float]:
@@ -99,10 +123,42 @@ def parse_task_weights(spec: Union[str, Mapping[str, float], None], flag: str = 
     return out
 
 
-def _equal_share_weights(ratios: tf.Tensor, denom: tf.Tensor, count: int) -> tf.Tensor:
-    """``1 - ratios``, or ``1 - 1/T`` everywhere when ``denom`` is zero."""
-    fallback = tf.fill(tf.shape(ratios), tf.constant(1.0 - 1.0 / count, ratios.dtype))
-    return tf.where(denom > 0, 1.0 - ratios, fallback)
+def _balance_weights(values: tf.Tensor, count: int, arithmetic: str) -> tf.Tensor:
+    """GB/LB weights from the stacked float32 ``values`` (norms or losses), see the module docstring:
+    ``1 - v_t / S`` ("authors") or ``sum_{j != t} v_j / S`` ("stable"); ``1 - 1/T`` everywhere when
+    ``S`` is 0; NaN everywhere when a value is not finite."""
+    parts = tf.unstack(values, num=count)
+    denom = parts[0]
+    for v in parts[1:]:  # S = v_1 + v_2 + ..., left to right as the authors' G1 + G2 + G3
+        denom = denom + v
+    safe = tf.where(denom > 0, denom, tf.ones_like(denom))
+    if arithmetic == "authors":
+        w = 1.0 - values / safe
+    else:
+        others = []
+        for i in range(count):
+            rest = [parts[j] for j in range(count) if j != i]
+            acc = rest[0]
+            for v in rest[1:]:
+                acc = acc + v
+            others.append(acc)
+        w = tf.stack(others) / safe
+    equal = tf.fill(tf.shape(values), tf.constant(1.0 - 1.0 / count, values.dtype))
+    w = tf.where(denom > 0, w, equal)
+    finite = tf.reduce_all(tf.math.is_finite(values))
+    return tf.where(finite, w, tf.fill(tf.shape(values), tf.constant(float("nan"), values.dtype)))
+
+
+def _normaliser(loss: tf.Tensor) -> tf.Tensor:
+    """``c = 2^-floor(log2 |loss|)`` in float32 (1 for a zero or non-finite loss), so that ``loss * c``
+    lies in [1, 2). Built from its bits, so it is an exact power of two (exponent clipped to +-100)."""
+    magnitude = tf.abs(tf.cast(loss, tf.float32))
+    usable = tf.math.is_finite(magnitude) & (magnitude > 0)
+    exponent = tf.math.floor(tf.math.log(tf.where(usable, magnitude, 1.0)) / math.log(2.0))
+    # (log() may land one off at an exact power of two: c is then 2x off [1, 2), still exact)
+    exponent = tf.where(usable, tf.clip_by_value(exponent, -100.0, 100.0), 0.0)
+    bits = tf.cast(127.0 - exponent, tf.int32) * (1 << 23)  # IEEE-754 float32 with mantissa 0
+    return tf.bitcast(bits, tf.float32)
 
 
 def _global_norm(grads) -> tf.Tensor:
@@ -122,13 +178,20 @@ class TaskWeighting:
       tasks: optional task names (a sequence or a ``"p,e,t"`` string), checked at construction
         (``T >= 2`` for gb/lb; every name in ``fixed`` must be a task) so that a bad command line
         fails before training starts.
+      arithmetic: ``"authors"`` (``1 - v_t / S`` in float32) or ``"stable"`` (``sum_{j != t} v_j / S``)
+        for gb and lb (``--gb_arithmetic``; see the module docstring).
     """
 
     def __init__(self, mode: str = "fixed", fixed: Union[Mapping[str, float], str, None] = None,
-                 tasks: Optional[Sequence[str]] = None):
+                 tasks: Optional[Sequence[str]] = None, arithmetic: str = "authors"):
         mode = str(mode).strip().lower()
         if mode not in MODES:
             raise ValueError(f"{_MODE_FLAG} must be one of {'|'.join(MODES)}, got {mode!r}")
+        arithmetic = str(arithmetic).strip().lower()
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"{_ARITHMETIC_FLAG} must be one of {'|'.join(ARITHMETICS)} (authors: 1 - v_t / S in "
+                             f"float32 as their code; stable: the other tasks' sum over S), got {arithmetic!r}")
+        self.arithmetic = arithmetic
         self.mode = mode
         self.fixed: Dict[str, float] = parse_task_weights(fixed)
         if isinstance(tasks, str):  # a flag value such as "p,e,t"
@@ -139,6 +202,8 @@ class TaskWeighting:
 
     def __repr__(self) -> str:
         extra = f", fixed={self.fixed}" if self.mode == "fixed" and self.fixed else ""
+        if self.dynamic:
+            extra += f", arithmetic={self.arithmetic!r}"
         return f"TaskWeighting({self.mode!r}{extra})"
 
     @property
@@ -182,15 +247,15 @@ class TaskWeighting:
         else:
             values = tf.stack(self.gradient_norms(losses, tape=tape, shared=shared))
         values = tf.stop_gradient(values)
-        denom = tf.reduce_sum(values)
-        w = tf.stop_gradient(_equal_share_weights(tf.math.divide_no_nan(values, denom), denom, count))
+        w = tf.stop_gradient(_balance_weights(values, count, self.arithmetic))
         w = replica_mean(w)  # under tf.distribute: each replica's weights from its own batch, averaged
         return {n: w[i] for i, n in enumerate(names)}
 
     @staticmethod
     def gradient_norms(losses: Mapping[str, tf.Tensor], *, tape: Optional[tf.GradientTape],
                        shared: Union[tf.Variable, Sequence[tf.Variable], None]) -> List[tf.Tensor]:
-        """``[||dL_t / d shared||_2 for t in losses]`` (GB's ``g_t``), one ``tape.gradient`` per task."""
+        """``[||dL_t / d shared||_2 for t in losses]`` (GB's ``g_t``, float32), one ``tape.gradient`` per
+        task, each of the normalised loss ``L_t c_t`` and divided by ``c_t`` (see the module docstring)."""
         if tape is None:
             raise ValueError(f"{_MODE_FLAG}=gb needs the GradientTape that recorded the losses (tape=...)")
         if shared is None:
@@ -199,7 +264,13 @@ class TaskWeighting:
             raise ValueError(f"{_MODE_FLAG}=gb takes one gradient per task: record the losses with "
                              "tf.GradientTape(persistent=True)")
         sources = list(shared) if isinstance(shared, (list, tuple)) else [shared]
-        return [_global_norm(tape.gradient(losses[n], sources)) for n in losses]
+        norms = []
+        for n in losses:
+            loss = tf.convert_to_tensor(losses[n])
+            c = tf.stop_gradient(_normaliser(loss))
+            grads = tape.gradient(loss, sources, output_gradients=tf.cast(c, loss.dtype))
+            norms.append(_global_norm(grads) / c)
+        return norms
 
 
 def weighted_total(losses: Mapping[str, tf.Tensor], weights: Mapping[str, tf.Tensor]) -> tf.Tensor:

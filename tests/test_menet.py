@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -104,3 +105,58 @@ def test_cli_trains_with_ten_crops_and_step_decay_then_evaluates(run_cli, tmp_pa
     assert config["method"] == "menet" and config["lr"] == pytest.approx(1e-3)  # MENET's default lr
     # 2 images x 10 crops = 20 examples per epoch; 0.6 epoch at batch 4 = 3 steps.
     assert "steps 0->3" in out and "w_p" in out and "Mean over 2 images" in out
+
+
+def test_value_range_scales_what_the_network_and_the_losses_see():
+    """--menet_value_range=255: the network and the task losses work on [0, 255] (the authors' scale),
+    the library's images stay in [0, 1]."""
+    keras.utils.set_random_seed(3)
+    t255 = menet.MENETTrainer(menet.MENETConfig(blocks=2, value_range=255.0), tasks=("p", "e"), task_weighting="lb")
+    t255.build_networks((2, 32, 32, 3))
+    t1 = menet.MENETTrainer(menet.MENETConfig(blocks=2), tasks=("p", "e"), task_weighting="lb")
+    t1.build_networks((2, 32, 32, 3))
+    t1.net.set_weights(t255.net.get_weights())
+    rng = np.random.default_rng(1)
+    data = {"clean": tf.constant(rng.random((2, 32, 32, 3)), tf.float32),
+            "rainy": tf.constant(rng.random((2, 32, 32, 3)), tf.float32)}
+    out01 = t255.net(data["rainy"]).numpy()
+    out255 = t255.net.derain_scaled(data["rainy"] * 255.0).numpy()
+    assert 0.0 <= out01.min() and out01.max() <= 1.0 and out255.max() > 1.0
+    np.testing.assert_allclose(out01 * 255.0, out255, rtol=1e-5, atol=1e-3)
+    # the same weights on [0, 1] give another image: the residual head and BN's epsilon see the scale
+    assert np.abs(t1.net(data["rainy"]).numpy() - out01).max() > 0.05
+    losses, output = t255.forward(data, training=True)
+    mse = np.mean((data["clean"].numpy() * 255.0 - output.numpy()) ** 2)
+    assert float(losses["p"]) == pytest.approx(mse, rel=1e-5) and float(losses["p"]) > 100
+    # a run saved before the option trained on [0, 1]
+    assert menet.config_from_dict({"menet_blocks": 2}).value_range == 1.0
+    assert menet.config_from_dict({"menet_value_range": 255}).value_range == 255.0
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="--menet_value_range"):
+            menet.config_from_dict({"menet_value_range": bad})
+
+
+def test_menet_adam_uses_tf1_epsilon_and_gb_arithmetic_is_passed_on():
+    trainer = menet.trainer_from_config({"menet_blocks": 2, "tasks": ["p", "e"], "task_weighting": "gb",
+                                         "gb_arithmetic": "stable", "lr": 1e-3})
+    assert trainer.optimizer_.epsilon == pytest.approx(1e-8)  # TF1 AdamOptimizer's, as the authors' code
+    assert trainer.weighting.arithmetic == "stable"
+    assert menet.trainer_from_config({"menet_blocks": 2, "lr": 1e-3}).weighting.arithmetic == "authors"
+    with pytest.raises(ValueError, match="--gb_arithmetic"):
+        menet.trainer_from_config({"menet_blocks": 2, "lr": 1e-3, "gb_arithmetic": "exact"})
+    with pytest.raises(ValueError, match="--texture_reduction"):
+        menet.trainer_from_config({"menet_blocks": 2, "lr": 1e-3, "texture_reduction": "sum"})
+
+
+@pytest.mark.parametrize("mode", ["gb", "lb"])
+def test_a_non_finite_batch_gives_nan_weights_for_the_nan_guard(mode):
+    """GB / LB weights of a step whose losses are not finite are NaN (logged, so the training loop's
+    --on_nan guard names them), never the silent equal shares 2/3."""
+    trainer = menet.MENETTrainer(menet.MENETConfig(blocks=2), tasks=("p", "e", "t"), task_weighting=mode,
+                                 texture_reduction="mean")
+    trainer.build_networks((2, 32, 32, 3))
+    clean = np.full((2, 32, 32, 3), 0.5, np.float32)
+    clean[0, 0, 0, 0] = np.nan
+    logs = trainer.train_step({"rainy": tf.constant(np.full((2, 32, 32, 3), 0.5, np.float32)),
+                               "clean": tf.constant(clean)})
+    assert all(np.isnan(float(logs[f"w_{t}"])) for t in "pet"), {k: float(v) for k, v in logs.items()}

@@ -205,3 +205,81 @@ def test_lb_and_fixed_work_in_tf_function_with_plain_tape():
         expected = [1 - lp / (lp + le), 1 - le / (lp + le)] if mode == "lb" else [1.0, 0.01]
         assert [w["p"].numpy(), w["e"].numpy()] == pytest.approx(expected, rel=1e-5)
         assert all(g is not None for g in grads)
+
+
+# -- arithmetic, non-finite values, mixed precision --------------------------------------------------
+
+
+def test_authors_and_stable_arithmetic_hand_values():
+    """Losses 1 and 1e9 (LB): exactly, w = (1e9, 1) / (1e9 + 1). In float32 1e9 + 1 rounds to 1e9, so
+    the authors' 1 - v / S gives (1, 0): the dominant task's weight is exactly 0. The stable form
+    (the other tasks' sum over S) keeps it: 1 / 1e9."""
+    losses = {"p": tf.constant(1.0), "e": tf.constant(1e9)}
+    authors = TaskWeighting("lb", arithmetic="authors").weights(losses)
+    assert authors["p"].numpy() == 1.0 and authors["e"].numpy() == 0.0
+    stable = TaskWeighting("lb", arithmetic="stable").weights(losses)
+    assert stable["p"].numpy() == 1.0
+    assert stable["e"].numpy() == pytest.approx(1e-9, rel=1e-6)
+    # three tasks, S = 8: stable (2+5, 1+5, 1+2) / 8 = authors 1 - (1, 2, 5) / 8; sum T - 1 = 2
+    three = {"p": tf.constant(1.0), "e": tf.constant(2.0), "t": tf.constant(5.0)}
+    for arithmetic in ("authors", "stable"):
+        w = TaskWeighting("lb", arithmetic=arithmetic).weights(three)
+        assert [w[k].numpy() for k in "pet"] == pytest.approx([7 / 8, 6 / 8, 3 / 8])
+    with pytest.raises(ValueError, match="--gb_arithmetic"):
+        TaskWeighting("gb", arithmetic="exact")
+
+
+@pytest.mark.parametrize("arithmetic", ["authors", "stable"])
+def test_a_non_finite_loss_or_norm_gives_nan_weights_never_equal_shares(arithmetic):
+    """A NaN or infinite loss (LB) or gradient norm (GB) must surface (NaN weights, which the training
+    loop's --on_nan guard reports), not turn into the equal weights 1 - 1/T."""
+    for bad in (float("nan"), float("inf")):
+        w = TaskWeighting("lb", arithmetic=arithmetic).weights({"p": tf.constant(1.0), "e": tf.constant(bad)})
+        assert all(np.isnan(v.numpy()) for v in w.values()), (bad, w)
+    shared = tf.Variable(np.ones((2,), np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        task_loss = {"p": tf.reduce_sum(shared), "e": tf.reduce_sum(tf.sqrt(shared - 1.0))}  # d sqrt(0) = inf
+    w = TaskWeighting("gb", arithmetic=arithmetic).weights(task_loss, tape=tape, shared=shared)
+    assert all(np.isnan(v.numpy()) for v in w.values())
+    # still: all-zero norms or losses are the equal weights (nothing is wrong there)
+    w = TaskWeighting("lb", arithmetic=arithmetic).weights({"p": tf.constant(0.0), "e": tf.constant(0.0)})
+    assert [w["p"].numpy(), w["e"].numpy()] == pytest.approx([0.5, 0.5])
+
+
+def test_gb_under_mixed_float16_stays_finite_and_matches_float32():
+    """A float16 last layer: the [0, 255] texture loss's gradient (about 2e11) overflows float16 (at most
+    65504). The norms of the normalised losses stay finite and close to the float32 ones (before, the
+    texture norm was NaN and the weights silently fell back to 2/3 each)."""
+    rng = np.random.default_rng(5)
+    rainy = rng.random((2, 16, 16, 3), dtype=np.float32) * 255
+    clean = rng.random((2, 16, 16, 3), dtype=np.float32) * 255
+    results = {}
+    try:
+        for policy in ("float32", "mixed_float16"):
+            keras.mixed_precision.set_global_policy(policy)
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((16, 16, 3)),
+                                      keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1"),
+                                      keras.layers.Conv2D(3, 3, padding="same", name="shared")])
+            kernel = model.get_layer("shared").kernel
+            with tf.GradientTape(persistent=True) as tape:
+                output = tf.cast(model(rainy), tf.float32) + rainy
+                task_loss = losses.task_losses("p,e,t", clean, output, texture_reduction="mean")
+            norms = [float(n) for n in TaskWeighting.gradient_norms(task_loss, tape=tape, shared=kernel)]
+            weights = {a: {k: float(v) for k, v in TaskWeighting("gb", arithmetic=a).weights(
+                task_loss, tape=tape, shared=kernel).items()} for a in ("authors", "stable")}
+            results[policy] = norms, weights
+            if policy == "float32":  # the normalised losses' norms, divided back, are the plain tape's
+                for loss, norm in zip(task_loss.values(), norms):
+                    plain = np.linalg.norm(tape.gradient(loss, kernel).numpy().astype(np.float64))
+                    assert norm == pytest.approx(plain, rel=1e-6)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    (n32, w32), (n16, w16) = results["float32"], results["mixed_float16"]
+    assert n32[2] > 1e10 and all(np.isfinite(n16))
+    np.testing.assert_allclose(n16, n32, rtol=2e-3)  # measured: 3e-4
+    for a in ("authors", "stable"):
+        assert all(np.isfinite(list(w16[a].values())))
+        for t in "pet":
+            assert w16[a][t] == pytest.approx(w32[a][t], rel=1e-3, abs=1e-6), (a, t)
+        assert w16[a]["t"] < 1e-5  # not the equal share 2/3

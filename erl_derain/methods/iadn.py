@@ -1,8 +1,9 @@
 """Intensity-aware deraining network: Xu, Tian, Yang, Yin & Lau, "Intensity-Aware Single-Image
 Deraining with Semantic and Color Regularization" (IEEE TIP 2021). No public code: the paper is the
-specification (Section III), DESIGN.md and the flags below hold our choices where it is silent.
+specification (Section III); where it is silent the choices are ours, marked "ours" here and in
+``erl_derain.nn.php``, most of them flags.
 
-Network (Fig. 2):
+Network (Section III.B, Fig. 2):
 
 * sub-network 1 turns the rainy image Y into X^c (rain removed, structures and colours): a first 3x3
   convolution, contrast-aware pooling of Y (Eq. 2, ``erl_derain.nn.php.ContrastAwarePooling``)
@@ -11,19 +12,28 @@ Network (Fig. 2):
   hierarchical pyramid), a final 1x1 convolution to a residual added to Y;
 * sub-network 2 refines X^c into X (details): the same trunk without contrast-aware pooling,
   ``--iadn_refine_blocks`` PHP blocks, residual added to X^c;
-* the segmentation network Phi has the structure of sub-network 1 with 19 output classes and no
-  residual; it is used only in training, for L_seg on X^c, and only when the dataset has labels.
+* the segmentation network Phi has the structure of the whole deraining network (Section III.D: "We
+  share the same network structure of the segmentation network to our deraining network"): a copy of
+  sub-network 1 (3 channels, residual) followed by a copy of sub-network 2 whose last 1x1 convolution
+  gives the 19 class logits (no residual); it follows the deraining network's ablations (without
+  sub-network 2, Phi is sub-network 1 with 19 outputs). ``--iadn_seg_net=sub1`` keeps the structure of
+  runs made before Phi had both sub-networks (sub-network 1 only), and a config.json without the
+  "iadn_seg_net" setting (written before it existed) loads as ``sub1``. Phi is used only in training,
+  for L_seg on X^c, and only when the dataset has labels.
 
-Loss (Eq. 5): lambda_1 L_acc(X^c, X_f^gt) + lambda_2 L_acc(X, X^gt) + lambda_3 L_col(X^c, X^gt) +
-lambda_4 L_seg(Phi(X^c), S^gt) with L_acc the Charbonnier distance (Eq. 3), L_col the per-pixel RGB
-cosine (Eq. 4), X_f^gt the clean image low-pass filtered by a Gaussian of ``--gaussian_kernel`` (3, 5,
-7 or 9; default 5) and weights 1, 1, 0.1, 0.05. Training: Adam 3e-4 divided by 10 at epochs 150 and
-200, 250 epochs, batch 1, scale/crop/flip/rotation augmentation (``--crop_mode=scale_rotate --flip``).
+Loss (Section III.C, Eq. 5): lambda_1 L_acc(X^c, X_f^gt) + lambda_2 L_acc(X, X^gt) + lambda_3
+L_col(X^c, X^gt) + lambda_4 L_seg(Phi(X^c), S^gt) with L_acc the Charbonnier distance (Eq. 3), L_col
+the per-pixel RGB cosine (Eq. 4), X_f^gt the clean image low-pass filtered by a Gaussian of
+``--gaussian_kernel`` (3, 5, 7 or 9; default 5) and weights 1, 1, 0.1, 0.05 (a weight left unset takes
+its term's default). Training (Section III.D): Adam 3e-4 divided by 10 at epochs 150 and 200, 250
+epochs, batch 1, scale/crop/flip/rotation augmentation (``--crop_mode=scale_rotate --flip``).
 
-Table IV's ablations are flags: ``--php_mode`` (standard | parallel_only | hierarchical_only |
-php_concat | php), ``--contrast_pooling`` (contrast | max | none), ``--noiadn_filtered_gt`` (X_f^gt ->
-X^gt) and ``--noiadn_refinement`` (w/o X: X^c is the output); Table III's are ``--lambda_col=0`` and
-``--lambda_seg=0``.
+Table IV's ablations (Section IV.C) are flags: ``--php_mode`` (standard | parallel_only |
+hierarchical_only | php_concat | php), ``--contrast_pooling`` (contrast | max | none),
+``--noiadn_filtered_gt`` (X_f^gt -> X^gt), ``--noiadn_refinement`` (w/o X) and
+``--exclude_rain_sizes`` (w/o S, M, L: training examples of cityscapes_rain dropped by their
+``rain_radius``); Table III's are ``--lambda_col=0`` and ``--lambda_seg=0``. Not implemented: "PHP ->
+Non-local" and "X^c -> SPANet".
 """
 
 from __future__ import annotations
@@ -38,6 +48,14 @@ from erl_derain import losses as losses_lib
 from erl_derain.distribute import as_float32, for_gradients, optimizer
 from erl_derain.nn.php import CONTRAST_POOLING_MODES, ContrastAwarePooling, PHPBlock
 
+SEG_NETS = ("deraining", "sub1")
+"""Values of ``--iadn_seg_net``: "deraining" (Phi has the deraining network's structure, both
+sub-networks; the paper) or "sub1" (sub-network 1 only, with 19 outputs: the structure of earlier runs,
+whose checkpoints it loads)."""
+
+LAMBDA_DEFAULTS = {"lambda_acc_c": 1.0, "lambda_acc": 1.0, "lambda_col": 0.1, "lambda_seg": 0.05}
+"""Eq. 5's weights lambda_1..lambda_4 (Section III.C, "Sensitivity on hyper-parameters"): 1, 1, 0.1, 0.05."""
+
 
 @dataclass(frozen=True)
 class IADNConfig:
@@ -50,6 +68,7 @@ class IADNConfig:
     contrast_pooling: str = "contrast"
     refinement: bool = True      # False: Table IV "w/o X"
     num_classes: int = 19        # Cityscapes training classes
+    seg_net: str = "deraining"   # Phi's structure: the deraining network's ("deraining") or sub-network 1 ("sub1")
 
     pad_multiple: int = 1        # no down-sampling: any size as is
 
@@ -99,6 +118,38 @@ class IADN(keras.Model):
         return x_c, x
 
 
+class SegmentationNetwork(keras.Model):
+    """Phi (Section III.D): the structure of the deraining network :class:`IADN` with ``num_classes``
+    logits out. ``sub1`` is a copy of sub-network 1 (contrast-aware pooling, ``blocks`` PHP blocks,
+    3 channels, residual), ``sub2`` a copy of sub-network 2 (``refine_blocks`` PHP blocks) whose last
+    1x1 convolution gives the logits (no residual: classes are not an image). Without refinement
+    (Table IV "w/o X") the deraining network is sub-network 1 alone, and so is Phi: ``sub1`` then gives
+    the logits."""
+
+    def __init__(self, cfg: IADNConfig, **kwargs):
+        super().__init__(**kwargs)
+        two = cfg.refinement
+        self.sub1 = SubNetwork(cfg, cfg.blocks, contrast_pooling=cfg.contrast_pooling,
+                               out_channels=3 if two else cfg.num_classes, residual=two, name="sub1")
+        self.sub2 = SubNetwork(cfg, cfg.refine_blocks, contrast_pooling="none", out_channels=cfg.num_classes,
+                               residual=False, name="sub2") if two else None
+
+    def call(self, x, training=False):
+        h = self.sub1(x, training=training)
+        return self.sub2(h, training=training) if self.sub2 is not None else h
+
+
+def segmentation_network(cfg: IADNConfig) -> keras.Model:
+    """Phi of ``--iadn_seg_net``: :class:`SegmentationNetwork` ("deraining") or, for "sub1", the single
+    sub-network 1 with ``num_classes`` outputs that runs made before had (same variable names)."""
+    if cfg.seg_net not in SEG_NETS:
+        raise ValueError(f"--iadn_seg_net must be one of {'|'.join(SEG_NETS)}, got {cfg.seg_net!r}")
+    if cfg.seg_net == "sub1":
+        return SubNetwork(cfg, cfg.blocks, contrast_pooling=cfg.contrast_pooling, out_channels=cfg.num_classes,
+                          residual=False, name="segmentation")
+    return SegmentationNetwork(cfg, name="segmentation")
+
+
 class InferenceModel(keras.Model):
     """The deraining network as used at test time: Y -> X clipped to [0, 1]."""
 
@@ -120,7 +171,7 @@ class IADNTrainer(keras.Model):
     """One stage: deraining network and segmentation network trained together on Eq. 5 (custom
     ``train_step``); without labels in the batch L_seg is off and Phi is not run."""
 
-    def __init__(self, cfg: IADNConfig, *, lambdas=(1.0, 1.0, 0.1, 0.05), gaussian_kernel: int = 5,
+    def __init__(self, cfg: IADNConfig, *, lambdas=tuple(LAMBDA_DEFAULTS.values()), gaussian_kernel: int = 5,
                  filtered_gt: bool = True, charbonnier_eps: float = 1e-3, learning_rate: float = 3e-4, **kwargs):
         super().__init__(**kwargs)
         if gaussian_kernel not in (3, 5, 7, 9):
@@ -128,13 +179,13 @@ class IADNTrainer(keras.Model):
         self.cfg = cfg
         self.lambdas = tuple(float(v) for v in lambdas)
         if len(self.lambdas) != 4 or min(self.lambdas) < 0:
-            raise ValueError(f"four non-negative loss weights expected (acc X^c, acc X, col, seg), got {lambdas}")
+            raise ValueError(f"four non-negative loss weights expected (--lambda_acc_c, --lambda_acc, --lambda_col, "
+                             f"--lambda_seg: Eq. 5's lambda_1..lambda_4), got {lambdas}")
         self.gaussian_kernel = int(gaussian_kernel)
         self.filtered_gt = bool(filtered_gt)
         self.eps = float(charbonnier_eps)
         self.net = IADN(cfg, name="iadn")
-        self.seg_net = SubNetwork(cfg, cfg.blocks, contrast_pooling=cfg.contrast_pooling,
-                                  out_channels=cfg.num_classes, residual=False, name="segmentation")
+        self.seg_net = segmentation_network(cfg)
         self.stages = (Stage("train", ("iadn", "segmentation")),)
         self.optimizer_ = optimizer(keras.optimizers.Adam, learning_rate, name="adam")
 
@@ -201,17 +252,27 @@ class IADNTrainer(keras.Model):
         return self.net(y, training=training)[1]
 
 
+def _setting(d: dict, key: str, default):
+    """``d[key]``, or ``default`` when the key is missing or None (a setting left unset)."""
+    value = d.get(key)
+    return default if value is None else value
+
+
 def config_from_dict(d: dict) -> IADNConfig:
-    return IADNConfig(width=int(d.get("iadn_width", 32)), blocks=int(d.get("iadn_blocks", 3)),
-                      refine_blocks=int(d.get("iadn_refine_blocks", 1)), groups=int(d.get("php_groups", 3)),
-                      php_mode=d.get("php_mode", "php"), contrast_pooling=d.get("contrast_pooling", "contrast"),
-                      refinement=bool(d.get("iadn_refinement", True)))
+    return IADNConfig(width=int(_setting(d, "iadn_width", 32)), blocks=int(_setting(d, "iadn_blocks", 3)),
+                      refine_blocks=int(_setting(d, "iadn_refine_blocks", 1)),
+                      groups=int(_setting(d, "php_groups", 3)), php_mode=_setting(d, "php_mode", "php"),
+                      contrast_pooling=_setting(d, "contrast_pooling", "contrast"),
+                      refinement=bool(_setting(d, "iadn_refinement", True)),
+                      # a run written before the setting existed has the old Phi (sub-network 1 only)
+                      seg_net=_setting(d, "iadn_seg_net", "deraining" if "iadn_seg_net" in d else "sub1"))
 
 
 def trainer_from_config(config: dict) -> IADNTrainer:
-    lambdas = (config.get("lambda_acc_c", 1.0), config.get("lambda_acc", 1.0), config.get("lambda_col", 0.1),
-               config.get("lambda_seg", 0.05))
-    return IADNTrainer(config_from_dict(config), lambdas=tuple(1.0 if v is None else v for v in lambdas),
-                       gaussian_kernel=int(config.get("gaussian_kernel", 5)),
-                       filtered_gt=bool(config.get("iadn_filtered_gt", True)),
+    """The trainer of a run's settings; a loss weight (or any other setting) that is missing or None
+    takes its default (``LAMBDA_DEFAULTS``: 1, 1, 0.1, 0.05), not 1."""
+    lambdas = tuple(float(_setting(config, key, default)) for key, default in LAMBDA_DEFAULTS.items())
+    return IADNTrainer(config_from_dict(config), lambdas=lambdas,
+                       gaussian_kernel=int(_setting(config, "gaussian_kernel", 5)),
+                       filtered_gt=bool(_setting(config, "iadn_filtered_gt", True)),
                        learning_rate=float(config.get("lr") or 3e-4))

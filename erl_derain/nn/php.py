@@ -1,7 +1,8 @@
-"""Building blocks of the intensity-aware deraining network (004): the PHP block and contrast-aware pooling.
+"""Building blocks of the intensity-aware deraining network: the PHP block and contrast-aware pooling.
 
-Xu et al., "Intensity-Aware Single-Image Deraining with Semantic and Color Regularization", TIP 2021,
-Section III.B, Fig. 3, Eq. 2 and Table IV. The authors released no code, so the paper is the spec; where
+Xu et al., "Intensity-Aware Single-Image Deraining with Semantic and Color Regularization", IEEE TIP
+2021, Section III.B ("PHP block", "Contrast-aware pooling"), Fig. 3, Eq. 2 and Section IV.C ("Network
+design study", Table IV). The authors released no code, so the paper is the spec; where
 it is silent the choices below are ours (each is marked "ours" in the docstrings):
 
 * :class:`ParallelPyramid` -- one "parallel pyramid" of Fig. 3 (light blue region): k parallel dilated
@@ -133,22 +134,28 @@ class PHPBlock(layers.Layer):
     stages are concatenated, fused by a linear 3x3 conv to ``width`` and added to the block input
     (identity residual).
 
-    ``mode`` (``--php_mode``):
+    ``mode`` (``--php_mode``; the paper's words are from Section IV.C, "Network design study"):
 
     * "php" (Ours): ``groups`` :class:`ParallelPyramid` s stacked in sequence with increasing dilation,
       group g (0-based) using dilations (g+1) * (1, ..., k) -- with k = 4, groups 3: (1,2,3,4),
-      (2,4,6,8), (3,6,9,12) -- aggregation and reweighting on. (The paper gives k = 4 but neither the
-      number of groups nor their dilation rates: those are ours.)
-    * "standard" (Standard Convolution, "a normal densely-connected network"): a plain stack of
-      groups * k 3x3 convs (dilation 1, ReLU) -- as many convs as the PHP block has dilated branches --
-      whose outputs are all concatenated (dense concatenation) before the fuse; no parallel branches,
-      no reweighting.
-    * "parallel_only" (Parallel Only): one :class:`ParallelPyramid` with dilations (1, ..., k),
-      aggregation and reweighting on; no hierarchy.
-    * "hierarchical_only" (Hierarchical Only): ``groups`` single 3x3 convs (ReLU) stacked with
-      increasing dilation 1, 2, 4, ..., 2**(groups-1); no parallel branches.
-    * "php_concat" (PHP-concatenation): as "php" but the branches are only concatenated
-      (aggregate=False, reweight=False).
+      (2,4,6,8), (3,6,9,12) -- top-down aggregation and spatial reweighting on. (The paper gives k = 4
+      but neither the number of groups nor their dilation rates: those are ours.)
+    * "standard" (Standard Convolution, "a normal densely-connected network without considering both
+      spatial and hierarchical information aggregation"): groups * k 3x3 convs (dilation 1, ReLU,
+      ``width`` channels each; as many convs as the PHP block has dilated branches), densely connected
+      as in DenseNet: conv i (1-based) sees the concatenation [x, h_1, ..., h_{i-1}] of the block input
+      and every earlier conv's output (i * ``width`` channels); the outputs h_1..h_n are concatenated
+      before the fuse. No dilation, no parallel branches, no aggregation, no reweighting.
+    * "parallel_only" (Parallel Only, "only considers spatial-varying contextual information",
+      the parallel dilated convolutions of earlier works): one :class:`ParallelPyramid` with
+      dilations (1, ..., k) whose branches are only concatenated: no top-down aggregation, no spatial
+      reweighting, no hierarchy.
+    * "hierarchical_only" (Hierarchical Only, "only uses hierarchical dilation convolutions"):
+      ``groups`` single 3x3 convs (ReLU) stacked with increasing dilation 1, 2, 4, ..., 2**(groups-1)
+      (ours: the rates); no parallel branches.
+    * "php_concat" (PHP-concatenation, "combines both spatial and hierarchical context aggregations,
+      by simply concatenating features"): as "php" but the branches are only concatenated
+      (aggregate=False, reweight=False): the Parallel Only pyramids stacked as the hierarchy.
     """
 
     def __init__(self, width: int, groups: int = 3, k: int = 4, mode: str = "php", **kwargs):
@@ -170,7 +177,7 @@ class PHPBlock(layers.Layer):
                            for g, dil in enumerate(self.group_dilations)]
         elif mode == "parallel_only":
             self.group_dilations = [base]
-            self.stages = [ParallelPyramid(self.width, base, name="pyramid0")]
+            self.stages = [ParallelPyramid(self.width, base, aggregate=False, reweight=False, name="pyramid0")]
         elif mode == "hierarchical_only":
             self.group_dilations = [(2 ** g,) for g in range(self.groups)]
             self.stages = [_conv3x3(self.width, 2 ** g, "relu", name=f"conv{g}_d{2 ** g}")
@@ -185,15 +192,17 @@ class PHPBlock(layers.Layer):
         if input_shape[-1] is not None and int(input_shape[-1]) != self.width:
             raise ValueError(f"PHPBlock(width={self.width}) needs {self.width} input channels for its identity "
                              f"residual, got {input_shape[-1]}.")
-        shape = input_shape[:-1] + (self.width,)
-        for stage in self.stages:
-            stage.build(shape)
+        for i, stage in enumerate(self.stages):  # "standard": conv i sees the input and i earlier outputs
+            stage.build(input_shape[:-1] + (self.width * (i + 1 if self.mode == "standard" else 1),))
         self.fuse.build(input_shape[:-1] + (len(self.stages) * self.width,))
 
     def call(self, x):
         h, outs = x, []
         for stage in self.stages:
-            h = stage(h)
+            if self.mode == "standard":  # dense connectivity: [x, h_1, ..., h_{i-1}]
+                h = stage(ops.concatenate([x] + outs, axis=-1) if outs else x)
+            else:
+                h = stage(h)
             outs.append(h)
         cat = outs[0] if len(outs) == 1 else ops.concatenate(outs, axis=-1)
         return x + self.fuse(cat)

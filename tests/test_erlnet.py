@@ -71,7 +71,7 @@ def test_entanglement_taps(entanglement, levels):
     net = erlnet.ERLNet(cfg)
     x = tf.random.uniform((1, 16, 16, 3), seed=1)
     net(x)
-    main, residual, entangled = net.encode(x)
+    main, residual, _, entangled = net.encode(x)
     assert len(main) == 3  # two skip levels + the bottleneck
     assert [t.shape[1] for t in main] == [16, 8, 4]
     for i in range(3):
@@ -94,7 +94,7 @@ def test_l_fre_uses_clean_autoencoder_features():
     rainy = tf.constant(rng.random((1, 16, 16, 3), np.float32))
     clean = tf.constant(rng.random((1, 16, 16, 3), np.float32))
     losses = trainer.compute_losses(rainy, clean)
-    main, residual, _ = trainer.net.encode(rainy)
+    main, residual, _, _ = trainer.net.encode(rainy)
     target = trainer.clean_ae.men(clean)[-1]
     expected = np.mean(np.abs(main[-1].numpy() + residual[-1].numpy() - target.numpy()))
     np.testing.assert_allclose(float(losses["l_fre"]), expected, rtol=1e-5)

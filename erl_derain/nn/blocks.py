@@ -19,7 +19,7 @@ class DenseBlock(layers.Layer):
     features, followed by a 1x1 transition to ``out_channels``.
 
     ERL-Net (Sec. 3.2) stacks dense blocks inside a U-Net; the paper does not give the block's
-    size, so the defaults (4 layers, growth 32, LeakyReLU 0.1) are ours (DESIGN.md section 5).
+    size, so the defaults (4 layers, growth 32, LeakyReLU 0.1) are ours.
     """
 
     def __init__(self, out_channels: int, num_layers: int = 4, growth: int = 32,
@@ -34,12 +34,16 @@ class DenseBlock(layers.Layer):
         self.transition = layers.Conv2D(out_channels, 1, name="transition")
         self.out_act = layers.LeakyReLU(negative_slope)
 
-    def call(self, x):
+    def call(self, x, return_preactivation: bool = False):
+        """The block's output; with ``return_preactivation`` the pair (transition output before the
+        last activation, output)."""
         features = [x]
         for conv, act in zip(self.convs, self.acts):
             inp = features[0] if len(features) == 1 else ops.concatenate(features, axis=-1)
             features.append(act(conv(inp)))
-        return self.out_act(self.transition(ops.concatenate(features, axis=-1)))
+        pre = self.transition(ops.concatenate(features, axis=-1))
+        out = self.out_act(pre)
+        return (pre, out) if return_preactivation else out
 
     def get_config(self):
         return {**super().get_config(), "out_channels": self.out_channels, "num_layers": self.num_layers,

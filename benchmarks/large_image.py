@@ -21,7 +21,9 @@ so the peak resident memory it prints (``ru_maxrss``) is its own:
    (a third of it clipped to 0), so pass a trained run here.
 3. ``--sweep``: the compare image with tiles of 256/512/768 and overlaps of 32/64/128.
 
-Real photos are read from ``$ERL_DERAIN_SHARED_DATA`` (default ``../shared/data``).
+Real photos are read from the folder named by ``$ERL_DERAIN_SHARED_DATA`` (its ``real_rain`` and
+``sirr_val20`` sub-folders; when unset, the default of ``tests/conftest.py``'s ``shared_data_dir``);
+without them a synthetic photo is used and the ground-truth check is skipped.
 
 Measured on the 2-core x86_64 development machine (no GPU), TF 2.21, tile 512, overlap 32:
 
@@ -112,27 +114,29 @@ def _model(model_dir: str | None):
         trainer = make_trainer({"method": "erlnet", "erl_strategy": "ma_d"})  # paper defaults
         trainer.build_networks((1, 64, 64, 3))
         name = "ERL-Net MA_D, paper widths 64/128/256, random weights"
-    model = trainer.inference_model()
+    from erl_derain.inference import InferenceModel
+
+    net = trainer.inference_model()
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def predict(x):  # as the CLI's _predict_fn: one graph for all tile shapes
-        return model(x)
+        return net(x)
 
     predict(tf.zeros((1, 64, 64, 3)))
-    params = model.count_params()
-    return predict, trainer.pad_multiple, f"{name} ({params:,} parameters)"
+    params = net.count_params()
+    return InferenceModel(predict, trainer.pad_multiple), f"{name} ({params:,} parameters)"
 
 
 def part_large(args):
     from erl_derain.inference import derain_file
 
-    predict, multiple, name = _model(args.model_dir)
+    model, name = _model(args.model_dir)
     h, w = _size(args.size)
     out = os.path.join(os.path.dirname(args.input), "derained.png")
     print(f"[large] {name}; photo {w}x{h} ({w * h / 1e6:.1f} MP, {args.origin}), tile {args.tile}, "
           f"overlap {args.overlap}", flush=True)
     base_rss = peak_rss_mib()
-    info = derain_file(predict, multiple, args.input, out, tile=args.tile, overlap=args.overlap)
+    info = derain_file(model, args.input, out, tile=args.tile, overlap=args.overlap)
     rows, cols = info["tiles"]
     assert (info["height"], info["width"]) == (h, w)
     print(f"[large] derain_file (read JPEG, {rows}x{cols} = {rows * cols} tiles, write PNG): {info['seconds']:.1f} s "
@@ -146,7 +150,7 @@ def part_compare(args):
     from erl_derain.metrics import psnr_y
 
     model_dir = args.compare_model_dir or args.model_dir
-    predict, multiple, name = _model(model_dir)
+    model, name = _model(model_dir)
     image = load_rgb(args.input)
     h, w = image.shape[:2]
     print(f"[compare] {name}; image {w}x{h} ({args.origin})", flush=True)
@@ -158,12 +162,12 @@ def part_compare(args):
         settings += [(t, o) for t in (256, 512, 768) for o in (32, 64, 128) if (t, o) != (args.tile, args.overlap)]
     tiled = {}
     for tile, overlap in settings:  # tiles first: the whole-image run below sets the peak RSS
-        derain_image(predict, image[:tile, :tile], multiple, tile=0)  # warm up this tile shape
+        derain_image(model, image[:tile, :tile], tile=0)  # warm up this tile shape
         t0 = time.perf_counter()
-        tiled[tile, overlap] = (derain_image(predict, image, multiple, tile=tile, overlap=overlap),
+        tiled[tile, overlap] = (derain_image(model, image, tile=tile, overlap=overlap),
                                 time.perf_counter() - t0, peak_rss_mib())
     t0 = time.perf_counter()
-    whole = derain_image(predict, image, multiple, tile=0)
+    whole = derain_image(model, image, tile=0)
     t_whole = time.perf_counter() - t0
     print(f"[compare] whole image: {t_whole:.1f} s ({t_whole / (w * h / 1e6):.1f} s/MP), "
           f"peak RSS {peak_rss_mib() / 1024:.2f} GiB", flush=True)
@@ -175,10 +179,10 @@ def part_compare(args):
               f"Y-PSNR(tiled, whole) {psnr_y(out, whole):.2f} dB, max |diff| {diff.max():.4f}, "
               f"mean |diff| {diff.mean():.5f}", flush=True)
     if model_dir:
-        _ground_truth_check(predict, multiple, args.gt_tile, args.overlap)
+        _ground_truth_check(model, args.gt_tile, args.overlap)
 
 
-def _ground_truth_check(predict, multiple, tile: int, overlap: int) -> None:
+def _ground_truth_check(model, tile: int, overlap: int) -> None:
     """Mean Y-PSNR against the clean images of the shared sirr_val20 pairs (481x321), whole images
     vs tiles of ``tile`` (smaller than the photos, so they are really tiled)."""
     from erl_derain.data.image_io import load_rgb
@@ -195,8 +199,8 @@ def _ground_truth_check(predict, multiple, tile: int, overlap: int) -> None:
     for path in rainy_files:
         n = os.path.basename(path)[len("input"):-len(".png")]
         rainy, clean = load_rgb(path), load_rgb(str(base / "label_val" / f"norain{n}.png"))
-        whole = derain_image(predict, rainy, multiple, tile=0)
-        tiled = derain_image(predict, rainy, multiple, tile=tile, overlap=overlap)
+        whole = derain_image(model, rainy, tile=0)
+        tiled = derain_image(model, rainy, tile=tile, overlap=overlap)
         rows.append((psnr_y(rainy, clean), psnr_y(whole, clean), psnr_y(tiled, clean)))
     r, wh, ti = np.mean(rows, axis=0)
     grid = tile_grid(*rainy.shape[:2], tile, overlap)

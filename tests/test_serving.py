@@ -1,7 +1,8 @@
 """SavedModel export for TF Serving (erl_derain.serving): signatures checked in a fresh process against
 the Keras model, saved_model_cli, PredictRequest protos, inference-only variables, bad requests,
 versioning, server config files, and the REST / gRPC clients against in-process emulations of TF
-Serving's Predict (the JSON / b64 and proto formats end to end)."""
+Serving's Predict (the JSON / b64 and proto formats end to end); the client and the package import
+without TensorFlow (a fresh process de-rains photos through a NumPy fake server)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import tensorflow as tf
 from PIL import Image
 
 from erl_derain import serving
-from erl_derain.inference import apply_padded
+from erl_derain.inference import InferenceModel, apply_padded
 
 from .conftest import TINY_FLAGS, make_folder_dataset
 
@@ -88,7 +89,7 @@ def exports(tmp_path_factory):
              "--jit_compile=false", "--noevaluate_after", *TINY_FLAGS, *extra)
         trainer, config = load_trainer(str(model_dir))
         base = root / "models" / method
-        path = serving.export_saved_model(trainer.inference_model(), trainer.pad_multiple, str(base),
+        path = serving.export_saved_model(InferenceModel(trainer.inference_model(), trainer.pad_multiple), str(base),
                                           metadata={"method": config["method"], "config": config})
         out[method] = {"trainer": trainer, "config": config, "base": base, "path": Path(path)}
     return out
@@ -228,7 +229,7 @@ def _parse_config(text: str):
         from tensorflow_serving.config import model_server_config_pb2
     except ImportError:
         out = []
-        for name, raw in serving._config_blocks(text):
+        for name, raw in serving.config_blocks(text):
             fields = dict(re.findall(r'(base_path|model_platform):\s*"([^"]*)"', raw))
             out.append((name, fields["base_path"], fields["model_platform"],
                         [int(v) for v in re.findall(r"\bversions:\s*(\d+)", raw)]))
@@ -241,18 +242,21 @@ def _parse_config(text: str):
 def test_versions_and_server_config(exports, tmp_path):
     import keras
 
-    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(3, 1, name="mix")])
+    net = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(3, 1, name="mix")])
+    model = InferenceModel(net, 4)
     root = tmp_path / "exports"
     base = root / "tiny"
     assert serving.next_version(str(base)) == 1
-    assert serving.export_saved_model(model, 4, str(base)) == str(base / "1")
-    assert serving.export_saved_model(model, 4, str(base), metadata={"method": "x"}) == str(base / "2")
+    assert serving.export_saved_model(model, str(base)) == str(base / "1")
+    assert serving.export_saved_model(model, str(base), metadata={"method": "x"}) == str(base / "2")
     with pytest.raises(FileExistsError, match="2 exists"):
-        serving.export_saved_model(model, 4, str(base), version=2)
+        serving.export_saved_model(model, str(base), version=2)
     (root / "batching_parameters.txt").write_text("# tuned by hand\nmax_batch_size { value: 1 }\n")
-    assert serving.export_saved_model(model, 4, str(base), version=1, overwrite=True) == str(base / "1")
+    # (the form before InferenceModel, network and multiple, is still accepted during the transition)
+    assert serving.export_saved_model(net, 4, str(base), version=1, overwrite=True) == str(base / "1")
     assert serving.read_export_info(str(base / "1"))["version"] == 1
-    assert serving.export_saved_model(model, 4, str(base), version=7) == str(base / "7")
+    assert serving.read_export_info(str(base / "1"))["pad_multiple"] == 4
+    assert serving.export_saved_model(model, str(base), version=7) == str(base / "7")
     assert sorted(os.listdir(base)) == ["1", "2", "7"]  # no temporary folders left, nothing else for TF Serving
     assert serving.next_version(str(base)) == 8
     assert "tuned by hand" in (root / "batching_parameters.txt").read_text()  # never overwritten
@@ -265,7 +269,7 @@ def test_versions_and_server_config(exports, tmp_path):
     config = (root / "models.config").read_text().replace(
         "specific {\n        versions: 7\n      }", "latest { num_versions: 2 }  # hand-edited")
     (root / "models.config").write_text(config)
-    serving.export_saved_model(model, 4, str(root / "other"), model_name="other_model")
+    serving.export_saved_model(model, str(root / "other"), model_name="other_model")
     text = (root / "models.config").read_text()
     assert "latest { num_versions: 2 }  # hand-edited" in text
     entries = _parse_config(text)
@@ -462,7 +466,7 @@ def test_derain_files_via_server(exports, rest_server, tmp_path):
     image, _ = image_io.read_image(str(photos / "d.png"))
     from erl_derain.inference import derain_image
 
-    want = derain_image(lambda x: run(x), image, 1, tile=32, overlap=8)  # the same tiles, blended the same way
+    want = derain_image(InferenceModel(run, 1), image, tile=32, overlap=8)  # the same tiles, blended the same way
     assert d.shape == (40, 24, 3) and np.abs(d - want).max() <= 0.5 / 255 + 1e-4
 
     f16 = cv2.imread(str(out_dir / "f16.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
@@ -557,6 +561,122 @@ def test_grpc_without_serving_api_says_what_to_install(monkeypatch):
         serving.predict_grpc("localhost:8500", "erlnet", images=np.zeros((1, 8, 8, 3), np.float32))
 
 
+NO_TENSORFLOW_CLIENT = r"""
+import base64, io, json, os, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+from PIL import Image
+
+import erl_derain
+import erl_derain.serving
+from erl_derain import fileio, photos, tiling
+from erl_derain.data import image_io
+from erl_derain.serving import client, layout, server_config
+
+assert "tensorflow" not in sys.modules, "importing the client imported TensorFlow"
+calls = []
+
+
+def network(x):  # the fake server's network: pointwise, so tiles cannot change the result
+    return np.sqrt(x)
+
+
+class Handler(BaseHTTPRequestHandler):  # TF Serving's REST :predict, row format, in NumPy
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        calls.append(body["signature_name"])
+        rows = body["instances"]
+        if body["signature_name"] == "serving_default":
+            out = [network(np.asarray(r["images"], np.float32)).tolist() for r in rows]
+        else:
+            out = []
+            for r in rows:
+                with Image.open(io.BytesIO(base64.b64decode(r["image_bytes"]["b64"]))) as im:
+                    rgb = np.asarray(im.convert("RGB"), np.float32) / 255
+                out.append({"b64": base64.b64encode(client.encode_png(network(rgb))).decode()})
+        data = json.dumps({"predictions": out}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=httpd.serve_forever, daemon=True).start()
+folder = sys.argv[1]
+rng = np.random.default_rng(0)
+small, big = rng.random((20, 30, 3)), rng.random((50, 70, 3))
+Image.fromarray(np.round(small * 255).astype(np.uint8)).save(os.path.join(folder, "small.png"))
+Image.fromarray(np.round(big * 255).astype(np.uint8)).save(os.path.join(folder, "big.png"))
+deep = (rng.random((9, 14, 3)) * 65535).astype(np.uint16)
+cv2.imwrite(os.path.join(folder, "deep.png"), deep[..., ::-1])
+files = [os.path.join(folder, n) for n in ("small.png", "big.png", "deep.png")]
+out = os.path.join(folder, "out")
+result = client.derain_files_via_server(f"127.0.0.1:{httpd.server_address[1]}", "fake", files, out, tile=32,
+                                        tile_overlap=8)
+httpd.shutdown()
+assert result == (3, 0, []), result
+for name, image in (("small", small), ("big", big)):
+    got = np.asarray(Image.open(os.path.join(out, name + ".png")), np.float32)
+    want = np.sqrt(np.round(image * 255) / 255) * 255
+    assert np.abs(got - want).max() <= 0.5 + 1e-3, (name, np.abs(got - want).max())
+got16 = cv2.imread(os.path.join(out, "deep.png"), cv2.IMREAD_UNCHANGED)[..., ::-1] / 65535.0
+assert np.abs(got16 - np.sqrt(deep / 65535.0)).max() < 1e-4
+assert "tensorflow" not in sys.modules, "de-raining through the client imported TensorFlow"
+print(json.dumps({"calls": calls}))
+"""
+
+
+def test_client_and_package_need_no_tensorflow(tmp_path):
+    """A fresh process imports the package, the client, image_io, tiling and photos, and de-rains a
+    whole photo (derain_image), a tiled one (2 x 3 float tiles of serving_default, blended in NumPy)
+    and a 16-bit one through a NumPy stand-in for TF Serving's REST API: TensorFlow is never imported."""
+    proc = subprocess.run([sys.executable, "-c", NO_TENSORFLOW_CLIENT, str(tmp_path)], capture_output=True,
+                          text=True, env=QUIET_ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert sorted(json.loads(lines[-1])["calls"]) == ["derain_image"] + ["serving_default"] * 7  # 6 tiles + 16 bit
+    assert any(re.fullmatch(r"  \S*big\.png \(70x50, float tiles via rest\) -> \S*big\.png", ln) for ln in lines)
+    assert any(re.fullmatch(r"  \S*small\.png \(30x20, original bytes via rest\) -> \S*small\.png", ln)
+               for ln in lines)
+
+
+def test_tensor_protos_convert_as_tensorflow_does():
+    """The client's NumPy <-> TensorProto conversion (no TensorFlow) against tf.make_tensor_proto and
+    tf.make_ndarray: tensor_content, the *_val fields, a broadcast single value, strings."""
+    pytest.importorskip("tensorflow_serving.apis.predict_pb2")
+    from tensorflow_serving.apis import predict_pb2
+
+    from erl_derain.serving import client
+
+    rng = np.random.default_rng(6)
+    values = [rng.random((2, 3, 4, 3), dtype=np.float32), np.arange(6, dtype=np.uint8).reshape(2, 3),
+              np.array([1.5, -2.0], np.float16), np.array(7, np.int64), np.array([True, False]),
+              np.array([b"ab", b"\x00c"], dtype=object), np.array(b"scalar", dtype=object), np.zeros((0, 3), np.float32)]
+    for value in values:
+        ours = predict_pb2.PredictRequest().inputs["x"]
+        client._fill_tensor_proto(ours, value)
+        theirs = tf.make_tensor_proto(value)
+        assert ours.dtype == theirs.dtype
+        np.testing.assert_array_equal(tf.make_ndarray(ours), tf.make_ndarray(theirs))
+        got, want = client._tensor_proto_value(theirs), tf.make_ndarray(theirs)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    for proto in (tf.make_tensor_proto(0.5, shape=[2, 2]), tf.make_tensor_proto([1, 2, 3], dtype=tf.int32),
+                  tf.make_tensor_proto(np.float16(1.5), shape=[3]), tf.make_tensor_proto([b"a"], shape=[2])):
+        np.testing.assert_array_equal(client._tensor_proto_value(proto), tf.make_ndarray(proto))
+    response = predict_pb2.PredictResponse()
+    response.outputs["method"].CopyFrom(tf.make_tensor_proto("memd"))
+    response.outputs["derained_png_bytes"].CopyFrom(tf.make_tensor_proto([b"p", b"q"]))
+    assert serving.parse_predict_response(response) == {"method": "memd", "derained_png_bytes": [b"p", b"q"]}
+
+
 def test_rest_json_format():
     body = serving.build_predict_json("derain_image", {"image_bytes": [b"\x00\x01", b"ab"]})
     assert body == {"signature_name": "derain_image",
@@ -600,7 +720,7 @@ def test_export_runs_layers_in_inference_mode(tmp_path):
     bn = model.layers[1]
     bn.moving_mean.assign([0.3, -0.2, 0.1])
     bn.moving_variance.assign([2.0, 0.5, 1.5])
-    path = serving.export_saved_model(model, 2, str(tmp_path / "bn"), server_config=False)
+    path = serving.export_saved_model(InferenceModel(model, 2), str(tmp_path / "bn"), server_config=False)
     assert not (tmp_path / "models.config").exists()
     loaded = tf.saved_model.load(path)
     x = np.random.default_rng(5).random((1, 7, 9, 3), dtype=np.float32)

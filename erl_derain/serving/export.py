@@ -1,0 +1,195 @@
+"""SavedModel export for TF Serving: ``export_saved_model`` writes ``<export_base>/<version>/``
+holding ``DerainModule`` (an ``inference.InferenceModel`` and the three signatures described in
+the ``erl_derain.serving`` docstring) plus ``assets.extra/erl_derain.json``, and updates the
+server config files next to it (``server_config.write_server_config``).
+
+A version is written to a hidden temporary folder inside ``<export_base>`` and renamed into place,
+so a polling server never sees a half-written version; an existing version is refused unless
+``overwrite=True`` (a server that already loaded that version keeps serving the old one: export a
+new version instead). The graph is the inference network only (``trainer.inference_model()``
+called with ``training=False``: no clean autoencoder, no optimizer slots); the SavedModel's
+variables are exactly that model's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+import tensorflow as tf
+
+from erl_derain.inference import InferenceModel, as_inference_model
+from erl_derain.serving.layout import (DERAIN_IMAGE, DERAINED, DERAINED_PNG_BYTES, EXPORT_INFO, IMAGE_BYTES, IMAGES,
+                                       METADATA, SERVING_DEFAULT, SIGNATURE_IO, next_version)
+from erl_derain.serving.server_config import write_server_config
+
+# Values in images beyond [0, 1] by more than this are refused (0-255 pixels sent as floats).
+RANGE_TOLERANCE = 0.01
+
+# File signatures of the formats tf.io.decode_image reads (WebP: "RIFF" + size + "WEBP").
+_MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
+
+
+class DerainModule(tf.Module):
+    """What is saved: ``model`` (an ``InferenceModel``: padding, network, cropping, clipping) and the
+    three signatures ``serve`` (``serving_default``), ``derain_image`` and ``metadata``."""
+
+    def __init__(self, model: InferenceModel, method: str, flags_json: str, version: int):
+        super().__init__(name="erl_derain")
+        self.model = model
+        self._method, self._flags_json, self._version = str(method), str(flags_json), str(version)
+
+    def _run(self, images):
+        return self.model(images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name=IMAGES)])
+    def serve(self, images):
+        # The signature fixes dtype and rank for Python callers, but TF Serving feeds whatever
+        # arrives (and Grappler folds a rank check against the declared rank): check what the
+        # network relies on, with messages naming the input. The shape is padded with -1 so that
+        # reading it cannot fail on a tensor of lower rank.
+        shape = tf.shape(images)
+        padded = tf.concat([shape, tf.fill([4], -1)], 0)
+        n, h, w, c = padded[0], padded[1], padded[2], padded[3]
+        shape_check = tf.debugging.Assert(tf.logical_and(tf.equal(c, 3), tf.equal(padded[4], -1)), [
+            tf.strings.format("images: expected 3 channels (RGB) in a [batch, height, width, 3] tensor, "
+                              "got shape {}", shape)])
+        # The range reductions run only after the shape check (Grappler may fold their axes from
+        # the declared rank 4; on a tensor of another rank they would fail first, unnamed).
+        with tf.control_dependencies([shape_check]):
+            lo, hi = tf.reduce_min(images), tf.reduce_max(images)
+        checks = [
+            shape_check,
+            tf.debugging.Assert(tf.logical_or(tf.equal(n, 0), tf.logical_and(h > 0, w > 0)), [
+                tf.strings.format("images: height and width must be positive, got shape {}", shape)]),
+            tf.debugging.Assert(tf.logical_or(tf.equal(tf.size(images), 0), tf.logical_and(
+                lo >= -RANGE_TOLERANCE, hi <= 1 + RANGE_TOLERANCE)), [
+                tf.strings.format("images: values must lie in [0, 1] (float RGB; divide 8-bit pixels by 255), "
+                                  "got min {} max {}", (lo, hi))]),
+        ]
+        with tf.control_dependencies(checks):
+            images = tf.ensure_shape(tf.identity(images), [None, None, None, 3])
+        # An empty batch is answered without running the network (reflect padding needs pixels).
+        derained = tf.cond(n > 0, lambda: self._run(images), lambda: tf.zeros_like(images))
+        return {DERAINED: derained}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    def derain_image(self, image_bytes):
+        n = tf.shape(image_bytes)[0]
+
+        def one(args):
+            data, index = args
+            head = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 12)]), 0, 12)
+            webp = tf.equal(tf.strings.substr(head, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4),
+                                                                                b"WEBP")
+            known = webp
+            for magic in _MAGIC_PREFIXES:
+                known = known | tf.equal(tf.strings.substr(head, 0, len(magic)), magic)
+            check = tf.debugging.Assert(known, [tf.strings.format(
+                "image_bytes[{}]: not a JPEG, PNG, GIF, BMP or WebP file (unrecognised header; send the "
+                "encoded file, base64 in a b64 object over REST)", index)])
+            with tf.control_dependencies([check]):
+                # float32 straight from the decoder (16-bit PNGs at full precision); WebP decodes
+                # only to uint8.
+                image = tf.cond(webp, lambda: tf.image.convert_image_dtype(tf.io.decode_image(
+                    data, channels=3, expand_animations=False, name="decode_image_bytes"), tf.float32),
+                    lambda: tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False,
+                                               name="decode_image_bytes"))
+            image = tf.ensure_shape(image, [None, None, 3])
+            derained = self._run(image[None])[0]
+            pixels = tf.cast(tf.floor(derained * 255.0 + 0.5), tf.uint8)
+            return tf.io.encode_png(pixels)
+
+        pngs = tf.map_fn(one, (image_bytes, tf.range(n)), fn_output_signature=tf.TensorSpec([], tf.string),
+                         parallel_iterations=1)
+        return {DERAINED_PNG_BYTES: pngs}
+
+    @tf.function(input_signature=[])
+    def metadata(self):
+        return {"method": tf.constant(self._method), "flags_json": tf.constant(self._flags_json),
+                "version": tf.constant(self._version)}
+
+
+def export_saved_model(model, export_base: str, *legacy, version: int | None = None, metadata: dict | None = None,
+                       overwrite: bool = False, model_name: str | None = None, server_config: bool = True) -> str:
+    """Write the SavedModel ``<export_base>/<version>/`` and return its path.
+
+    ``model``: an ``InferenceModel`` (``InferenceModel(trainer.inference_model(),
+    trainer.pad_multiple)``; a bare network with a ``pad_multiple`` attribute is wrapped);
+    ``version``: default the next integer; an existing version raises ``FileExistsError`` unless
+    ``overwrite``. ``metadata``: ``{"method": ..., "config": {flags}}``, served by the ``metadata``
+    signature and stored in ``assets.extra/erl_derain.json``. ``server_config``: also update the
+    server files in export_base's parent folder (``write_server_config``): ``models.config`` /
+    ``models.docker.config`` serve this version under ``model_name`` (default: the export_base
+    folder's name); ``batching_parameters.txt`` is written if missing.
+
+    Transition: the form before the multiple moved into ``InferenceModel``,
+    ``export_saved_model(network, multiple, export_base, [version, [metadata]], ...)``, is still
+    accepted."""
+    multiple = None
+    if legacy or (isinstance(export_base, int) and not isinstance(export_base, bool)):
+        if isinstance(export_base, bool) or not isinstance(export_base, int) or len(legacy) > 3:
+            raise TypeError("export_saved_model(model, export_base, *, version=None, metadata=None, ...): "
+                            "version and metadata are keyword arguments")
+        multiple, export_base, rest = export_base, legacy[0] if legacy else None, legacy[1:]
+        if export_base is None:
+            raise TypeError("export_saved_model(network, multiple, export_base, ...): export_base is missing")
+        if (rest and version is not None) or (len(rest) > 1 and metadata is not None):
+            raise TypeError("export_saved_model: version or metadata given twice")
+        version = rest[0] if rest else version
+        metadata = rest[1] if len(rest) > 1 else metadata
+    model = as_inference_model(model, multiple)
+    export_base = os.path.abspath(os.fspath(export_base))
+    model_name = model_name or os.path.basename(export_base)
+    version = next_version(export_base) if version is None else int(version)
+    if version < 0:
+        raise ValueError(f"version must be a non-negative integer, got {version}")
+    path = os.path.join(export_base, str(version))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists: choose another --version, or leave it out for the next one "
+                              f"({next_version(export_base)})")
+    metadata = dict(metadata or {})
+    method = str(metadata.get("method", ""))
+    flags_json = json.dumps(metadata.get("config", {}), sort_keys=True, default=str)
+    os.makedirs(export_base, exist_ok=True)
+    module = DerainModule(model, method, flags_json, version)
+    # Hidden, non-integer name: TF Serving's version poller ignores it.
+    tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tf.saved_model.save(module, tmp, signatures={
+            SERVING_DEFAULT: module.serve.get_concrete_function(),
+            DERAIN_IMAGE: module.derain_image.get_concrete_function(),
+            METADATA: module.metadata.get_concrete_function()})
+        info = {"method": method, "config": metadata.get("config", {}), "version": version,
+                "pad_multiple": model.pad_multiple, "model_name": model_name,
+                "signatures": {k: {"inputs": list(i), "outputs": list(o)} for k, (i, o) in SIGNATURE_IO.items()}}
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with open(os.path.join(tmp, EXPORT_INFO), "w") as f:  # inside the hidden folder: atomic with it
+            json.dump(info, f, indent=2, sort_keys=True, default=str)
+        _move_into_place(tmp, path, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if server_config:
+        write_server_config(export_base, model_name, version)
+    return path
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+    """Rename the finished export to its version folder (``os.rename`` refuses a non-empty target,
+    so two concurrent exports of one version cannot both succeed)."""
+    old = None
+    if overwrite and os.path.exists(path):
+        old = f"{os.path.dirname(path)}/.old-{os.path.basename(path)}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except OSError as e:
+        if old is not None:
+            os.rename(old, path)
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} appeared while exporting (another export?): not replaced") from e
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

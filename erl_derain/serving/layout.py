@@ -1,0 +1,47 @@
+"""The serving API's names and the export folder's layout, shared by the export, the server
+config files and the clients (standard library only: no TensorFlow).
+
+Signature, input and output names (keep in sync with the ``erl_derain.serving`` docstring), the
+file names next to the exports, and the two readers that need no TensorFlow: ``next_version``
+(the version folders of an ``export_base``) and ``read_export_info`` (``assets.extra/erl_derain.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+SERVING_DEFAULT = "serving_default"
+DERAIN_IMAGE = "derain_image"
+METADATA = "metadata"
+IMAGES = "images"
+DERAINED = "derained"
+IMAGE_BYTES = "image_bytes"
+DERAINED_PNG_BYTES = "derained_png_bytes"
+METADATA_OUTPUTS = ("method", "flags_json", "version")
+SIGNATURE_IO = {SERVING_DEFAULT: ((IMAGES,), (DERAINED,)),
+                DERAIN_IMAGE: ((IMAGE_BYTES,), (DERAINED_PNG_BYTES,)),
+                METADATA: ((), METADATA_OUTPUTS)}
+
+MODELS_CONFIG = "models.config"
+DOCKER_MODELS_CONFIG = "models.docker.config"
+BATCHING_PARAMETERS = "batching_parameters.txt"
+EXPORT_INFO = os.path.join("assets.extra", "erl_derain.json")
+DOCKER_MODELS_ROOT = "/models"
+
+
+def next_version(export_base: str) -> int:
+    """1 + the largest integer folder in ``export_base`` (1 when there is none)."""
+    if not os.path.isdir(export_base):
+        return 1
+    versions = [int(d) for d in os.listdir(export_base)
+                if re.fullmatch(r"\d+", d) and os.path.isdir(os.path.join(export_base, d))]
+    return max(versions, default=0) + 1
+
+
+def read_export_info(export_dir: str) -> dict:
+    """``assets.extra/erl_derain.json`` of one exported version: method, config (training flags),
+    version, pad_multiple, model_name, signatures. Plain JSON: no TensorFlow needed."""
+    with open(os.path.join(export_dir, EXPORT_INFO)) as f:
+        return json.load(f)

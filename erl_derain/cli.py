@@ -53,6 +53,11 @@ flags.DEFINE_list("lr_decay_epochs", None, "Multiply the learning rate by --lr_d
                   "each stage (MENET: 40,80); replaces the plateau rule.")
 flags.DEFINE_list("lr_decay_steps", None, "Same as --lr_decay_epochs in steps.")
 flags.DEFINE_float("lr_decay_factor", 0.1, "Factor of --lr_decay_epochs / --lr_decay_steps.")
+flags.DEFINE_list("lr_linear_decay_epochs", None, "N,D: the learning rate of each stage's epoch e (1-based) is "
+                  "lr * (1 - max(0, e + 1 - N) / (D + 1)): N - 1 epochs at lr, then a linear decay reaching 0 at "
+                  "epoch N + D (the pix2pix/CycleGAN 'linear' policy as the JRGR code's train.py applies it, at the "
+                  "start of every epoch; its defaults: 100,100). Replaces the plateau rule; not with "
+                  "--lr_decay_epochs / --lr_decay_steps.")
 flags.DEFINE_enum("crop_mode", "random", ["random", "ten_crop", "scale_rotate"], "Training crops: a random window "
                   "per example; MENET's ten crops of every image (corners + centre of it and of its mirror; 10 "
                   "examples per image); or the intensity-aware paper's random scale (0.5-1) + crop + flip + rotation.")
@@ -92,6 +97,10 @@ flags.DEFINE_enum("entanglement", "mlgd", ["mlgd", "clgd", "none"], "CLGD: bottl
 flags.DEFINE_enum("erl_strategy", "ma_d", ["ma_a", "ma_b", "ma_c", "ma_d", "dt", "memd"], "Training strategy (Table 1).")
 flags.DEFINE_integer("se_ratio", 16, "Squeeze-excitation reduction ratio inside FUS.")
 flags.DEFINE_float("lambda_fre", 0.01, "Weight of L_fre in L_ERL (Eq. 5).")
+flags.DEFINE_enum("erl_entangle_at", "post_activation", ["post_activation", "pre_activation"], "ERL-Net: add REN's "
+                  "taps to MEN's after each dense block's activation (Fig. 2's taps) or before it, the activation "
+                  "then applied to the sum (so R(x) can subtract; the rebuttal's Fig. R1 shows pre-ReLU "
+                  "activations); L_fre compares in the same space. docs/fidelity.md gives the measured comparison.")
 # -- MENET ------------------------------------------------------------------------------------------
 flags.DEFINE_integer("menet_blocks", 8, "MENET residual blocks: 8 (MENET), 16 (MENET-deep).")
 flags.DEFINE_boolean("menet_ca", True, "MENET channel-attention (CA) block.")
@@ -102,6 +111,12 @@ flags.DEFINE_list("task_weights", None, "Fixed weights, one per --tasks entry (d
                   "L_p + L_e fixed: 1,0.01).")
 flags.DEFINE_enum("texture_reduction", "frobenius", ["frobenius", "mean"], "L_t: the paper's squared Frobenius "
                   "norm of the Gram difference (Eq. 7) or the authors' code's squared difference of the Gram means.")
+flags.DEFINE_float("menet_value_range", 1.0, "MENET: the network and its task losses see images scaled to [0, this] "
+                   "(255: the authors' code, whose tables the flags/menet files reproduce; 1: [0, 1]); inputs and "
+                   "outputs of the library stay in [0, 1].")
+flags.DEFINE_enum("gb_arithmetic", "authors", ["authors", "stable"], "GB / LB weights: the authors' 1 - v_t / S in "
+                  "float32 (a dominant task's weight rounds to 0, as in their runs) or the other tasks' sum over S "
+                  "(the same in exact arithmetic, without the cancellation).")
 # -- intensity-aware network (iadn) ----------------------------------------------------------------
 flags.DEFINE_integer("iadn_width", 32, "iadn: trunk width (the paper gives none).")
 flags.DEFINE_integer("iadn_blocks", 3, "iadn: PHP blocks in sub-network 1 (and the segmentation network).")
@@ -120,6 +135,12 @@ flags.DEFINE_float("lambda_acc", 1.0, "iadn: weight of L_acc(X, X^gt) (lambda_2)
 flags.DEFINE_float("lambda_col", 0.1, "iadn: weight of the colour alignment L_col (lambda_3; 0: Table III without it).")
 flags.DEFINE_float("lambda_seg", 0.05, "iadn: weight of the semantic regularisation L_seg (lambda_4; used only "
                    "when the dataset has segmentation labels).")
+flags.DEFINE_enum("iadn_seg_net", "deraining", ["deraining", "sub1"], "iadn: structure of the segmentation network "
+                  "Phi: the deraining network's, both sub-networks (the paper), or sub-network 1 only (the "
+                  "structure of runs made before this flag, whose config.json lacks it and loads as sub1).")
+flags.DEFINE_list("exclude_rain_sizes", None, "Training data: leave out the examples with streaks of these sizes, by "
+                  "the dataset's rain_radius feature (cityscapes_rain): small (radius 0.2), medium (0.4, 0.6), large "
+                  "(0.8, 1.0); intensity-aware paper, Table IV w/o S / M / L. Epochs count the kept examples.")
 # -- JRGR -------------------------------------------------------------------------------------------
 flags.DEFINE_string("real_dataset", None, "jrgr: unpaired real rainy photos: a TFDS name (real_rain) or a folder.")
 flags.DEFINE_string("real_split", "train", "jrgr: split of --real_dataset.")
@@ -127,6 +148,10 @@ flags.DEFINE_string("real_manual_dir", None, "jrgr: manual_dir of --real_dataset
 flags.DEFINE_enum("real_small_images", "upscale", ["upscale", "error"], "jrgr: real photos smaller than the crop.")
 flags.DEFINE_enum("jrgr_strategy", "proposed", ["proposed", "init2", "init1"], "jrgr: Table 2 strategy: pre-train "
                   "F_s and F_r (proposed), F_s only (init2) or nothing (init1) before the joint stage.")
+flags.DEFINE_enum("jrgr_pretrain", "shared", ["shared", "separate"], "jrgr, --jrgr_strategy=proposed: pre-train "
+                  "one U-Net (F_s) and copy it into F_r when the joint stage starts (shared: the authors' code and "
+                  "README, one unetderain model loaded with --init_derain 1,3) or pre-train F_s and F_r side by "
+                  "side from their own initialisations (separate).")
 flags.DEFINE_integer("unet_depth", 7, "jrgr: down steps of the removal U-Nets (pad multiple 2**depth).")
 flags.DEFINE_integer("unet_filters", 64, "jrgr: base filters of the removal U-Nets.")
 flags.DEFINE_integer("resnet_blocks", 9, "jrgr: residual blocks of the generation nets.")
@@ -141,8 +166,10 @@ flags.DEFINE_float("lambda_adv_o", None, "jrgr: weight of L_adv^O alone (default
 flags.DEFINE_float("lambda_cyc", 1.0, "jrgr: weight of the cycle losses (0: w/o L_cyc).")
 flags.DEFINE_float("lambda_mse", 10.0, "jrgr: weight of the synthetic MSE (0: w/o L_mse).")
 flags.DEFINE_float("pretrain_lr", None, "jrgr: learning rate of the pre-training stage (default --lr).")
-flags.DEFINE_float("fr_lr_factor", 0.1, "jrgr: F_r's learning rate over the generation nets' (paper: 1/10).")
-flags.DEFINE_float("fs_lr_factor", 0.01, "jrgr: F_s's learning rate over the generation nets' (paper: 1/100).")
+flags.DEFINE_float("fr_lr_factor", None, "jrgr: F_r's joint-stage learning rate over the generation nets' "
+                   "(default: 0.1 when F_r was pre-trained (proposed), else 1: the code's rule).")
+flags.DEFINE_float("fs_lr_factor", None, "jrgr: F_s's joint-stage learning rate over the generation nets' "
+                   "(default: 0.01 when F_s was pre-trained (proposed, init2), else 1: the code's rule).")
 flags.DEFINE_float("beta_1", 0.5, "jrgr: Adam beta_1.")
 flags.DEFINE_integer("pool_size", 50, "jrgr: image pool of the discriminators' fake inputs.")
 flags.DEFINE_string("input_dir", None, "generate: folder of synthetic rainy images (or, with --clean_dir, of "
@@ -150,12 +177,20 @@ flags.DEFINE_string("input_dir", None, "generate: folder of synthetic rainy imag
 # -- evaluation / inference -------------------------------------------------------------------------
 flags.DEFINE_enum("y_rounding", "rounded", ["rounded", "unrounded"], "Y channel rounded to uint8 (MATLAB) or kept in double.")
 flags.DEFINE_integer("crop_border", 0, "Pixels removed from each side before PSNR/SSIM.")
+flags.DEFINE_enum("eval_protocol", "full_y", ["full_y", "ten_crop_rgb"], "evaluate: full_y = whole test images, "
+                  "Y (and RGB) PSNR/SSIM of the uint8 output; ten_crop_rgb = the MENET authors' protocol: the ten "
+                  "--eval_crop_size crops of each test image (corners + centre of it and of its mirror), the network "
+                  "run on each, RGB PSNR/SSIM (peak 255) of the unrounded output, mean over all crops.")
+flags.DEFINE_integer("eval_crop_size", 224, "evaluate --eval_protocol=ten_crop_rgb: side of the ten crops (MENET: 224).")
 flags.DEFINE_string("output", None, "evaluate / compare: output folder (per_image.csv, metrics.json, figures; "
                     "the cross-dataset table when evaluate gets several model_dirs or datasets).")
 flags.DEFINE_string("baseline", None, "compare: model_dir of the baseline (e.g. MEMD).")
 flags.DEFINE_string("candidate", None, "compare: model_dir of the candidate (e.g. ERL-Net).")
 flags.DEFINE_integer("figures", 4, "compare: images shown in the before/after grid and RIM overlays (0: none).")
 flags.DEFINE_integer("max_images", None, "evaluate: only the first N images.")
+flags.DEFINE_list("network", ["derain"], "evaluate: the network(s) scored, side by side: derain (default) or one the "
+                  "method offers besides, fed the input it translates (ERL-Net: clean_autoencoder, the clean-to-clean "
+                  "network of stage I, fed the clean images: the paper's introduction experiment).")
 flags.DEFINE_integer("tile", 512, "Images larger than this (pixels per side) are processed in overlapping tiles "
                      "(0: always whole images). derain: 512; evaluate/compare use whole images up to 1024 unless "
                      "--tile is given, so the standard benchmarks are evaluated whole, as in the papers.")
@@ -189,15 +224,18 @@ flags.DEFINE_boolean("rain_accumulation", False, "synthesize: add the JORDER vei
 
 # Flags that describe a training run (saved to <model_dir>/config.json).
 RUN_KEYS = ("method", "dataset", "clean_dir", "data_dir", "manual_dir", "seed", "batch_size", "crop_size", "flip", "channel_shuffle", "init_from", "stage_steps", "stage_epochs",
-            "lr", "lr_decay_epochs", "lr_decay_steps", "lr_decay_factor", "crop_mode", "menet_blocks", "menet_ca",
-            "tasks", "task_weighting", "task_weights", "texture_reduction", "iadn_width", "iadn_blocks",
+            "lr", "lr_decay_epochs", "lr_decay_steps", "lr_decay_factor", "lr_linear_decay_epochs", "crop_mode", "menet_blocks", "menet_ca",
+            "tasks", "task_weighting", "task_weights", "texture_reduction", "menet_value_range", "gb_arithmetic",
+            "iadn_width", "iadn_blocks",
             "iadn_refine_blocks", "php_groups", "php_mode", "contrast_pooling", "iadn_refinement", "iadn_filtered_gt",
-            "gaussian_kernel", "lambda_acc_c", "lambda_acc", "lambda_col", "lambda_seg", "real_dataset", "real_split",
-            "real_manual_dir", "real_small_images", "jrgr_strategy", "unet_depth", "unet_filters", "resnet_blocks",
+            "gaussian_kernel", "lambda_acc_c", "lambda_acc", "lambda_col", "lambda_seg", "iadn_seg_net",
+            "exclude_rain_sizes", "real_dataset", "real_split",
+            "real_manual_dir", "real_small_images", "jrgr_strategy", "jrgr_pretrain", "unet_depth", "unet_filters", "resnet_blocks",
             "gen_filters", "gen_norm", "disc_filters", "disc_layers", "jrgr_alpha", "lambda_adv", "lambda_adv_b",
             "lambda_adv_o", "lambda_cyc", "lambda_mse", "pretrain_lr", "fr_lr_factor", "fs_lr_factor", "beta_1",
             "pool_size", "lr_plateau_window", "lr_plateau_patience", "lr_plateau_factor", "min_lr", "widths",
             "bottleneck_width", "dense_layers", "growth", "se_ratio", "base", "entanglement", "erl_strategy", "lambda_fre",
+            "erl_entangle_at",
             "jit_compile", "mixed_precision", "strategy")
 
 
@@ -237,11 +275,25 @@ def _dataset_source(name: str, clean_dir: str | None):
     return name
 
 
+def _train_exclude() -> dict | None:
+    """--exclude_rain_sizes as the training stream's ``exclude`` (None when unset); a bad size or a
+    dataset without the rain_radius feature raise ValueError naming the flag."""
+    if not FLAGS.exclude_rain_sizes:
+        return None
+    from erl_derain.data import pipelines
+    from tfds_builders.cityscapes_rain.cityscapes_rain_dataset_builder import exclude_rain_sizes
+
+    source = _dataset_source(FLAGS.dataset, FLAGS.clean_dir)
+    folder = isinstance(source, str) and source.startswith(pipelines.FOLDER_PREFIX)
+    features = [] if folder else list(pipelines.load_builder(source, FLAGS.data_dir).info.features.keys())
+    return exclude_rain_sizes(FLAGS.exclude_rain_sizes, features, dataset=FLAGS.dataset)
+
+
 def _steps_per_epoch(global_batch: int) -> float:
     from erl_derain.data import pipelines
 
     n = pipelines.num_examples(_dataset_source(FLAGS.dataset, FLAGS.clean_dir), FLAGS.split or "train",
-                               data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
+                               data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir, exclude=_train_exclude())
     if FLAGS.crop_mode == "ten_crop":
         n *= pipelines.TEN_CROPS
     return n / global_batch
@@ -252,6 +304,17 @@ def _lr_schedule(config, global_batch: int):
 
     if FLAGS.lr_decay_epochs and FLAGS.lr_decay_steps:
         raise UsageError("give --lr_decay_epochs or --lr_decay_steps, not both")
+    if FLAGS.lr_linear_decay_epochs:
+        if FLAGS.lr_decay_epochs or FLAGS.lr_decay_steps:
+            raise UsageError("give --lr_linear_decay_epochs or --lr_decay_epochs / --lr_decay_steps, not both")
+        try:
+            constant, decay = (int(v) for v in FLAGS.lr_linear_decay_epochs)
+            if constant < 0 or decay < 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError("--lr_linear_decay_epochs must be two whole numbers >= 0, N,D (epochs at the initial "
+                             f"rate, epochs of linear decay), got {','.join(FLAGS.lr_linear_decay_epochs)}") from None
+        return training.LinearDecaySchedule(config["lr"], constant, decay, _steps_per_epoch(global_batch))
     if FLAGS.lr_decay_steps:
         boundaries = [int(s) for s in FLAGS.lr_decay_steps]
     elif FLAGS.lr_decay_epochs:
@@ -310,7 +373,8 @@ def cmd_train():
     cache = None if FLAGS.cache_mb is None else FLAGS.cache_mb * 2**20
     stream = dict(batch_size=global_batch, crop_size=FLAGS.crop_size, training=True, seed=FLAGS.seed,
                   data_dir=FLAGS.data_dir, flip=FLAGS.flip, shuffle_buffer=FLAGS.shuffle_buffer,
-                  manual_dir=FLAGS.manual_dir, crop_mode=FLAGS.crop_mode, cache_limit_bytes=cache)
+                  manual_dir=FLAGS.manual_dir, crop_mode=FLAGS.crop_mode, cache_limit_bytes=cache,
+                  exclude=_train_exclude())
     pipelines.paired_dataset(dataset, split, **stream)  # a bad dataset fails before any training work starts
 
     def paired_fn(start_index: int) -> tf.data.Dataset:
@@ -402,32 +466,50 @@ def _eval_tile() -> int:
 
 def _eval_settings(dataset: str, split: str) -> dict:
     """What an evaluate / compare result depends on besides the model(s), recorded with it."""
-    return {"dataset": dataset, "split": split, "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
-            "self_ensemble": FLAGS.self_ensemble}
+    settings = {"dataset": dataset, "split": split, "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
+                "self_ensemble": FLAGS.self_ensemble, "eval_protocol": FLAGS.eval_protocol}
+    if FLAGS.eval_protocol == "ten_crop_rgb":  # (Y rounding and crop_border do not apply to it)
+        settings["eval_crop_size"] = FLAGS.eval_crop_size
+    return settings
 
 
 def _safe_name(dataset: str) -> str:
     return dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
 
 
-def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None, output=None):
+def _evaluate(model, multiple, model_dir, dataset, split, clean_dir=None, output=None, network="derain",
+              input_key="rainy"):
     from erl_derain import evaluation
 
     ds = _eval_dataset(dataset, split, clean_dir)
-    print(f"Evaluating {model_dir or 'the model'} on {dataset} [{split}] (full-size images, Y channel "
-          f"{FLAGS.y_rounding}):", flush=True)
-    rows = evaluation.evaluate(_predict_fn(model), multiple, ds, rounded=FLAGS.y_rounding == "rounded",
-                               crop_border=FLAGS.crop_border, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap,
-                               max_images=FLAGS.max_images)
+    what = "" if network == "derain" else f" network {network} (fed the {input_key} images)"
+    ten_crop = FLAGS.eval_protocol == "ten_crop_rgb"
+    if ten_crop:
+        print(f"Evaluating {model_dir or 'the model'}{what} on {dataset} [{split}] (the ten {FLAGS.eval_crop_size}x"
+              f"{FLAGS.eval_crop_size} crops of each image, RGB, unrounded: --eval_protocol=ten_crop_rgb):", flush=True)
+        rows = evaluation.evaluate_ten_crop(_predict_fn(model), multiple, ds, crop_size=FLAGS.eval_crop_size,
+                                            max_images=FLAGS.max_images, input_key=input_key)
+    else:
+        print(f"Evaluating {model_dir or 'the model'}{what} on {dataset} [{split}] (full-size images, Y channel "
+              f"{FLAGS.y_rounding}):", flush=True)
+        rows = evaluation.evaluate(_predict_fn(model), multiple, ds, rounded=FLAGS.y_rounding == "rounded",
+                                   crop_border=FLAGS.crop_border, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap,
+                                   max_images=FLAGS.max_images, input_key=input_key)
     summary = evaluation.summarize(rows)
-    out_dir = output or os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}")
-    settings = _eval_settings(dataset, split)
+    suffix = "" if network == "derain" else f"_{network}"
+    out_dir = output or os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}{suffix}")
+    settings = {**_eval_settings(dataset, split), "network": network, "network_input": input_key}
     csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra={**settings, "model_dir": model_dir})
-    if model_dir and os.path.isdir(model_dir):  # the latest evaluation, with the settings that produced it
+    if model_dir and os.path.isdir(model_dir) and network == "derain":  # the latest evaluation, with its settings
         evaluation.write_json(os.path.join(model_dir, "metrics.json"), {**settings, **summary})
-    print(f"Mean over {summary['num_images']} images: Y-PSNR {summary['input_psnr_y']:.2f} (rainy) -> "
-          f"{summary['psnr_y']:.2f} dB ({summary['gain_psnr_y']:+.2f}), Y-SSIM {summary['input_ssim_y']:.4f} -> "
-          f"{summary['ssim_y']:.4f}; RGB PSNR {summary['input_psnr_rgb']:.2f} -> {summary['psnr_rgb']:.2f} dB")
+    if ten_crop:
+        print(f"Mean over {summary['num_crops']} crops of {summary['num_images']} images: RGB-PSNR "
+              f"{summary['input_psnr_rgb']:.2f} (rainy) -> {summary['psnr_rgb']:.2f} dB ({summary['gain_psnr_rgb']:+.2f}), "
+              f"RGB-SSIM {summary['input_ssim_rgb']:.4f} -> {summary['ssim_rgb']:.4f}")
+    else:
+        print(f"Mean over {summary['num_images']} images: Y-PSNR {summary['input_psnr_y']:.2f} (rainy) -> "
+              f"{summary['psnr_y']:.2f} dB ({summary['gain_psnr_y']:+.2f}), Y-SSIM {summary['input_ssim_y']:.4f} -> "
+              f"{summary['ssim_y']:.4f}; RGB PSNR {summary['input_psnr_rgb']:.2f} -> {summary['psnr_rgb']:.2f} dB")
     print(f"Per-image results: {csv_path}; summary: {json_path}", flush=True)
     return summary
 
@@ -443,14 +525,33 @@ def cmd_evaluate():
     model_dirs = _split_list(_require("model_dir"))
     datasets = _split_list(FLAGS.dataset) if FLAGS["dataset"].present else []
     split = FLAGS.split or "test"
+    networks = list(dict.fromkeys(FLAGS.network or ["derain"]))
+    if networks != ["derain"] and (len(model_dirs) > 1 or len(datasets) > 1):
+        raise UsageError("--network scores other networks of one --model_dir on one --dataset")
     if len(model_dirs) == 1 and len(datasets) <= 1:
         trainer, config = load_trainer(model_dirs[0])
         if datasets:
             dataset, clean_dir = datasets[0], FLAGS.clean_dir
         else:
             dataset, clean_dir = config.get("dataset", FLAGS.dataset), FLAGS.clean_dir or config.get("clean_dir")
-        _evaluate(trainer.inference_model(), trainer.pad_multiple, model_dirs[0], dataset, split, clean_dir,
-                  output=FLAGS.output)
+        offered = (trainer.evaluation_networks() if hasattr(trainer, "evaluation_networks")
+                   else {"derain": (trainer.inference_model(), "rainy")})
+        unknown = [n for n in networks if n not in offered]
+        if unknown:
+            raise UsageError(f"--network={','.join(unknown)}: {model_dirs[0]} ({config.get('method')}) offers "
+                             f"{', '.join(offered)}")
+        results = {}
+        for name in networks:
+            model, input_key = offered[name]
+            output = FLAGS.output if len(networks) == 1 or not FLAGS.output else os.path.join(FLAGS.output, name)
+            results[name] = _evaluate(model, trainer.pad_multiple, model_dirs[0], dataset, split, clean_dir,
+                                      output=output, network=name, input_key=input_key)
+        if len(networks) > 1:
+            channel = "Y" if all("psnr_y" in s for s in results.values()) else "RGB"
+            key = channel.lower()
+            print(f"network             input   {channel}-PSNR   {channel}-SSIM")
+            for name, s in results.items():
+                print(f"{name:<19} {offered[name][1]:<7} {s['psnr_' + key]:7.2f}   {s['ssim_' + key]:.4f}")
         return 0
     # Cross-dataset evaluation: every model on every dataset (default: each model's own training set).
     runs = [(m, *load_trainer(m)) for m in model_dirs]
@@ -477,6 +578,9 @@ def cmd_compare():
     from erl_derain.training import load_trainer
 
     baseline_dir, candidate_dir = _require("baseline"), _require("candidate")
+    if FLAGS.eval_protocol != "full_y":
+        raise UsageError(f"compare dissects whole images on the Y channel; --eval_protocol={FLAGS.eval_protocol} is "
+                         "for evaluate")
     base_trainer, base_config = load_trainer(baseline_dir)
     cand_trainer, cand_config = load_trainer(candidate_dir)
     if FLAGS["dataset"].present:
@@ -547,13 +651,8 @@ def _expand_inputs(paths: list[str]) -> list[str]:
     return files
 
 
-def _output_path(path: str, output_dir: str) -> str:
-    stem, ext = os.path.splitext(os.path.basename(path))
-    fmt = FLAGS.output_format
-    return os.path.join(output_dir, stem + (ext if fmt == "same" else "." + fmt))
-
-
 def _derain_via_server(args: list[str]):
+    from erl_derain import photos
     from erl_derain.serving import ServerUnavailable, derain_files_via_server
 
     output_dir, model_name = _require("output_dir"), _require("model_name")
@@ -568,15 +667,12 @@ def _derain_via_server(args: list[str]):
             tile_overlap=FLAGS.tile_overlap)
     except (ServerUnavailable, ImportError) as e:
         raise UsageError(str(e)) from e
-    print(f"De-rained {written} image(s) into {output_dir} via {FLAGS.server}; {skipped} skipped (exist, use "
-          f"--overwrite); {len(failures)} failed")
-    for p, e in failures:
-        print(f"  failed: {p}: {e}", file=sys.stderr)
-    return 1 if failures else 0
+    return photos.report(written, skipped, failures, output_dir, via=FLAGS.server)
 
 
 def cmd_derain(args: list[str]):
-    from erl_derain.inference import derain_file
+    from erl_derain import photos
+    from erl_derain.inference import as_inference_model
     from erl_derain.training import load_trainer
 
     if FLAGS.server:
@@ -597,35 +693,15 @@ def cmd_derain(args: list[str]):
         trainer, _ = load_pretrained_trainer()
         print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
               flush=True)
-    predict = _predict_fn(trainer.inference_model())
-    os.makedirs(output_dir, exist_ok=True)
-    failures, written, skipped = [], 0, 0
-    for path in files:
-        out_path = _output_path(path, output_dir)
-        if os.path.exists(out_path) and not FLAGS.overwrite:
-            skipped += 1
-            continue
-        try:
-            info = derain_file(predict, trainer.pad_multiple, path, out_path, tile=FLAGS.tile,
-                               overlap=FLAGS.tile_overlap)
-            written += 1
-            rows, cols = info["tiles"]
-            tiles = f", {rows}x{cols} tiles" if rows * cols > 1 else ""
-            print(f"  {path} ({info['width']}x{info['height']} {info['mode']} {info['bit_depth']}-bit{tiles}, "
-                  f"{info['seconds']:.1f} s) -> {out_path}", flush=True)
-        except Exception as e:  # one bad file must not stop the others
-            failures.append((path, str(e)))
-            print(f"  FAILED {path}: {e}", file=sys.stderr, flush=True)
-    print(f"De-rained {written} image(s) into {output_dir}; {skipped} skipped (exist, use --overwrite); "
-          f"{len(failures)} failed")
-    if failures:
-        for p, e in failures:
-            print(f"  failed: {p}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    model = as_inference_model(_predict_fn(trainer.inference_model()), trainer.pad_multiple)
+    run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
+    written, skipped, failures = photos.derain_photos(files, output_dir, run, output_format=FLAGS.output_format,
+                                                      overwrite=FLAGS.overwrite)
+    return photos.report(written, skipped, failures, output_dir)
 
 
 def cmd_export():
+    from erl_derain.inference import as_inference_model
     from erl_derain.serving import export_saved_model, server_command_lines
     from erl_derain.training import load_trainer
 
@@ -637,8 +713,9 @@ def cmd_export():
         config = info["config"]
     else:
         trainer, config = load_trainer(_require("model_dir"))
-    path = export_saved_model(trainer.inference_model(), trainer.pad_multiple, export_base, FLAGS.version,
-                              metadata={"method": config["method"], "config": config}, overwrite=FLAGS.overwrite)
+    path = export_saved_model(as_inference_model(trainer.inference_model(), trainer.pad_multiple), export_base,
+                              version=FLAGS.version, metadata={"method": config["method"], "config": config},
+                              overwrite=FLAGS.overwrite)
     lines = server_command_lines(export_base)
     print(f"Exported SavedModel to {path}: signatures serving_default (images -> derained), derain_image "
           f"(image_bytes -> derained_png_bytes), metadata")

@@ -3,6 +3,8 @@
 Full-size test images (no cropping to the training patch), padded to the network's multiple and
 cropped back; per-image Y-channel and RGB PSNR/SSIM of the output and of the rainy input (the
 baseline every paper's table starts from), written as CSV (per image) and JSON (means).
+``evaluate_ten_crop`` is the MENET authors' protocol instead (``--eval_protocol=ten_crop_rgb``): the
+ten 224x224 crops of every test image, scored on RGB without rounding.
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ import math
 import os
 import time
 
+import numpy as np
+import tensorflow as tf
+
 from erl_derain import metrics
-from erl_derain.inference import derain_image
+from erl_derain.inference import apply_padded, derain_image
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 
 
 def evaluate(predict, multiple: int, dataset, *, rounded: bool = True, crop_border: int = 0,
              tile: int = 0, tile_overlap: int = 32, max_images: int | None = None,
-             progress: bool = True) -> list[dict]:
-    """``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]) and ``name``."""
+             progress: bool = True, input_key: str = "rainy") -> list[dict]:
+    """``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]) and ``name``. The network
+    reads ``ex[input_key]`` (the ``input_`` columns score that input): ``"clean"`` for a network that
+    translates clean images (ERL-Net's clean-to-clean autoencoder, the introduction's experiment)."""
     rows = []
     for i, ex in enumerate(dataset):
         if max_images is not None and i >= max_images:
             break
-        rainy = ex["rainy"].numpy()[0]
+        rainy = ex[input_key].numpy()[0]
         clean = ex["clean"].numpy()[0]
         name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
         t0 = time.time()
@@ -46,18 +53,104 @@ def evaluate(predict, multiple: int, dataset, *, rounded: bool = True, crop_bord
     return rows
 
 
+# --------------------------------------------------------------------------------------------------
+# MENET's protocol: the ten crops of every test image, RGB, unrounded
+# --------------------------------------------------------------------------------------------------
+
+#: ``--eval_protocol``: whole images on the Y channel (``evaluate``), or the MENET authors' ten crops.
+PROTOCOLS = ("full_y", "ten_crop_rgb")
+TEN_CROP_KEYS = ("psnr_rgb", "ssim_rgb")
+
+
+def ten_crop_boxes(height: int, width: int, crop_size: int) -> list[tuple[bool, int, int]]:
+    """``(mirrored, top, left)`` of the ten crops, in the order of the authors' ``FiveCrop(crop,
+    horizontal_flip=True)`` (SumiHui/MENET ``heavy/utils/transforms.py``): top-left, top-right,
+    bottom-left, bottom-right and centre of the image, then the same of its left-right mirror
+    (``left`` counted on the mirrored image). The centre starts at Python's ``round((h - c) / 2)``
+    (halves to even), as theirs."""
+    if crop_size < 1 or crop_size > min(height, width):
+        raise ValueError(f"--eval_crop_size={crop_size}: the ten crops need test images of at least that size, "
+                         f"got one of {width}x{height} (WxH)")
+    dh, dw = height - crop_size, width - crop_size
+    corners = [(0, 0), (0, dw), (dh, 0), (dh, dw), (int(round(dh / 2)), int(round(dw / 2)))]
+    return [(mirrored, top, left) for mirrored in (False, True) for top, left in corners]
+
+
+def ten_crops(image: np.ndarray, crop_size: int) -> np.ndarray:
+    """The ten ``crop_size`` crops of an ``H x W x C`` image (:func:`ten_crop_boxes`): ``[10, c, c, C]``."""
+    image = np.asarray(image)
+    out = []
+    for mirrored, top, left in ten_crop_boxes(image.shape[0], image.shape[1], crop_size):
+        source = image[:, ::-1] if mirrored else image
+        out.append(source[top:top + crop_size, left:left + crop_size])
+    return np.stack(out)
+
+
+def _rgb_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
+    """PSNR and SSIM (mean of the per-channel SSIMs) of two float images on the 0..255 scale,
+    unrounded: what ``tf.image.psnr`` / ``tf.image.ssim`` with ``max_val=255`` compute (11x11 Gaussian,
+    sigma 1.5, K1 0.01, K2 0.03, valid filtering), here in float64."""
+    return {"psnr_rgb": metrics.psnr(pred, target),
+            "ssim_rgb": float(np.mean([metrics.ssim(pred[..., c], target[..., c]) for c in range(pred.shape[-1])]))}
+
+
+def evaluate_ten_crop(predict, multiple: int, dataset, *, crop_size: int = 224, max_images: int | None = None,
+                      progress: bool = True, input_key: str = "rainy") -> list[dict]:
+    """The MENET authors' protocol (``--eval_protocol=ten_crop_rgb``): each test image is cut into its
+    ten ``crop_size`` crops (:func:`ten_crops`; their ``heavy/build_h5_dataset.py`` with
+    ``horizontal_flip``), the network runs on every crop (BatchNorm with its moving averages, as their
+    ``Model("eval")``), and PSNR / SSIM are taken on RGB in [0, 255] without rounding the output
+    (their ``heavy/validation.py``: ``tf.image.psnr`` / ``tf.image.ssim``, ``max_val=255``). One row per
+    image holds the means over its ten crops; the mean over the images is then the mean over all
+    crops, the number their tables report (they average over batches of 20 crops, leaving out a last
+    partial batch; with 100 test images there is none).
+
+    ``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3] in [0, 1]) and ``name``."""
+    rows = []
+    for i, ex in enumerate(dataset):
+        if max_images is not None and i >= max_images:
+            break
+        rainy = ex[input_key].numpy()[0]
+        clean = ex["clean"].numpy()[0]
+        name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
+        rainy_crops, clean_crops = ten_crops(rainy, crop_size), ten_crops(clean, crop_size)
+        t0 = time.time()
+        out = apply_padded(predict, tf.constant(rainy_crops, tf.float32), multiple).numpy()
+        seconds = time.time() - t0
+        per_crop = {}
+        for prefix, images in (("", out), ("input_", rainy_crops)):
+            for pred, target in zip(images, clean_crops):
+                for k, v in _rgb_metrics(pred.astype(np.float64) * 255.0, target.astype(np.float64) * 255.0).items():
+                    per_crop.setdefault(prefix + k, []).append(v)
+        row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "crops": len(clean_crops),
+               "seconds": seconds}
+        row.update({k: float(np.mean(v)) for k, v in per_crop.items()})
+        rows.append(row)
+        if progress:
+            print(f"  {name}: RGB-PSNR {row['input_psnr_rgb']:.2f} -> {row['psnr_rgb']:.2f} dB, "
+                  f"RGB-SSIM {row['input_ssim_rgb']:.4f} -> {row['ssim_rgb']:.4f} (mean of {row['crops']} crops)",
+                  flush=True)
+    if not rows:
+        raise ValueError("the evaluation split holds no images")
+    return rows
+
+
 def summarize(rows: list[dict]) -> dict:
     """Means over the images (finite values only, see ``metrics.summarize``) and the gains over the
-    rainy input."""
+    rainy input (on Y, or on RGB for rows of :func:`evaluate_ten_crop`, which have no Y columns)."""
     means = metrics.summarize(rows)
     out = {"num_images": means["num_images"]}
     for prefix in ("", "input_"):
         for k in METRIC_KEYS:
+            if prefix + k not in means:  # the ten-crop protocol scores RGB only
+                continue
             out[prefix + k] = means[prefix + k]
             if k.startswith("psnr"):
                 out[f"{prefix}{k}_num_inf"] = means.get(f"{prefix}{k}_num_inf", 0)
-    out["gain_psnr_y"] = out["psnr_y"] - out["input_psnr_y"]
-    out["gain_ssim_y"] = out["ssim_y"] - out["input_ssim_y"]
+    for k in ("psnr_y", "ssim_y") if "psnr_y" in out else TEN_CROP_KEYS:
+        out[f"gain_{k}"] = out[k] - out[f"input_{k}"]
+    if "crops" in means:
+        out["num_crops"] = int(sum(r["crops"] for r in rows))
     out["seconds_per_image"] = means["seconds"]
     return out
 
@@ -185,10 +278,14 @@ def cross_dataset_table(results: dict, output_dir: str, *, digits: int = 2) -> t
         cells = []
         for c in cols:
             s = results.get((r, c))
-            cells.append(f"{s['psnr_y']:.{digits}f} / {s['ssim_y']:.4f}" if s else "")
+            p, q = ("psnr_y", "ssim_y") if not s or "psnr_y" in s else TEN_CROP_KEYS  # ten-crop: RGB only
+            cells.append(f"{s[p]:.{digits}f} / {s[q]:.4f}" if s else "")
         md.append(f"| {r} | " + " | ".join(cells) + " |")
     md.append("")
-    md.append("Y-channel PSNR (dB) / SSIM of the derained test images, mean over each test set.")
+    if any("psnr_y" not in s for s in results.values()):
+        md.append("RGB PSNR (dB) / SSIM, unrounded, mean over the ten crops of every test image (MENET's protocol).")
+    else:
+        md.append("Y-channel PSNR (dB) / SSIM of the derained test images, mean over each test set.")
     md_path = os.path.join(output_dir, "cross_dataset.md")
     with open(md_path, "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")

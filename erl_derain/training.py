@@ -56,13 +56,7 @@ def learning_rate_of(optimizer) -> float:
     return float(tf.convert_to_tensor(optimizer.learning_rate))
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from erl_derain.fileio import atomic_write_text  # noqa: E402,F401  (the shared helper; kept importable here)
 
 
 def read_config(model_dir: str) -> dict:
@@ -102,6 +96,38 @@ class StepSchedule:
     def __call__(self, step: int) -> float:
         """Learning rate of (1-based) step ``step``: the first step after a boundary is decayed."""
         return self.base_lr * self.factor ** sum(step > b for b in self.boundaries)
+
+
+class LinearDecaySchedule:
+    """Constant, then linear decay to zero, per epoch (the pix2pix / CycleGAN "linear" policy): the
+    learning rate of (1-based) epoch ``e`` of a stage is
+    ``base * max(0, 1 - max(0, e + offset - constant_epochs) / (decay_epochs + 1))``.
+    ``offset=1`` is that rule applied at the start of every epoch (the scheduler stepped before the
+    epoch's first batch, starting epoch 1): epochs ``1 .. constant_epochs - 1`` at ``base``, then
+    ``1 - 1/(D + 1), 1 - 2/(D + 1), ...``, epoch ``constant_epochs + decay_epochs`` at 0. ``offset=0``
+    steps it at the end of every epoch (``constant_epochs`` full epochs, the last at ``base / (D + 1)``).
+    Stage step ``s`` (1-based) is in epoch ``floor((s - 1) / steps_per_epoch) + 1``. A pure function of
+    the step, so a resumed run continues on the same schedule."""
+
+    def __init__(self, base_lr: float, constant_epochs: int, decay_epochs: int, steps_per_epoch: float,
+                 offset: int = 1):
+        self.base_lr = float(base_lr)
+        self.constant_epochs, self.decay_epochs, self.offset = int(constant_epochs), int(decay_epochs), int(offset)
+        self.steps_per_epoch = float(steps_per_epoch)
+        if self.constant_epochs < 0 or self.decay_epochs < 0:
+            raise TrainingError(f"linear decay needs epochs >= 0, got {self.constant_epochs} constant and "
+                                f"{self.decay_epochs} decay epochs")
+        if not self.steps_per_epoch > 0:
+            raise TrainingError(f"linear decay needs a positive number of steps per epoch, got {steps_per_epoch}")
+
+    def epoch_of(self, step: int) -> int:
+        return int(math.floor((int(step) - 1) / self.steps_per_epoch + 1e-9)) + 1
+
+    def __call__(self, step: int) -> float:
+        """Learning rate of (1-based) stage step ``step``."""
+        e = self.epoch_of(step)
+        factor = 1.0 - max(0, e + self.offset - self.constant_epochs) / float(self.decay_epochs + 1)
+        return self.base_lr * max(0.0, factor)
 
 
 class PlateauSchedule(tf.Module):
@@ -174,7 +200,12 @@ class StateBackup:
     def __init__(self, trainer):
         self.variables = []
         for item in trainer.checkpoint_items().values():
-            self.variables += list(item.weights if isinstance(item, keras.Layer) else item.variables)
+            if isinstance(item, tf.Variable):  # a trainer's own counter (e.g. one that keys its random draws)
+                self.variables.append(item)
+            else:
+                self.variables += list(item.weights if isinstance(item, keras.Layer) else item.variables)
+        # State a step changes that is not checkpointed (e.g. image pools refilled on resume)
+        self.variables += list(getattr(trainer, "step_state_variables", lambda: [])())
         self.copies = [tf.Variable(v, trainable=False) for v in self.variables]
         self.save = tf.function(lambda: [c.assign(v) for c, v in zip(self.copies, self.variables)] and None)
         self.restore = tf.function(lambda: [v.assign(c) for c, v in zip(self.copies, self.variables)] and None)
@@ -269,7 +300,7 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     chief writes the config, summaries and checkpoints. ``stop_after`` > 0: stop after that many steps
     of this call with a checkpoint (a job slot shorter than the run); the next call resumes.
 
-    ``lr_schedule`` (a StepSchedule) sets every stage's learning rate from its step; it replaces the
+    ``lr_schedule`` (a StepSchedule or LinearDecaySchedule) sets every stage's learning rate from its step; it replaces the
     plateau rule. ``on_nan``: a non-finite loss stops training naming the step, the batch's files and
     the loss terms, keeping the last good checkpoint (``"stop"``), or undoes that step and goes on with
     the next batch (``"skip_batch"``; more than ``max_skipped`` in a row stop training).
@@ -438,6 +469,11 @@ def load_trainer(model_dir: str):
     trainer = make_trainer(config)
     trainer.build_networks()
     run = Run(model_dir, trainer)
-    if run.restore(networks_only=True) is None:
+    path = run.restore(networks_only=True)
+    if path is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, 'checkpoints')}: train first")
+    if hasattr(trainer, "set_progress"):  # the inference network as trained so far (a run stopped early)
+        progress = tf.train.Checkpoint(stage=run.stage, step=run.step)
+        progress.read(path).expect_partial()
+        trainer.set_progress(int(run.stage), int(run.step))
     return trainer, config

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -166,6 +167,10 @@ def test_flagfiles_parse_and_match_their_strategy(flagfile):
             strategy, entanglement = rest.rsplit("_", 1)
             assert (config["dataset"], config["erl_strategy"], config["entanglement"]) == (ds, strategy, entanglement)
             assert (config["crop_size"], config["batch_size"], config["lr"], config["lambda_fre"]) == (320, 1, 4e-4, 0.01)
+        # What a flagfile's comment says the epochs add to is what its values add to.
+        claim = re.search(r"add to (\d+) epochs", " ".join(flagfile.read_text().split()))
+        if claim and flags.FLAGS.stage_epochs:
+            assert sum(float(e) for e in flags.FLAGS.stage_epochs) == float(claim.group(1)), flagfile
         if flagfile.parent.name == "menet":
             ds, rest = flagfile.stem.split("_", 1)
             assert config["dataset"] == ds and config["method"] == "menet"

@@ -369,13 +369,15 @@ def test_tfds_evaluation_and_in_graph_crop_check(tfds_dir):
 
 
 def test_tfds_bad_split_and_unknown_dataset(tfds_dir):
+    from erl_derain import datasets  # what entry points import: names resolve, unknown ones are listed
+
     with pytest.raises(DatasetError, match="no split 'validation'"):
         paired_dataset("pipeline_test_pairs", "validation", data_dir=tfds_dir)
     with pytest.raises(DatasetError) as info:
         paired_dataset("no_such_rain_dataset", data_dir=tfds_dir)
     message = str(info.value)
     assert "no_such_rain_dataset" in message and "folder:" in message
-    for name in pipelines.available_builders():
+    for name in datasets.available_builders():
         assert name in message
 
 
@@ -393,8 +395,9 @@ def test_ten_crop_yields_every_corner_centre_and_mirror_once(tmp_path):
         clean = cv2.imread(str(root / "clean" / f"{name}.png"))[..., ::-1].astype(np.float32) / 255
         expected = []
         for r, c in ((rainy, clean), (rainy[:, ::-1], clean[:, ::-1])):
-            # 20x27 image, 8x8 crops: tops 0, 0, 12, 12, 6; lefts 0, 19, 0, 19, 9
-            for top, left in ((0, 0), (0, 19), (12, 0), (12, 19), (6, 9)):
+            # 20x27 image, 8x8 crops: tops 0, 0, 12, 12, 6; lefts 0, 19, 0, 19, 10 (the centre at the
+            # authors' round(19 / 2) = 10, Python rounding halves to even)
+            for top, left in ((0, 0), (0, 19), (12, 0), (12, 19), (6, 10)):
                 expected.append((r[top:top + 8, left:left + 8], c[top:top + 8, left:left + 8]))
         mine = [(r, c) for n, r, c in got if n == name]
         assert len(mine) == 10
@@ -412,9 +415,11 @@ def test_ten_crop_from_tfds_records(tmp_path):
     """The TFDS path of ten_crop: one epoch holds every image exactly ten times, crops of one size."""
     from pathlib import Path
 
+    from erl_derain import datasets
+
     dummy = Path(__file__).resolve().parents[1] / "tfds_builders" / "rain100h" / "dummy_data"
-    builder = pipelines.load_builder("rain100h", str(tmp_path / "tfds"))
-    pipelines.prepare(builder, manual_dir=str(dummy))
+    builder = datasets.load_builder("rain100h", str(tmp_path / "tfds"))
+    datasets.prepare(builder, manual_dir=str(dummy))
     n = builder.info.splits["train"].num_examples
     ds = paired_dataset("rain100h", "train", data_dir=str(tmp_path / "tfds"), batch_size=1, crop_size=8,
                         crop_mode="ten_crop", seed=1)

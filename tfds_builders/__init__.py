@@ -6,6 +6,10 @@ manual_dir:
 ``tfds.builder(name, data_dir=...).download_and_prepare(
 download_config=tfds.download.DownloadConfig(manual_dir=...))``; their shared code is
 ``tfds_builders.paired_common``.
+
+The builders use ``erl_derain.data`` (``image_io``, ``rain_synthesis``); the data layer never imports
+this package. The catalog ``erl_derain.datasets`` imports it (so TFDS knows the names) and resolves
+names to builders (``load_builder``, ``prepared_builder``, ``available_builders``).
 """
 
 from tfds_builders.synthetic_rain import synthetic_rain_dataset_builder  # noqa: F401  (registers 'synthetic_rain')

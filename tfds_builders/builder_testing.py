@@ -273,8 +273,8 @@ def symlink(link: Path, target: Path) -> Path:
 
 
 def shared_data_dir() -> Path | None:
-    """The shared real data (``$ERL_DERAIN_SHARED_DATA`` or ``../shared/data`` next to the repo), as
-    ``tests/conftest.py`` finds it; None when absent."""
+    """The shared real data (``$ERL_DERAIN_SHARED_DATA``, by default a ``shared/data`` folder beside
+    the checkout), as ``tests/conftest.py`` finds it; None when absent."""
     env = os.environ.get("ERL_DERAIN_SHARED_DATA")
     path = Path(env) if env else PACKAGE_DIR.parents[1] / "shared" / "data"
     return path if path.is_dir() else None

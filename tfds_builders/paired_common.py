@@ -17,7 +17,7 @@ This module holds everything they share:
 * the Rain100H / Rain100L family (`Rain100Builder`): one base for both builders and all the layouts
   their redistributions use.
 
-All errors are ``ValueError`` subclasses so that callers (``erl_derain.data.pipelines.prepare``) can
+All errors are ``ValueError`` subclasses so that callers (``erl_derain.data.streams.prepare``) can
 wrap them. The manual_dir must be a local folder (the TFDS ``data_dir`` that receives the TFRecords
 may be anywhere ``tf.io.gfile`` reaches).
 """

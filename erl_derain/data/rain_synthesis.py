@@ -11,7 +11,7 @@ The paper's recipe (its dataset was made in Photoshop; this is the same recipe i
    top of a streak to the right ("/"), a negative one to the left ("\\"),
 4. the general additive model: rainy = clip(clean + rain, 0, 1).
 
-Our additions (defaults documented here; DESIGN.md section 5): ``length`` is the motion-blur length
+Our additions (not in the paper; their defaults are documented here): ``length`` is the motion-blur length
 in pixels; ``intensity`` is the brightness of an isolated streak (a single blurred seed is scaled to
 peak 1 before the line kernel, so overlapping streaks add up and saturate as real heavy rain does);
 rain is achromatic (added equally to R, G, B). For heavy rain, ``layers`` > 1 adds further streak layers

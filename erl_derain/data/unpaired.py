@@ -3,13 +3,15 @@
 :func:`unpaired_dataset` yields ``{'rainy': float32 [B, c, c, 3] in [0, 1], 'name': tf.string [B]}``:
 random crops of real rainy photographs, from
 
-* a TFDS dataset with a ``rainy`` image feature (``real_rain``, any ``name/config``; ``name`` is used
-  when the dataset has it), prepared on first use as :func:`erl_derain.data.pipelines.paired_dataset`
-  does (``data_dir``, ``manual_dir``);
+* a TFDS dataset with a ``rainy`` image feature: a ``tfds.core.DatasetBuilder`` or a name TFDS knows
+  (``real_rain`` once the catalog :mod:`erl_derain.datasets` is imported, any ``name/config``;
+  ``name`` is used when the dataset has it), prepared on first use as
+  :func:`erl_derain.data.pipelines.paired_dataset` does (``data_dir``, ``manual_dir``);
 * a folder: ``'folder:/path'`` or a path to an existing directory: every image directly inside it
   (PNG/JPEG/BMP/TIFF...; ``/path/<split>/`` is used when it exists, and ``/path/rainy/`` when the
   folder holds no image itself). Files are checked up front (headers); an unreadable one is named.
 
+Built from the public primitives of :mod:`erl_derain.data.streams`, as the paired streams are.
 Determinism and resumption follow ``paired_dataset``: the stream is a pure function of
 ``(seed, position)`` (a stateless permutation per epoch, a stateless crop/flip per position) and
 ``start_index=k`` yields exactly what an uninterrupted stream yields from position ``k`` on. The keys
@@ -31,8 +33,8 @@ import os
 
 import tensorflow as tf
 
-from erl_derain.data import pipelines as pl
-from erl_derain.data.pipelines import FOLDER_PREFIX, DatasetError
+from erl_derain.data import streams as st
+from erl_derain.data.streams import FOLDER_PREFIX, IMAGE_EXTENSIONS, DatasetError
 
 __all__ = ["SMALL_IMAGE_MODES", "list_unpaired_folder", "unpaired_dataset", "zipped"]
 
@@ -40,27 +42,25 @@ SMALL_IMAGE_MODES = ("upscale", "error")
 _SEED_OFFSET = 7_919_001  # unpaired streams' keys: (seed + offset); see the module docstring
 
 
-def _is_folder(source: str) -> bool:
-    return source.startswith(FOLDER_PREFIX) or os.path.isdir(os.path.expanduser(source))
+def _is_folder(source) -> bool:
+    return isinstance(source, str) and (source.startswith(FOLDER_PREFIX) or os.path.isdir(os.path.expanduser(source)))
 
 
 def list_unpaired_folder(source: str, split: str | None = None) -> list[tuple[str, str]]:
     """``[(path, name), ...]`` of the images of an unpaired folder, in natural file-name order."""
-    root = os.path.expanduser(source[len(FOLDER_PREFIX):] if source.startswith(FOLDER_PREFIX) else source)
-    if not root:
-        raise DatasetError(f"empty folder path: use '{FOLDER_PREFIX}/path/to/photos'")
+    root = st.folder_path(source, usage=f"'{FOLDER_PREFIX}/path/to/photos'")
     if not os.path.isdir(root):
         raise DatasetError(f"real-rain folder {root!r} does not exist (expected a directory of rainy photos)")
     if split and os.path.isdir(os.path.join(root, split)):
         root = os.path.join(root, split)
-    images = pl._list_images(root)  # pylint: disable=protected-access
+    images = st.folder_images(root)
     if not images and os.path.isdir(os.path.join(root, "rainy")):
         root = os.path.join(root, "rainy")
-        images = pl._list_images(root)  # pylint: disable=protected-access
+        images = st.folder_images(root)
     if not images:
-        exts = "|".join(e.lstrip(".") for e in pl.IMAGE_EXTENSIONS)
+        exts = "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         raise DatasetError(f"no images in real-rain folder {root}: expected files ending in {exts}")
-    return [(images[s], s) for s in sorted(images, key=pl._natural_key)]  # pylint: disable=protected-access
+    return [(images[s], s) for s in sorted(images, key=st.natural_key)]
 
 
 def _fit_to_crop(image, crop_size: int | None, small_images: str, name, source: str):
@@ -87,106 +87,78 @@ def _fit_to_crop(image, crop_size: int | None, small_images: str, name, source: 
 
 def _folder_pipeline(source, split, *, batch_size, crop_size, training, seed, start_index, flip, small_images):
     files = list_unpaired_folder(source, split)
-    headers = pl._scan_headers([p for p, _ in files])  # pylint: disable=protected-access
+    headers = st.scan_headers([p for p, _ in files])
     if crop_size is not None and small_images == "error":
         small = [f"{p} is {headers[p].width}x{headers[p].height} (WxH)" for p, _ in files
                  if min(headers[p].width, headers[p].height) < crop_size]
         if small:
             raise DatasetError(f"{len(small)} real rainy image(s) smaller than the {crop_size}x{crop_size} crop "
                                f"(use a smaller crop, drop them, or small_images='upscale'):\n"
-                               + pl._format_list(small))  # pylint: disable=protected-access
+                               + st.format_list(small))
     if crop_size is None and batch_size > 1 and len({(headers[p].width, headers[p].height) for p, _ in files}) > 1:
         raise DatasetError(f"batch_size={batch_size} without crop_size needs images of one size in {source}")
     num = len(files)
     paths = tf.constant([p for p, _ in files])
     names = tf.constant([n for _, n in files])
-    native = [headers[p].tf_native for p, _ in files]
-    native_table = True if all(native) else (False if not any(native) else tf.constant(native))
+    native = st.native_table([headers[p].tf_native for p, _ in files])
 
     def read(index):
-        flag = native_table if isinstance(native_table, bool) else native_table[index]
-        return pl._decode_file(paths[index], flag), names[index]  # pylint: disable=protected-access
+        return st.decode_file(paths[index], st.native_at(native, index)), names[index]
 
     if training:
-        def epoch_indices(epoch):
-            perm = tf.random.experimental.stateless_shuffle(
-                tf.range(num, dtype=tf.int64),
-                seed=pl._op_seed(seed, pl._STREAM_SHUFFLE, epoch))  # pylint: disable=protected-access
-            return tf.data.Dataset.from_tensor_slices(perm)
-
         def load(position, index):
             image, name = read(index)
             image = _fit_to_crop(image, crop_size, small_images, name, source)
-            return {"rainy": pl.crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
+            return {"rainy": st.crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
                     "name": name}
 
-        ds = pl._training_positions(num, start_index, epoch_indices)  # pylint: disable=protected-access
+        ds = st.training_positions(num, start_index, st.permuted_epochs(num, seed))
     else:
         def load(index):
             image, name = read(index)
             if crop_size is not None:
                 image = _fit_to_crop(image, crop_size, small_images, name, source)
-                image = pl._center_crop(image, crop_size)  # pylint: disable=protected-access
+                image = st.center_crop(image, crop_size)
             return {"rainy": image, "name": name}
 
         ds = tf.data.Dataset.range(start_index, num)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return pl._finish(ds, training=training, batch_size=batch_size)  # pylint: disable=protected-access
+    return st.finish(ds, training=training, batch_size=batch_size)
 
 
 def _tfds_pipeline(source, split, *, batch_size, crop_size, training, seed, start_index, flip, small_images,
                    data_dir, manual_dir, shuffle_buffer, cache_limit_bytes):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-    builder = pl._tfds_builder(source, data_dir, manual_dir)  # pylint: disable=protected-access
-    features = builder.info.features
-    if "rainy" not in features:
-        raise DatasetError(f"TFDS dataset {builder.name!r} has no 'rainy' feature (features: "
-                           f"{sorted(features.keys())}); the real-rain pipeline needs 'rainy' images")
-    try:
-        info = builder.info.splits[split]
-    except (KeyError, ValueError) as err:
-        raise DatasetError(f"TFDS dataset {builder.name!r} has no split {split!r} "
-                           f"(available: {sorted(builder.info.splits.keys())})") from err
-    num, num_bytes = int(info.num_examples), int(info.num_bytes or 0)
+    builder = st.prepared_builder(source, data_dir, manual_dir)
+    st.require_features(builder, ("rainy",), "the real-rain pipeline needs 'rainy' images")
+    # Sub-splits carry no size and are not estimated here: they stream through the shuffle buffer.
+    num, num_bytes = st.split_size(builder, split, estimate_sub_splits=False)
     if num == 0:
         raise DatasetError(f"TFDS dataset {builder.name!r} split {split!r} has no examples")
-    decoders = {k: tfds.decode.SkipDecoding() for k in features.keys()}
-    records = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                                 read_config=tfds.ReadConfig(try_autocache=False))
-    has_name = "name" in features
-    records = records.enumerate().map(lambda i, ex: (
-        ex["rainy"], ex["name"] if has_name else tf.strings.join([split, tf.strings.as_string(i)], "-")))
+    records = st.tfds_records(builder, split, ("rainy",))
 
-    def decode(rainy_bytes, name):
-        image = pl._decode_bytes(rainy_bytes)  # pylint: disable=protected-access
-        return _fit_to_crop(image, crop_size, small_images, name, str(source)), name
+    def decode(record):
+        image = st.decode_bytes(record["rainy"])
+        return _fit_to_crop(image, crop_size, small_images, record["name"], str(source)), record["name"]
 
     if training:
-        limit = pl.DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes
-        if 0 < num_bytes <= limit:
-            records, buffer = records.cache(), num
-        else:
-            buffer = max(1, min(shuffle_buffer, num))
-        def epoch_records(epoch):
-            return pl._seeded_shuffle(records, buffer, seed, epoch)  # pylint: disable=protected-access
-
-        ds = pl._training_positions(num, start_index, epoch_records)  # pylint: disable=protected-access
+        records, buffer = st.cache_or_buffer(records, num, num_bytes, cache_limit_bytes=cache_limit_bytes,
+                                             shuffle_buffer=shuffle_buffer)
+        ds = st.training_positions(num, start_index, lambda epoch: st.seeded_shuffle(records, buffer, seed, epoch))
 
         def load(position, record):
-            image, name = decode(*record)
-            return {"rainy": pl.crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
+            image, name = decode(record)
+            return {"rainy": st.crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
                     "name": name}
     else:
         ds = records.skip(start_index)
 
-        def load(rainy_bytes, name):
-            image, name = decode(rainy_bytes, name)
+        def load(record):
+            image, name = decode(record)
             if crop_size is not None:
-                image = pl._center_crop(image, crop_size)  # pylint: disable=protected-access
+                image = st.center_crop(image, crop_size)
             return {"rainy": image, "name": name}
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return pl._finish(ds, training=training, batch_size=batch_size)  # pylint: disable=protected-access
+    return st.finish(ds, training=training, batch_size=batch_size)
 
 
 def unpaired_dataset(source: str, split: str = "train", *, batch_size: int = 1, crop_size: int | None = None,
@@ -196,7 +168,8 @@ def unpaired_dataset(source: str, split: str = "train", *, batch_size: int = 1, 
     """Batches ``{'rainy': float32 [B, c, c, 3] in [0, 1], 'name': tf.string [B]}`` of real rainy crops.
 
     Args:
-      source: a TFDS name with a ``rainy`` feature (``'real_rain'``), ``'folder:/path'`` or a directory.
+      source: a ``tfds.core.DatasetBuilder`` or a TFDS name with a ``rainy`` feature (``'real_rain'``, once
+        :mod:`erl_derain.datasets` is imported), ``'folder:/path'`` or a directory.
       split: TFDS split, or the sub-folder ``<path>/<split>`` when it exists.
       batch_size, crop_size, seed, start_index, flip, training: as ``paired_dataset`` (training: an
         endless stream of random crops and flips, full batches; else one pass, centre crops).
@@ -205,14 +178,14 @@ def unpaired_dataset(source: str, split: str = "train", *, batch_size: int = 1, 
     Raises:
       DatasetError: bad arguments, an unknown dataset, or a bad folder/file (named in the message).
     """
-    pl.check_stream_arguments(batch_size, crop_size, start_index)
+    st.check_stream_arguments(batch_size, crop_size, start_index)
     if small_images not in SMALL_IMAGE_MODES:
         raise DatasetError(f"small_images must be one of {SMALL_IMAGE_MODES}, got {small_images!r}")
     if not source:
         raise DatasetError(f"the real-rain source must be a TFDS name, '{FOLDER_PREFIX}/path' or a directory")
     kwargs = dict(batch_size=batch_size, crop_size=crop_size, training=training, seed=int(seed) + _SEED_OFFSET,
                   start_index=start_index, flip=bool(flip) and training, small_images=small_images)
-    if isinstance(source, str) and _is_folder(source):
+    if _is_folder(source):
         return _folder_pipeline(source, split, **kwargs)
     return _tfds_pipeline(source, split, data_dir=data_dir, manual_dir=manual_dir, shuffle_buffer=shuffle_buffer,
                           cache_limit_bytes=cache_limit_bytes, **kwargs)

@@ -83,6 +83,40 @@ for _label_id, _train_id in TRAIN_IDS.items():
 
 # Table IV's ablations of the paper: streak sizes by blur radius.
 SIZE_OF_RADIUS = {0.2: "small", 0.4: "medium", 0.6: "medium", 0.8: "large", 1.0: "large"}
+RAIN_SIZES = ("small", "medium", "large")
+RADIUS_FEATURE = "rain_radius"
+
+
+def radii_of_sizes(sizes) -> tuple[float, ...]:
+    """The blur radii of the named streak sizes, as the paper defines them (Section IV.C, "Network
+    design study": "a filter radius of 0.2 as small size, filter radii of 0.4 and 0.6 as medium size,
+    and the rest are of large size"): small -> (0.2,), medium -> (0.4, 0.6), large -> (0.8, 1.0).
+    An unknown size, or all three (nothing left to train on), raises ValueError naming
+    ``--exclude_rain_sizes``."""
+    sizes = [str(s).strip().lower() for s in sizes if str(s).strip()]
+    unknown = [s for s in sizes if s not in RAIN_SIZES]
+    if unknown:
+        raise ValueError(f"--exclude_rain_sizes: unknown size(s) {', '.join(map(repr, unknown))}; expected a "
+                         f"comma-separated subset of {','.join(RAIN_SIZES)} (radius 0.2 = small, 0.4 and 0.6 = "
+                         f"medium, 0.8 and 1.0 = large)")
+    if set(sizes) == set(RAIN_SIZES):
+        raise ValueError(f"--exclude_rain_sizes={','.join(sizes)} leaves out every training example: give at most "
+                         f"two of {','.join(RAIN_SIZES)}")
+    return tuple(r for r, size in SIZE_OF_RADIUS.items() if size in sizes)
+
+
+def exclude_rain_sizes(sizes, features=None, *, dataset: str = "cityscapes_rain") -> dict:
+    """``--exclude_rain_sizes`` as the ``exclude`` of ``erl_derain.data.pipelines.paired_dataset``:
+    ``{'rain_radius': radii}`` (Table IV "w/o. S", "w/o. M", "w/o. L"). ``features``: the feature
+    names of the training dataset (None: not checked; an empty list: a folder, which has none); one
+    without ``rain_radius`` raises ValueError naming the flag and ``dataset``."""
+    radii = radii_of_sizes(sizes)
+    if features is not None and RADIUS_FEATURE not in features:
+        have = f"its features: {', '.join(sorted(features))}" if features else "a folder of pairs has no features"
+        raise ValueError(f"--exclude_rain_sizes={','.join(sizes)} leaves out training examples by their "
+                         f"'{RADIUS_FEATURE}' feature, which --dataset={dataset} does not have ({have}); use "
+                         f"--dataset=cityscapes_rain (or another TFDS dataset that records '{RADIUS_FEATURE}')")
+    return {RADIUS_FEATURE: radii}
 
 
 def to_train_ids(label_ids: np.ndarray) -> np.ndarray:

@@ -112,6 +112,19 @@ def test_rain_settings_cover_the_paper_sets():
     assert len({(p.angle, p.blur_sigma, p.density) for p in a}) > 1
 
 
+def test_rain_sizes_are_the_papers():
+    """Section IV.C: "a filter radius of 0.2 as small size, filter radii of 0.4 and 0.6 as medium size,
+    and the rest are of large size" -- the radii --exclude_rain_sizes leaves out."""
+    assert cb.radii_of_sizes(["small"]) == (0.2,)
+    assert cb.radii_of_sizes(["medium"]) == (0.4, 0.6)
+    assert cb.radii_of_sizes(["large"]) == (0.8, 1.0)
+    assert sorted(cb.radii_of_sizes(["large", "small"])) == [0.2, 0.8, 1.0]
+    assert set(cb.radii_of_sizes(["small", "medium"])) | {0.8, 1.0} == set(BLUR_SIGMAS)
+    assert cb.exclude_rain_sizes(["Medium "], ["rainy", "clean", "rain_radius"]) == {"rain_radius": (0.4, 0.6)}
+    with pytest.raises(ValueError, match="--exclude_rain_sizes"):
+        cb.radii_of_sizes(["huge"])
+
+
 def test_renders_option_names_each_rendering(tmp_path):
     config = cb.CityscapesRainConfig(name="r2_test", max_side=1024, renders=2)
     builder = bt.build(cb.Builder, DUMMY, tmp_path, config=config)

@@ -13,7 +13,7 @@ from tfds_builders import builder_testing as bt
 from tfds_builders import paired_common as pc
 from tfds_builders.rain100h import rain100h_dataset_builder as rb
 
-# rounded Y-PSNR of the rainy input against its clean image (shared data README)
+# rounded Y-PSNR of the rainy input against its clean image (as listed with the shared data)
 REFERENCE_PSNR = {"norain-1": 20.2456, "norain-2": 12.1808, "norain-3": 13.9642, "norain-4": 12.0426,
                   "norain-5": 10.8179}
 
@@ -141,7 +141,7 @@ def test_real_rain100h_test_pairs(tmp_path):
     ``Rain100H/rain/norain-N.png`` + ``Rain100H/norain/norain-N.png``: each example is the right pair."""
     data = bt.shared_data_dir()
     if data is None or not (data / "jorder_e_small").is_dir():
-        pytest.skip("shared real data (../shared/data/jorder_e_small) not available")
+        pytest.skip("shared real data ($ERL_DERAIN_SHARED_DATA/jorder_e_small) not available")
     from erl_derain.metrics import psnr_y  # pylint: disable=import-outside-toplevel
 
     src = data / "jorder_e_small"

@@ -79,7 +79,7 @@ def test_real_photos(tmp_path):
     """The 5 smallest real photos of the shared data, linked into a manual_dir."""
     data = bt.shared_data_dir()
     if data is None or not (data / "real_rain").is_dir():
-        pytest.skip("shared real data (../shared/data/real_rain) not available")
+        pytest.skip("shared real data ($ERL_DERAIN_SHARED_DATA/real_rain) not available")
     photos = sorted((data / "real_rain").glob("*.jpg"), key=lambda p: (p.stat().st_size, p.name))[:5]
     assert len(photos) == 5
     manual = tmp_path / "manual"

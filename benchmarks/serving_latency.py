@@ -22,7 +22,6 @@ import numpy as np
 import tensorflow as tf
 
 from erl_derain import serving
-from erl_derain.inference import InferenceModel
 from erl_derain.methods import make_trainer
 
 
@@ -68,7 +67,7 @@ def main():
         model = trainer.inference_model()
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            path = serving.export_saved_model(InferenceModel(model, trainer.pad_multiple), os.path.join(tmp, method),
+            path = serving.export_saved_model(model, os.path.join(tmp, method),
                                               metadata={"method": method, "config": config})
             t_export = time.perf_counter() - t0
             total, variables = dir_size(path), dir_size(os.path.join(path, "variables"))

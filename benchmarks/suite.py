@@ -53,58 +53,45 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import peak_rss_mib, time_calls  # noqa: E402
 
-METHODS = ("erlnet", "memd", "menet", "iadn", "jrgr")
 KINDS = ("train", "inference", "data", "scaling")
 MARKER = "BENCH_RESULT "
 
-# (crop, batch, where the figures come from)
-PAPER = {
-    "erlnet": (320, 1, "ERL-Net Sec. 4.1: random 320x320 crops, batch 1"),
-    "memd": (320, 1, "ERL-Net Sec. 4.1: random 320x320 crops, batch 1"),
-    "menet": (224, 20, "MENET Sec. IV.B: batches of 20 224x224 crops"),
-    "iadn": (256, 1, "intensity-aware paper: batch 1, crop not given (DESIGN default 256)"),
-    "jrgr": (256, 16, "JRGR Sec. 3.3: 256x256 random crops, batch 16"),
-}
-SMOKE_PAPER = {"erlnet": (64, 1), "memd": (64, 1), "menet": (32, 2), "iadn": (64, 1), "jrgr": (64, 1)}
 
-NAMES = {"erlnet": "ERL-Net (MA_D)", "memd": "MEMD", "menet": "MENET", "iadn": "intensity-aware",
-         "jrgr": "JRGR (joint)"}
+def _registry():
+    from erl_derain.methods import discover
+
+    return discover()
+
+
+METHODS = tuple(_registry())  # every registered method (erl_derain.methods), in registration order
+# (crop, batch, where the figures come from): each method's MethodSpec.paper_batch
+PAPER = {m: spec.paper_batch or (256, 1, "the paper gives no training crop/batch: 256, 1") for m, spec in
+         _registry().items()}
+SMOKE_PAPER = {m: (max(2 * spec.tiny_crop, 32), 2 if spec.tiny_crop >= 32 else 1) for m, spec in _registry().items()}
+NAMES = {m: spec.display_name or m for m, spec in _registry().items()}
+HEAVY_SKIPS = ",".join(f"scaling:{m}:512" for m, spec in _registry().items() if spec.heavy)
 
 FULL_DEFAULTS = dict(steps=5, warmup=1, crop_sizes="256,320,512", inference_sizes="256,512,1024", timeout=900.0,
-                     jobs=1, isolate=True, data_seconds=5.0, skip="scaling:jrgr:512")
+                     jobs=1, isolate=True, data_seconds=5.0, skip=HEAVY_SKIPS)
 SMOKE_DEFAULTS = dict(steps=1, warmup=1, crop_sizes="32,64", inference_sizes="32,64", timeout=120.0,
-                      jobs=2, isolate=False, data_seconds=0.3, skip="", variants_for="erlnet")
-SKIP_REASON = {"scaling:jrgr:512": "JRGR's seven networks at 512x512 take too long on a CPU; --skip= runs it"}
+                      jobs=2, isolate=False, data_seconds=0.3, skip="", variants_for=METHODS[0])
+SKIP_REASON = {f"scaling:{m}:512": f"{NAMES[m]} at 512x512 takes too long on a CPU (its MethodSpec says heavy); "
+               "--skip= runs it" for m, spec in _registry().items() if spec.heavy}
 
 
 # ------------------------------------------------------------------------------------------------
 # Method configurations
 # ------------------------------------------------------------------------------------------------
 
-def method_config(method: str, smoke: bool, crop: int) -> dict:
-    """The ``make_trainer`` config: the paper's (package default) widths, or tiny ones for --smoke."""
-    if method == "erlnet":
-        cfg = {"method": "erlnet", "erl_strategy": "ma_d"}
-    elif method == "memd":
-        cfg = {"method": "memd", "erl_strategy": "memd"}
-    elif method == "menet":
-        cfg = {"method": "menet"}
-    elif method == "iadn":
-        cfg = {"method": "iadn"}
-    elif method == "jrgr":
-        cfg = {"method": "jrgr", "jrgr_strategy": "proposed", "crop_size": int(crop)}
-    else:
+def method_config(method: str, smoke: bool, crop: int):
+    """The run record a measurement builds its trainer from: the method's default (paper) widths, or
+    its tiny configuration (MethodSpec.tiny) for --smoke."""
+    from erl_derain.run_config import RunConfig, make_record
+
+    if method not in _registry():
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    if smoke:
-        cfg.update({
-            "erlnet": {"widths": [8, 16, 16], "bottleneck_width": 16, "dense_layers": 2, "growth": 8, "se_ratio": 2},
-            "memd": {"widths": [8, 16, 16], "bottleneck_width": 16, "dense_layers": 2, "growth": 8, "se_ratio": 2},
-            "menet": {"menet_blocks": 1, "menet_width": 16, "menet_skip_width": 4},  # skip = width / 4
-            "iadn": {"iadn_width": 8, "iadn_blocks": 1, "iadn_refine_blocks": 1, "php_groups": 2},
-            "jrgr": {"unet_depth": 3, "unet_filters": 4, "resnet_blocks": 1, "gen_filters": 4, "disc_filters": 4,
-                     "disc_layers": 2, "pool_size": 4},
-        }[method])
-    return cfg
+    spec = _registry()[method]
+    return make_record(method, RunConfig(crop_size=int(crop)), **(dict(spec.tiny) if smoke else {}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,8 +148,8 @@ def task_train(spec: dict) -> dict:
     rng = np.random.default_rng(0)
     rainy = rng.random((batch, crop, crop, 3), dtype=np.float32)
     data = {"rainy": tf.constant(rainy), "clean": tf.constant(np.clip(rainy * 0.9, 0, 1))}
-    if method == "jrgr":
-        data["real"] = tf.constant(rng.random((batch, crop, crop, 3), dtype=np.float32))
+    for stream in _registry()[method].streams:  # the method's own inputs (e.g. unpaired real rain)
+        data[stream.key] = tf.constant(rng.random((batch, crop, crop, 3), dtype=np.float32))
     step = tf.function(trainer.train_step, jit_compile=bool(spec["xla"]))
     out["rss_before_step_mib"] = peak_rss_mib()
     _gpu_reset(tf)
@@ -195,8 +182,9 @@ def task_export(spec: dict) -> dict:
     model = trainer.inference_model()
     model(tf.zeros((1, side, side, 3)))
     t0 = time.perf_counter()
-    path = serving.export_saved_model(model, trainer.pad_multiple, spec["export_base"], version=1,
-                                      metadata={"method": spec["method"], "config": config}, server_config=False)
+    path = serving.export_saved_model(model, spec["export_base"], version=1,
+                                      metadata={"method": spec["method"], "config": config.to_dict()},
+                                      server_config=False)
     seconds = time.perf_counter() - t0
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
     return {"status": "ok", "export_path": path, "export_s": seconds, "export_mib": size / 2**20,
@@ -248,13 +236,14 @@ def task_inference(spec: dict) -> dict:
 def task_data(spec: dict) -> dict:
     import tensorflow as tf
 
+    from erl_derain import datasets  # noqa: F401  (registers the TFDS builders)
     from erl_derain.data.pipelines import paired_dataset
 
     batch = int(spec["batch"])
 
     def measure(crop: int) -> dict:
         ds = paired_dataset("synthetic_rain", "train", batch_size=batch, crop_size=crop, training=True, seed=0,
-                            data_dir=spec.get("data_dir"))
+                            data_dir=spec.get("data_dir"), extra_features=())
         it = iter(ds)
         t0 = time.perf_counter()
         next(it)

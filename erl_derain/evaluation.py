@@ -19,17 +19,19 @@ import numpy as np
 import tensorflow as tf
 
 from erl_derain import metrics
-from erl_derain.inference import apply_padded, derain_image
+from erl_derain.inference import as_inference_model, derain_image
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 
 
-def evaluate(predict, multiple: int, dataset, *, rounded: bool = True, crop_border: int = 0,
+def evaluate(model, dataset, *, rounded: bool = True, crop_border: int = 0,
              tile: int = 0, tile_overlap: int = 32, max_images: int | None = None,
              progress: bool = True, input_key: str = "rainy") -> list[dict]:
-    """``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]) and ``name``. The network
-    reads ``ex[input_key]`` (the ``input_`` columns score that input): ``"clean"`` for a network that
+    """``model``: an :class:`erl_derain.inference.InferenceModel` (it pads to its multiple, crops
+    back and clips). ``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]) and
+    ``name``. The network reads ``ex[input_key]`` (the ``input_`` columns score that input): ``"clean"`` for a network that
     translates clean images (ERL-Net's clean-to-clean autoencoder, the introduction's experiment)."""
+    model = as_inference_model(model)
     rows = []
     for i, ex in enumerate(dataset):
         if max_images is not None and i >= max_images:
@@ -38,7 +40,7 @@ def evaluate(predict, multiple: int, dataset, *, rounded: bool = True, crop_bord
         clean = ex["clean"].numpy()[0]
         name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
         t0 = time.time()
-        out = derain_image(predict, rainy, multiple, tile=tile, overlap=tile_overlap)
+        out = derain_image(model, rainy, tile=tile, overlap=tile_overlap)
         seconds = time.time() - t0
         row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "seconds": seconds}
         for prefix, img in (("", out), ("input_", rainy)):
@@ -94,7 +96,7 @@ def _rgb_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
             "ssim_rgb": float(np.mean([metrics.ssim(pred[..., c], target[..., c]) for c in range(pred.shape[-1])]))}
 
 
-def evaluate_ten_crop(predict, multiple: int, dataset, *, crop_size: int = 224, max_images: int | None = None,
+def evaluate_ten_crop(model, dataset, *, crop_size: int = 224, max_images: int | None = None,
                       progress: bool = True, input_key: str = "rainy") -> list[dict]:
     """The MENET authors' protocol (``--eval_protocol=ten_crop_rgb``): each test image is cut into its
     ten ``crop_size`` crops (:func:`ten_crops`; their ``heavy/build_h5_dataset.py`` with
@@ -105,7 +107,9 @@ def evaluate_ten_crop(predict, multiple: int, dataset, *, crop_size: int = 224, 
     crops, the number their tables report (they average over batches of 20 crops, leaving out a last
     partial batch; with 100 test images there is none).
 
-    ``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3] in [0, 1]) and ``name``."""
+    ``model``: an InferenceModel; ``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]
+    in [0, 1]) and ``name``."""
+    model = as_inference_model(model)
     rows = []
     for i, ex in enumerate(dataset):
         if max_images is not None and i >= max_images:
@@ -115,7 +119,7 @@ def evaluate_ten_crop(predict, multiple: int, dataset, *, crop_size: int = 224, 
         name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
         rainy_crops, clean_crops = ten_crops(rainy, crop_size), ten_crops(clean, crop_size)
         t0 = time.time()
-        out = apply_padded(predict, tf.constant(rainy_crops, tf.float32), multiple).numpy()
+        out = model(tf.constant(rainy_crops, tf.float32)).numpy()
         seconds = time.time() - t0
         per_crop = {}
         for prefix, images in (("", out), ("input_", rainy_crops)):
@@ -193,16 +197,17 @@ def write_json(path: str, data: dict) -> str:
 COMPARE_KEYS = ("psnr_y", "ssim_y")
 
 
-def compare(predict_baseline, multiple_baseline: int, predict_candidate, multiple_candidate: int, dataset, *,
+def compare(baseline, candidate, dataset, *,
             rounded: bool = True, crop_border: int = 0, tile: int = 0, tile_overlap: int = 32,
             max_images: int | None = None, keep_images: int = 4, progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """Run both networks on every image of ``dataset`` (dicts with ``rainy``, ``clean``, ``name`` and
+    """Run both networks (InferenceModels) on every image of ``dataset`` (dicts with ``rainy``, ``clean``, ``name`` and
     optionally ``rain_mask``/``has_rain_mask``, batch 1) and dissect the difference.
 
     Returns ``(rows, kept)``: one row per image with both networks' Y/RGB PSNR/SSIM, the rainy
     input's, IoR/IoB (Eq. 7) and the share of improved pixels; and, for the first ``keep_images``
     images, the arrays the figures need (rainy, baseline, candidate, clean, rim, rain_map).
     """
+    baseline, candidate = as_inference_model(baseline), as_inference_model(candidate)
     rows, kept = [], []
     for i, ex in enumerate(dataset):
         if max_images is not None and i >= max_images:
@@ -210,10 +215,10 @@ def compare(predict_baseline, multiple_baseline: int, predict_candidate, multipl
         rainy, clean = ex["rainy"].numpy()[0], ex["clean"].numpy()[0]
         name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
         mask = None
-        if "rain_mask" in ex and bool(ex["has_rain_mask"].numpy()[0]):
+        if "rain_mask" in ex and bool(ex["has_rain_mask"].numpy()[0] if "has_rain_mask" in ex else True):
             mask = ex["rain_mask"].numpy()[0]
-        base = derain_image(predict_baseline, rainy, multiple_baseline, tile=tile, overlap=tile_overlap)
-        cand = derain_image(predict_candidate, rainy, multiple_candidate, tile=tile, overlap=tile_overlap)
+        base = derain_image(baseline, rainy, tile=tile, overlap=tile_overlap)
+        cand = derain_image(candidate, rainy, tile=tile, overlap=tile_overlap)
         row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1]}
         for prefix, img in (("baseline_", base), ("candidate_", cand), ("input_", rainy)):
             for k, v in metrics.evaluate_pair(img, clean, rounded=rounded, crop_border=crop_border).items():

@@ -1,15 +1,15 @@
 """The training loop every method shares.
 
-One loop drives each trainer's ``train_step`` (a ``keras.Model`` with a custom step, see
-``erl_derain.methods``) through its stages, as TF Model Garden's Orbit does, instead of ``fit``:
-it owns the progress bar, TensorBoard summaries, the plateau learning-rate rule and checkpoints, so
-a re-run of the same command resumes at the stage, step and data position where the last run
-stopped. (DESIGN.md section 1: Keras' ``fit`` fails under MultiWorkerMirroredStrategy, and one loop
-for every setting is simpler than two.)
+One loop drives each trainer's ``train_step`` (the contract of :mod:`erl_derain.methods.base`)
+through its stages, as TF Model Garden's Orbit does, instead of Keras' ``fit`` (which fails under
+MultiWorkerMirroredStrategy): one path for every tf.distribute strategy (the default strategy is one
+replica), with hooks for the progress bar, TensorBoard summaries, checkpoints, the NaN guard and the
+learning-rate rule, so that a re-run of the same command resumes at the stage, step and data
+position where the last run stopped.
 
 ``--model_dir`` layout::
 
-    config.json        every setting of the run (method, architecture, data, schedule)
+    config.json        every setting of the run (erl_derain.run_config: method, shared settings, the method's)
     flags.txt          the same as an absl flagfile (``erl-derain train --flagfile=<model_dir>/flags.txt``)
     checkpoints/       tf.train.Checkpoint: networks, one optimizer per stage, stage, step, LR-plateau state
     logs/              TensorBoard event files (losses, learning rate)
@@ -17,7 +17,6 @@ for every setting is simpler than two.)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -59,27 +58,18 @@ def learning_rate_of(optimizer) -> float:
 from erl_derain.fileio import atomic_write_text  # noqa: E402,F401  (the shared helper; kept importable here)
 
 
-def read_config(model_dir: str) -> dict:
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --model_dir={model_dir} does not hold a training run "
-                                "of erl_derain (expected config.json and checkpoints/)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_config(model_dir: str):
+    """The :class:`erl_derain.run_config.RunRecord` of ``model_dir`` (any release's config.json)."""
+    from erl_derain.run_config import read_record
+
+    return read_record(model_dir)
 
 
-def config_to_flagfile(config: dict) -> str:
-    lines = []
-    for key, value in sorted(config.items()):
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            lines.append(f"--{key}" if value else f"--no{key}")
-        elif isinstance(value, (list, tuple)):
-            lines.append(f"--{key}={','.join(str(v) for v in value)}")
-        else:
-            lines.append(f"--{key}={value}")
-    return "\n".join(lines) + "\n"
+def as_record(config):
+    """A RunRecord from a record or a flat dict of settings (``{"method": ..., <flag>: value}``)."""
+    from erl_derain.run_config import RunRecord, record_from_dict
+
+    return config if isinstance(config, RunRecord) else record_from_dict(dict(config), where="settings")
 
 
 class StepSchedule:
@@ -267,61 +257,152 @@ class Run:
         return None
 
 
-def prepare_model_dir(model_dir: str, config: dict) -> None:
-    """Create ``model_dir`` or check that it holds a run of the same method; write the config."""
+def prepare_model_dir(model_dir: str, record) -> None:
+    """Create ``model_dir`` or check that it holds a run of the same method; write the config. A
+    resumed run whose settings changed keeps its checkpoint (the loop refuses one that does not fit)."""
+    from erl_derain.run_config import write_record
+
     os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "config.json")
-    if os.path.exists(path):
+    if os.path.exists(os.path.join(model_dir, "config.json")):
         old = read_config(model_dir)
-        if old.get("method") != config.get("method"):
-            raise TrainingError(f"--model_dir={model_dir} holds a run of method {old.get('method')!r}, not "
-                                f"{config.get('method')!r}: choose another --model_dir")
-        changed = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+        if old.method != record.method:
+            raise TrainingError(f"--model_dir={model_dir} holds a run of method {old.method!r}, not "
+                                f"{record.method!r}: choose another --model_dir")
+        changed = old.differences(record)
         if changed:
             logging.warning("resuming %s with changed settings: %s", model_dir, changed)
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(os.path.join(model_dir, "flags.txt"), config_to_flagfile(config))
+    write_record(model_dir, record)
 
 
-def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *, model_dir: str,
+# -- the loop's hooks ---------------------------------------------------------------------------------
+
+class Hook:
+    """Something the loop calls around each step (all methods optional)."""
+
+    def on_stage_start(self, loop, stage_index: int, start_step: int, target: int) -> None: ...
+    def before_step(self, loop, step: int) -> None: ...
+    def after_step(self, loop, step: int, logs: dict) -> None: ...
+    def on_stage_end(self, loop, stage_index: int) -> None: ...
+
+
+class LearningRateHook(Hook):
+    """``lr_schedule`` (a pure function of the stage step) before each step, or the plateau rule after it."""
+
+    def __init__(self, lr_schedule=None):
+        self.lr_schedule = lr_schedule
+
+    def before_step(self, loop, step):
+        if self.lr_schedule is not None:
+            optimizer = loop.trainer.current_optimizer
+            scheduled = self.lr_schedule(step)
+            if abs(learning_rate_of(optimizer) - scheduled) > 1e-12 * max(scheduled, 1e-30):
+                optimizer.learning_rate.assign(scheduled)
+
+    def after_step(self, loop, step, logs):
+        if self.lr_schedule is None:
+            new_lr = loop.run.plateau.update(logs["loss"], loop.trainer.current_optimizer)
+            if new_lr is not None:
+                logging.info("loss plateaued: learning rate -> %g", new_lr)
+
+
+class ProgressHook(Hook):
+    def __init__(self):
+        self.progbar = None
+
+    def on_stage_start(self, loop, stage_index, start_step, target):
+        stage = loop.trainer.stages[stage_index]
+        if start_step < target:
+            print(f"Stage {stage.name} ({stage_index + 1}/{len(loop.trainer.stages)}): training "
+                  f"{', '.join(stage.train)}; steps {start_step}->{target}", flush=True)
+        self.progbar = keras.utils.Progbar(target, verbose=1, stateful_metrics=["lr"])
+
+    def after_step(self, loop, step, logs):
+        self.progbar.update(step, [(k, v) for k, v in logs.items()]
+                            + [("lr", learning_rate_of(loop.trainer.current_optimizer))])
+
+
+class SummaryHook(Hook):
+    """TensorBoard scalars every ``log_every`` steps and at each stage's last step."""
+
+    def __init__(self, writer, log_every: int):
+        self.writer, self.log_every = writer, int(log_every)
+
+    def after_step(self, loop, step, logs):
+        if step % self.log_every == 0 or step == loop.target:
+            stage = loop.trainer.stage.name
+            with self.writer.as_default(step=int(loop.run.global_step)):
+                for k, v in logs.items():
+                    tf.summary.scalar(f"{stage}/{k}", v)
+                tf.summary.scalar(f"{stage}/learning_rate", learning_rate_of(loop.trainer.current_optimizer))
+
+
+class CheckpointHook(Hook):
+    def __init__(self, every: int):
+        self.every = int(every)
+
+    def after_step(self, loop, step, logs):
+        if step % self.every == 0 and step != loop.target:
+            loop.run.save()
+
+
+class CallbackHook(Hook):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def after_step(self, loop, step, logs):
+        self.fn(loop.stage_index, step, logs)
+
+
+class _Loop:
+    """State the hooks read: the trainer, the run, the current stage and its target step."""
+
+    def __init__(self, trainer, run):
+        self.trainer, self.run = trainer, run
+        self.stage_index, self.target = 0, 0
+
+
+def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, model_dir: str,
           stage_steps: list[int], batch_size: int, jit_compile: str | bool = "auto",
           checkpoint_every: int = 500, log_every: int = 50, keep_checkpoints: int = 3,
-          plateau: PlateauSchedule | None = None, lr_schedule: StepSchedule | None = None, verbose: int = 1,
+          plateau: PlateauSchedule | None = None, lr_schedule=None, verbose: int = 1,
           on_nan: str = "stop", max_skipped: int = 10,
           on_step_end: Callable[[int, int, dict], None] | None = None,
           strategy: tf.distribute.Strategy | None = None, stop_after: int = 0,
-          init_from: str | None = None) -> dict:
+          init_from: str | None = None, hooks: list | None = None) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
 
-    ``strategy``: a tf.distribute strategy in whose scope ``trainer`` was made (None: the default).
-    ``batch_size`` and ``dataset_fn``'s batches are then global (per replica x replicas); each step
-    runs ``train_step`` on every replica (``strategy.run``) and logs the mean over replicas; only the
-    chief writes the config, summaries and checkpoints. ``stop_after`` > 0: stop after that many steps
-    of this call with a checkpoint (a job slot shorter than the run); the next call resumes.
+    ``config``: the run's :class:`erl_derain.run_config.RunRecord` (or a flat dict of settings),
+    written to ``model_dir``. ``strategy``: a tf.distribute strategy in whose scope ``trainer`` was
+    made (None: the default strategy, one replica: the same path). ``batch_size`` and ``dataset_fn``'s
+    batches are global (per replica x replicas); each step runs ``train_step`` on every replica
+    (``strategy.run``) and logs the mean over replicas; only the chief writes the config, summaries and
+    checkpoints. ``stop_after`` > 0: stop after that many steps of this call with a checkpoint (a job
+    slot shorter than the run); the next call resumes.
 
-    ``lr_schedule`` (a StepSchedule or LinearDecaySchedule) sets every stage's learning rate from its step; it replaces the
-    plateau rule. ``on_nan``: a non-finite loss stops training naming the step, the batch's files and
-    the loss terms, keeping the last good checkpoint (``"stop"``), or undoes that step and goes on with
-    the next batch (``"skip_batch"``; more than ``max_skipped`` in a row stop training).
-    ``init_from``: a new run (no checkpoint in ``model_dir`` yet) starts from the network weights of that
-    run's latest checkpoint (another ``--model_dir`` of the same method and sizes); the optimisers and
-    the step counters start afresh. Stages given 0 steps are passed over, so ``stage_steps=[0, 0, n]``
-    fine-tunes with the last stage only. A run that already has a checkpoint resumes from it instead.
-    Returns a summary dict (final losses, steps, wall time, skipped batches)."""
+    ``lr_schedule`` (a pure function of the stage step, e.g. StepSchedule) sets every stage's learning
+    rate; it replaces the plateau rule. ``on_nan``: a non-finite loss stops training naming the step,
+    the batch's files and the loss terms, keeping the last good checkpoint (``"stop"``), or undoes that
+    step and goes on with the next batch (``"skip_batch"``; more than ``max_skipped`` in a row stop
+    training). ``init_from``: a new run (no checkpoint in ``model_dir`` yet) starts from the network
+    weights of that run's latest checkpoint (another ``--model_dir`` of the same method and sizes); the
+    optimisers and the step counters start afresh. Stages given 0 steps are passed over, so
+    ``stage_steps=[0, 0, n]`` fine-tunes with the last stage only. A run that already has a checkpoint
+    resumes from it instead. ``hooks``: more :class:`Hook` s. Returns a summary dict (final losses,
+    steps, wall time, skipped batches)."""
     if on_nan not in ("stop", "skip_batch"):
         raise TrainingError(f"--on_nan must be stop or skip_batch, got {on_nan!r}")
+    record = as_record(config)
     stages = trainer.stages
     if len(stage_steps) != len(stages):
-        raise TrainingError(f"--stage_steps has {len(stage_steps)} value(s) but the training strategy has "
+        flag = f" of {trainer.schedule_flag}" if getattr(trainer, "schedule_flag", "") else ""
+        raise TrainingError(f"--stage_steps has {len(stage_steps)} value(s) but the schedule{flag} has "
                             f"{len(stages)} stage(s): {', '.join(s.name for s in stages)}")
     strategy = strategy or tf.distribute.get_strategy()
-    distributed = strategy.num_replicas_in_sync > 1 or isinstance(
-        strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
     chief = distribute.is_chief(strategy)
     verbose = verbose if chief else 0
     if chief:
-        prepare_model_dir(model_dir, config)
+        prepare_model_dir(model_dir, record)
     with strategy.scope():
         trainer.build_networks()
         backup = StateBackup(trainer) if on_nan == "skip_batch" else None
@@ -350,6 +431,14 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     skipped, in_a_row = [], 0
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if chief else \
         tf.summary.create_noop_writer()
+    loop = _Loop(trainer, run)
+    all_hooks = [LearningRateHook(lr_schedule)]
+    if verbose:
+        all_hooks.append(ProgressHook())
+    all_hooks += [SummaryHook(writer, log_every), CheckpointHook(checkpoint_every)]
+    if on_step_end is not None:
+        all_hooks.append(CallbackHook(on_step_end))
+    all_hooks += list(hooks or [])
     summary = {"stages": {}, "resumed_from": restored, "initialised_from": initialised}
     t_start = time.time()
     last_logs: dict = {}
@@ -359,34 +448,26 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
         stage = stages[si]
         target = int(stage_steps[si])
         trainer.set_stage(si)
-        optimizer = trainer.current_optimizer
-        step_fn = _step_function(trainer, strategy, jit) if distributed else \
-            tf.function(trainer.train_step, jit_compile=jit, reduce_retracing=True)
+        step_fn = _step_function(trainer, strategy, jit)  # traced per stage: the stage is Python state
+        loop.stage_index, loop.target = si, target
         start_step = int(run.step)
-        if verbose and start_step < target:
-            print(f"Stage {stage.name} ({si + 1}/{len(stages)}): training {', '.join(stage.train)}; "
-                  f"steps {start_step}->{target}", flush=True)
-        progbar = keras.utils.Progbar(target, verbose=verbose, stateful_metrics=["lr"]) if verbose else None
+        for hook in all_hooks:
+            hook.on_stage_start(loop, si, start_step, target)
         t_stage = time.time()
         if start_step < target:
             start = int(run.global_step) * batch_size
-            if distributed:
-                iterator = iter(distribute.distribute_batches(
-                    strategy, lambda: dataset_fn(start).map(_step_inputs), batch_size))
-            else:
-                iterator = iter(dataset_fn(start))
+            iterator = iter(distribute.distribute_batches(
+                strategy, lambda: dataset_fn(start).map(_step_inputs), batch_size))
             for step in range(start_step + 1, target + 1):
                 batch = next(iterator)
-                if lr_schedule is not None:
-                    scheduled = lr_schedule(step)
-                    if abs(learning_rate_of(optimizer) - scheduled) > 1e-12 * scheduled:
-                        optimizer.learning_rate.assign(scheduled)
+                for hook in all_hooks:
+                    hook.before_step(loop, step)
                 if backup is not None:
                     backup.save()
-                logs = step_fn(batch if distributed else _step_inputs(batch))
+                logs = step_fn(batch)
                 values = {k: float(v) for k, v in logs.items()}
                 if not all(math.isfinite(v) for v in values.values()):
-                    names = [n.decode() for n in batch["name"].numpy()] if "name" in batch else []  # (one device)
+                    names = _batch_names(dataset_fn, int(run.global_step) * batch_size, batch_size)
                     where = (f"stage {stage.name} step {step} (global step {int(run.global_step) + 1}) on batch "
                              f"{names}: {values}")
                     if backup is None or in_a_row >= max_skipped:
@@ -403,28 +484,17 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
                 in_a_row = 0
                 run.step.assign(step)
                 run.global_step.assign_add(1)
-                new_lr = None if lr_schedule is not None else run.plateau.update(values["loss"], optimizer)
-                if new_lr is not None:
-                    logging.info("loss plateaued: learning rate -> %g", new_lr)
-                lr = learning_rate_of(optimizer)
-                if progbar is not None:
-                    progbar.update(step, [(k, v) for k, v in values.items()] + [("lr", lr)])
-                if step % log_every == 0 or step == target:
-                    with writer.as_default(step=int(run.global_step)):
-                        for k, v in values.items():
-                            tf.summary.scalar(f"{stage.name}/{k}", v)
-                        tf.summary.scalar(f"{stage.name}/learning_rate", lr)
+                for hook in all_hooks:
+                    hook.after_step(loop, step, values)
                 last_logs = values
-                if step % checkpoint_every == 0 and step != target:
-                    run.save()
-                if on_step_end is not None:
-                    on_step_end(si, step, values)
                 steps_done += 1
                 if stop_after and steps_done >= stop_after and step != target:
                     run.save()
                     summary.update(stopped_early=True, seconds=time.time() - t_start, skipped_batches=skipped,
                                    global_step=int(run.global_step))
                     return summary
+        for hook in all_hooks:
+            hook.on_stage_end(loop, si)
         summary["stages"][stage.name] = {"steps": target, "seconds": time.time() - t_stage, "final": last_logs}
         run.stage.assign_add(1)
         run.step.assign(0)
@@ -437,18 +507,27 @@ def train(trainer, config: dict, dataset_fn: Callable[[int], tf.data.Dataset], *
     return summary
 
 
-STEP_KEYS = ("rainy", "clean", "segmentation", "real")
+def _batch_names(dataset_fn, position: int, batch_size: int) -> list[str]:
+    """The file names of the global batch at example ``position`` (re-read from the deterministic
+    stream: only when a step failed)."""
+    try:
+        batch = next(iter(dataset_fn(position).take(1)))
+        return [n.decode() for n in batch["name"].numpy()] if "name" in batch else []
+    except Exception:  # pylint: disable=broad-except  (a message detail; never hide the real error)
+        return []
 
 
 def _step_inputs(batch: dict) -> dict:
-    """The tensors ``train_step`` takes (file names stay on the host)."""
-    return {k: batch[k] for k in STEP_KEYS if k in batch}
+    """The tensors ``train_step`` takes: everything but strings (file names stay on the host)."""
+    return {k: v for k, v in batch.items() if v.dtype != tf.string}
 
 
 def _step_function(trainer, strategy: tf.distribute.Strategy, jit: bool):
     """One step on every replica, the logs averaged over replicas. With ``jit`` the per-replica step
     is XLA-compiled, as Keras does under a strategy when asked explicitly."""
-    if jit and not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
+    several = strategy.num_replicas_in_sync > 1 or isinstance(
+        strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
+    if jit and several and not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
         raise TrainingError("--jit_compile=true under a --strategy needs GPUs or TPUs: TensorFlow cannot XLA-compile "
                             "a replica step whose variables live on another CPU device; use --jit_compile=false")
     replica_step = tf.function(trainer.train_step, jit_compile=True) if jit else trainer.train_step
@@ -462,18 +541,19 @@ def _step_function(trainer, strategy: tf.distribute.Strategy, jit: bool):
 
 
 def load_trainer(model_dir: str):
-    """Rebuild the trainer of ``model_dir`` from its config.json and restore its latest weights."""
+    """``(trainer, record)``: the trainer of ``model_dir``'s config.json with its latest weights, and
+    its :class:`erl_derain.run_config.RunRecord`; the trainer knows how far training got
+    (``set_progress``: the network as trained so far)."""
     from erl_derain.methods import make_trainer
 
-    config = read_config(model_dir)
-    trainer = make_trainer(config)
+    record = read_config(model_dir)
+    trainer = make_trainer(record)
     trainer.build_networks()
     run = Run(model_dir, trainer)
     path = run.restore(networks_only=True)
     if path is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, 'checkpoints')}: train first")
-    if hasattr(trainer, "set_progress"):  # the inference network as trained so far (a run stopped early)
-        progress = tf.train.Checkpoint(stage=run.stage, step=run.step)
-        progress.read(path).expect_partial()
-        trainer.set_progress(int(run.stage), int(run.step))
-    return trainer, config
+    progress = tf.train.Checkpoint(stage=run.stage, step=run.step)
+    progress.read(path).expect_partial()
+    trainer.set_progress(int(run.stage), int(run.step))
+    return trainer, record

@@ -183,17 +183,21 @@ class TaskWeighting:
     """
 
     def __init__(self, mode: str = "fixed", fixed: Union[Mapping[str, float], str, None] = None,
-                 tasks: Optional[Sequence[str]] = None, arithmetic: str = "authors"):
+                 tasks: Optional[Sequence[str]] = None, arithmetic: str = "authors", flag_prefix: str = ""):
+        # the flags a caller's settings come from, named in errors (``flag_prefix``: its method's prefix)
+        self._flags = {k: f"--{flag_prefix}{v[2:]}" for k, v in (("mode", _MODE_FLAG), ("tasks", _TASKS_FLAG),
+                                                                    ("weights", _WEIGHTS_FLAG),
+                                                                    ("arithmetic", _ARITHMETIC_FLAG))}
         mode = str(mode).strip().lower()
         if mode not in MODES:
-            raise ValueError(f"{_MODE_FLAG} must be one of {'|'.join(MODES)}, got {mode!r}")
+            raise ValueError(f"{self._flags['mode']} must be one of {'|'.join(MODES)}, got {mode!r}")
         arithmetic = str(arithmetic).strip().lower()
         if arithmetic not in ARITHMETICS:
-            raise ValueError(f"{_ARITHMETIC_FLAG} must be one of {'|'.join(ARITHMETICS)} (authors: 1 - v_t / S in "
+            raise ValueError(f"{self._flags['arithmetic']} must be one of {'|'.join(ARITHMETICS)} (authors: 1 - v_t / S in "
                              f"float32 as their code; stable: the other tasks' sum over S), got {arithmetic!r}")
         self.arithmetic = arithmetic
         self.mode = mode
-        self.fixed: Dict[str, float] = parse_task_weights(fixed)
+        self.fixed: Dict[str, float] = parse_task_weights(fixed, flag=self._flags["weights"])
         if isinstance(tasks, str):  # a flag value such as "p,e,t"
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.tasks = tuple(tasks) if tasks is not None else None
@@ -218,15 +222,17 @@ class TaskWeighting:
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
         tasks = list(tasks)
+        mode_flag, tasks_flag = self._flags["mode"], self._flags["tasks"]
         if self.dynamic and len(tasks) < 2:
             raise ValueError(
-                f"{_MODE_FLAG}={self.mode} needs at least two tasks ({_TASKS_FLAG} names {len(tasks)}: "
-                f"{tasks}); with one task its weight 1 - L/L would be 0. Use {_MODE_FLAG}=fixed or add tasks "
-                f"to {_TASKS_FLAG}")
+                f"{mode_flag}={self.mode} needs at least two tasks ({tasks_flag} names {len(tasks)}: "
+                f"{tasks}); with one task its weight 1 - L/L would be 0. Use {mode_flag}=fixed or add tasks "
+                f"to {tasks_flag}")
         if self.mode == "fixed":
             unknown = sorted(set(self.fixed) - set(tasks))
             if unknown:
-                raise ValueError(f"{_WEIGHTS_FLAG} names task(s) {unknown} not in {_TASKS_FLAG}={','.join(tasks)}")
+                raise ValueError(f"{self._flags['weights']} names task(s) {unknown} not in "
+                                 f"{tasks_flag}={','.join(tasks)}")
 
     def weights(self, losses: Mapping[str, tf.Tensor], *, tape: Optional[tf.GradientTape] = None,
                 shared: Union[tf.Variable, Sequence[tf.Variable], None] = None) -> Dict[str, tf.Tensor]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 # Tiny ERL-Net widths for CLI and training tests (flags form).
-TINY_FLAGS = ["--widths=8,16", "--bottleneck_width=16", "--dense_layers=2", "--growth=8", "--se_ratio=2"]
+TINY_FLAGS = ["--erl_widths=8,16", "--erl_bottleneck_width=16", "--erl_dense_layers=2", "--erl_growth=8", "--erl_se_ratio=2"]
 
 
 def shared_data_dir() -> Path | None:
@@ -38,6 +38,13 @@ def make_folder_dataset(root: Path, n: int = 4, size=(40, 48), seed: int = 0) ->
         write_png(root / "rainy" / f"img{i}.png", rainy)
         write_png(root / "clean" / f"img{i}.png", clean)
     return root
+
+
+def run_settings(model_dir) -> dict:
+    """A run folder's settings as one flat mapping of flag names (``method``, ``dataset``, ``erl_widths``, ...)."""
+    from erl_derain.run_config import read_record
+
+    return read_record(str(model_dir)).flat()
 
 
 @pytest.fixture

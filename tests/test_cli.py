@@ -14,7 +14,7 @@ from absl import flags
 from erl_derain import metrics
 from erl_derain.data.image_io import load_rgb
 
-from .conftest import TINY_FLAGS, make_folder_dataset
+from .conftest import TINY_FLAGS, make_folder_dataset, run_settings
 
 FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
 
@@ -30,7 +30,7 @@ def _train(run_cli, model_dir, data, *extra):
 def test_memd_variants_train_and_derain_odd_sizes(run_cli, tmp_path, base):
     data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 24))
     model_dir = tmp_path / f"run_{base}"
-    _train(run_cli, model_dir, data, "--method=memd", f"--base={base}", "--stage_steps=1")
+    _train(run_cli, model_dir, data, "--method=memd", f"--erl_base={base}", "--stage_steps=1")
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -64,12 +64,13 @@ def test_derain_one_bad_file_does_not_stop_the_others(run_cli, tmp_path):
 def test_train_evaluate_export_roundtrip(run_cli, tmp_path):
     data = make_folder_dataset(tmp_path / "data", n=3, size=(24, 32))
     model_dir = tmp_path / "run"
-    out = _train(run_cli, model_dir, data, "--erl_strategy=ma_d", "--stage_steps=2,1,1", "--evaluate_after",
+    out = _train(run_cli, model_dir, data, "--erl_schedule=ma_d", "--stage_steps=2,1,1", "--evaluate_after",
                  "--eval_split=test")
     assert "Stage III (3/3)" in out and "Mean over 3 images" in out
-    config = json.loads((model_dir / "config.json").read_text())
-    assert config["method"] == "erlnet" and config["widths"] == [8, 16]
-    assert (model_dir / "flags.txt").read_text().count("--erl_strategy=ma_d") == 1
+    config = run_settings(model_dir)
+    assert config["method"] == "erlnet" and config["erl_widths"] == (8, 16)
+    assert json.loads((model_dir / "config.json").read_text())["format"] == 2
+    assert (model_dir / "flags.txt").read_text().count("--erl_schedule=ma_d") == 1
     assert list((model_dir / "logs").iterdir())
 
     code, out, err = run_cli("evaluate", f"--model_dir={model_dir}", f"--output={tmp_path / 'ev'}")
@@ -96,7 +97,7 @@ def test_train_evaluate_export_roundtrip(run_cli, tmp_path):
     from erl_derain.inference import pad_to_multiple
     from erl_derain.training import load_trainer
 
-    net = load_trainer(str(model_dir))[0].inference_model()
+    net = load_trainer(str(model_dir))[0].inference_network()  # the raw network: the views average its outputs
     for r in rows4:
         rainy = cv2.imread(str(data / "rainy" / f"{r['name']}.png"))[..., ::-1].astype(np.float32) / 255
         clean = cv2.imread(str(data / "clean" / f"{r['name']}.png"))[..., ::-1]
@@ -157,7 +158,7 @@ def test_flagfiles_parse_and_match_their_strategy(flagfile):
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(["erl-derain", f"--flagfile={flagfile}"])
-        config = cli._run_config()
+        config = cli._record_from_flags().flat()
         trainer = make_trainer(config)
         per_stage = flags.FLAGS.stage_steps or flags.FLAGS.stage_epochs
         assert len(per_stage) == len(trainer.stages), flagfile
@@ -165,8 +166,8 @@ def test_flagfiles_parse_and_match_their_strategy(flagfile):
         if flagfile.parent.name == "erlnet" and not flagfile.name.endswith("_baseline.flags"):
             ds, rest = flagfile.stem.split("_", 1)
             strategy, entanglement = rest.rsplit("_", 1)
-            assert (config["dataset"], config["erl_strategy"], config["entanglement"]) == (ds, strategy, entanglement)
-            assert (config["crop_size"], config["batch_size"], config["lr"], config["lambda_fre"]) == (320, 1, 4e-4, 0.01)
+            assert (config["dataset"], config["erl_schedule"], config["erl_entanglement"]) == (ds, strategy, entanglement)
+            assert (config["crop_size"], config["batch_size"], config["lr"], config["erl_lambda_fre"]) == (320, 1, 4e-4, 0.01)
         # What a flagfile's comment says the epochs add to is what its values add to.
         claim = re.search(r"add to (\d+) epochs", " ".join(flagfile.read_text().split()))
         if claim and flags.FLAGS.stage_epochs:
@@ -181,7 +182,7 @@ def test_flagfiles_parse_and_match_their_strategy(flagfile):
             assert trainer.cfg.channel_attention == rest.startswith("menet")
             assert trainer.cfg.blocks == (16 if rest.endswith("_deep") else 8)
             assert (config["crop_size"], config["batch_size"], config["lr"], config["crop_mode"]) == (224, 20, 1e-3, "ten_crop")
-            assert config["lr_decay_epochs"] == ["40", "80"] and config["stage_epochs"] == ["100"]
+            assert config["lr_decay_epochs"] == (40, 80) and config["stage_epochs"] == (100,)
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -209,7 +210,7 @@ def test_synthesize_and_train_on_own_photos(run_cli, tmp_path):
                          "--stage_steps=1", "--crop_size=16", "--jit_compile=false", "--noevaluate_after", *TINY_FLAGS)
     assert _train_out[0] == 0, _train_out[2]
     assert list((tmp_path / "tfds" / "synthetic_rain").glob("custom_*"))
-    assert json.loads((tmp_path / "run_syn" / "config.json").read_text())["clean_dir"] == str(photos)
+    assert run_settings(tmp_path / "run_syn")["clean_dir"] == str(photos)
 
 
 def test_derain_keeps_grey_alpha_and_16_bit(run_cli, tmp_path):
@@ -313,8 +314,8 @@ def test_bad_flags_fail_before_any_work(tmp_path):
 
     code, text = run("train", f"--flagfile={tmp_path / 'missing.flags'}")
     assert code != 0 and "Unable to open flagfile" in text and "missing.flags" in text
-    code, text = run("train", "--erl_strategy=ma_z", f"--model_dir={tmp_path / 'r'}")
-    assert code != 0 and "--erl_strategy" in text and "ma_d" in text
+    code, text = run("train", "--erl_schedule=ma_z", f"--model_dir={tmp_path / 'r'}")
+    assert code != 0 and "--erl_schedule" in text and "ma_d" in text
     code, text = run("train", "--method=nope", f"--model_dir={tmp_path / 'r'}", "--stage_steps=1")
     assert code == 1 and "unknown --method='nope'" in text and "Traceback" not in text
     code, text = run("train", "--dataset=no_such_set", f"--model_dir={tmp_path / 'r'}", "--stage_steps=1,1,1",

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from erl_derain import distribute
 
-from .conftest import TINY_FLAGS, make_folder_dataset
+from .conftest import TINY_FLAGS, make_folder_dataset, run_settings
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 # ERL-Net MA_D on tiny widths; 3 stages so that resuming mid-stage and across stages is exercised.
@@ -81,7 +81,7 @@ def test_mirrored_on_two_logical_cpus_equals_one_device_and_resumes(data, single
     out = _run(_cli(mirrored, data, "--batch_size=2", "--strategy=mirrored", "--logical_cpus=2"))
     assert "Training done" in out
     assert _max_diff(single, _weights(mirrored)) < TOLERANCE
-    assert json.loads((mirrored / "config.json").read_text())["strategy"] == "mirrored"
+    assert run_settings(mirrored)["strategy"] == "mirrored"
     # Stopped mid-stage II (stage I has 3 steps) and resumed under the strategy.
     resumed = tmp_path / "resumed"
     out = _run(_cli(resumed, data, "--batch_size=2", "--strategy=mirrored", "--logical_cpus=2", "--stop_after=4"))
@@ -117,7 +117,7 @@ def test_multi_worker_on_loopback_equals_one_worker(data, single, tmp_path):
     assert f"checkpoints in {model_dir / 'checkpoints'}" in outs[0]
     assert "checkpoints in" not in outs[1] and "the chief (worker 0) writes the checkpoints" in outs[1]
     assert _max_diff(single, _weights(model_dir)) < TOLERANCE
-    assert json.loads((model_dir / "config.json").read_text())["strategy"] == "multi_worker"
+    assert run_settings(model_dir)["strategy"] == "multi_worker"
     assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.json", "flags.txt", "logs"]
 
 
@@ -197,7 +197,7 @@ def test_mixed_float16_uses_dynamic_loss_scaling():
         from erl_derain.methods import make_trainer
 
         trainer = make_trainer(TINY_METHODS["erlnet"])
-        assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in trainer.stage_optimizers)
+        assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in trainer.optimizers.values())
         trainer.build_networks((1, 16, 16, 3))
         x = tf.random.stateless_uniform((1, 16, 16, 3), seed=[0, 2])
         logs = tf.function(trainer.train_step)({"rainy": x, "clean": x})
@@ -236,7 +236,7 @@ def test_cli_mixed_precision_and_bad_strategy(run_cli, tmp_path):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert code == 0, err
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["mixed_precision"] is True
+    assert run_settings(tmp_path / "run")["mixed_precision"] is True
     code, out, err = run_cli("train", f"--model_dir={tmp_path / 'run2'}", f"--dataset=folder:{data}",
                              "--strategy=tpu", "--stage_steps=1", *TINY_FLAGS)
     assert code == 1 and "--strategy=tpu needs --tpu" in err

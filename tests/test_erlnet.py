@@ -118,9 +118,9 @@ def test_memd_variants_structure():
 
 
 def test_bad_configuration_is_rejected():
-    with pytest.raises(ValueError, match="--erl_strategy"):
+    with pytest.raises(ValueError, match="--erl_schedule"):
         make_trainer({"method": "erlnet", "erl_strategy": "ma_z", **TINY})
-    with pytest.raises(ValueError, match="--base"):
+    with pytest.raises(ValueError, match="--erl_base"):
         make_trainer({"method": "erlnet", "base": "unet", **TINY})
     with pytest.raises(ValueError, match="unknown --method"):
         make_trainer({"method": "nope"})

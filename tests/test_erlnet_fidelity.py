@@ -46,7 +46,7 @@ def test_a_run_stopped_early_derains_with_the_network_trained_so_far(tmp_path, s
     assert summary.get("stopped_early")
     loaded, _ = training.load_trainer(model_dir)
     x = tf.random.uniform((1, 16, 16, 3), seed=3)
-    out = loaded.inference_model()(x).numpy()
+    out = loaded.inference_network()(x).numpy()  # unclipped: the network itself
     memd = loaded.net.mde(loaded.net.men(x)).numpy()  # the plain encoder-decoder path, composed by hand
     with_ren = loaded.net.mde([m + r for m, r in zip(loaded.net.men(x), loaded.net.ren(x))]).numpy()  # MLGD: every tap
     assert not np.allclose(memd, with_ren, atol=1e-5)
@@ -114,7 +114,7 @@ def test_evaluate_scores_the_clean_to_clean_autoencoder_on_clean_inputs(run_cli,
     data = make_folder_dataset(tmp_path / "d", n=2, size=(16, 16))
     model_dir = tmp_path / "run"
     code, _, err = run_cli("train", f"--model_dir={model_dir}", f"--dataset=folder:{data}", "--crop_size=16",
-                           "--erl_strategy=ma_a", "--stage_steps=2,1", "--noevaluate_after", *TINY_FLAGS)
+                           "--erl_schedule=ma_a", "--stage_steps=2,1", "--noevaluate_after", *TINY_FLAGS)
     assert code == 0, err
     out = tmp_path / "eval"
     code, stdout, err = run_cli("evaluate", f"--model_dir={model_dir}", f"--dataset=folder:{data}", "--split=train",

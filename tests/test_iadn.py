@@ -11,7 +11,7 @@ import tensorflow as tf
 from erl_derain import losses
 from erl_derain.methods import iadn
 
-from .conftest import make_folder_dataset
+from .conftest import make_folder_dataset, run_settings
 
 TINY = iadn.IADNConfig(width=8, blocks=1, refine_blocks=1, groups=2, num_classes=5)
 
@@ -68,11 +68,11 @@ def test_with_labels_the_loss_is_eq_5_and_phi_trains():
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="--gaussian_kernel"):
+    with pytest.raises(ValueError, match="--iadn_gaussian_kernel"):
         iadn.IADNTrainer(TINY, gaussian_kernel=4)
-    with pytest.raises(ValueError, match="--contrast_pooling"):
+    with pytest.raises(ValueError, match="--iadn_contrast_pooling"):
         iadn.IADN(iadn.IADNConfig(contrast_pooling="avg"))
-    with pytest.raises(ValueError, match="--lambda_col"):
+    with pytest.raises(ValueError, match="--iadn_lambda_col"):
         iadn.IADNTrainer(TINY, lambdas=(1.0, 1.0, -0.1, 0.05))
 
 
@@ -80,11 +80,11 @@ def test_cli_train_evaluate_export(run_cli, tmp_path):
     data = make_folder_dataset(tmp_path / "data", n=2, size=(24, 32))
     model_dir = tmp_path / "run"
     code, out, err = run_cli("train", "--method=iadn", f"--model_dir={model_dir}", f"--dataset=folder:{data}",
-                             "--iadn_width=8", "--iadn_blocks=1", "--php_groups=2", "--crop_size=16",
+                             "--iadn_width=8", "--iadn_blocks=1", "--iadn_php_groups=2", "--crop_size=16",
                              "--crop_mode=scale_rotate", "--flip", "--batch_size=1", "--stage_steps=2",
                              "--jit_compile=false", "--evaluate_after", "--eval_split=test")
     assert code == 0, err
-    config = json.loads((model_dir / "config.json").read_text())
+    config = run_settings(model_dir)
     assert config["method"] == "iadn" and config["lr"] == pytest.approx(3e-4)
     assert "Mean over 2 images" in out and "l_col" in out
     photo = tmp_path / "odd.png"
@@ -114,7 +114,7 @@ def test_cli_trains_with_segmentation_labels_from_cityscapes_rain(run_cli, tmp_p
     dummy = Path(__file__).resolve().parents[1] / "tfds_builders" / "cityscapes_rain" / "dummy_data"
     code, out, err = run_cli("train", "--method=iadn", f"--model_dir={tmp_path / 'run'}",
                              "--dataset=cityscapes_rain", f"--data_dir={tmp_path / 'tfds'}", f"--manual_dir={dummy}",
-                             "--iadn_width=8", "--iadn_blocks=1", "--php_groups=2", "--crop_size=16",
+                             "--iadn_width=8", "--iadn_blocks=1", "--iadn_php_groups=2", "--crop_size=16",
                              "--crop_mode=scale_rotate", "--flip", "--batch_size=1", "--stage_steps=2",
                              "--jit_compile=false", "--noevaluate_after")
     assert code == 0, err

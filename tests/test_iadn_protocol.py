@@ -111,10 +111,10 @@ def test_rain_size_flagfiles_are_the_main_run_without_one_size(size, clean_flags
     from erl_derain import cli
 
     _parse(FLAGS_DIR / "cityscapes_rain.flags")
-    main = cli._run_config()
+    main = cli._record_from_flags().flat()
     _parse(FLAGS_DIR / f"cityscapes_rain_no_{size}.flags")
-    ablation = cli._run_config()
-    assert ablation["exclude_rain_sizes"] == [size]
+    ablation = cli._record_from_flags().flat()
+    assert ablation["exclude_rain_sizes"] == (size,)
     assert flags.FLAGS.model_dir == f"runs/iadn_cityscapes_rain_no_{size}"
     differ = {k for k in main if main[k] != ablation[k]}
     assert differ == {"exclude_rain_sizes"}
@@ -126,15 +126,15 @@ def test_table_1_flagfile_evaluates_the_cityscapes_model_on_the_other_sets(monke
     from erl_derain import cli, evaluation, training
 
     _parse(FLAGS_DIR / "cityscapes_rain.flags")
-    trained = cli._run_config()
-    assert trained["lambda_seg"] > 0 and trained["dataset"] == "cityscapes_rain"
+    trained = cli._record_from_flags().flat()
+    assert trained["iadn_lambda_seg"] > 0 and trained["dataset"] == "cityscapes_rain"
     model_dir = flags.FLAGS.model_dir
 
     calls = []
     monkeypatch.setattr(training, "load_trainer",
                         lambda m: (type("T", (), {"inference_model": lambda self: None, "pad_multiple": 1})(),
-                                   {"dataset": "cityscapes_rain", "method": "iadn"}))
-    monkeypatch.setattr(cli, "_evaluate", lambda model, multiple, m, dataset, split, *a, **k:
+                                   training.as_record({"dataset": "cityscapes_rain", "method": "iadn"})))
+    monkeypatch.setattr(cli, "_evaluate", lambda model, m, dataset, split, *a, **k:
                         calls.append((m, dataset, split)) or {"psnr_y": 1.0, "ssim_y": 0.5})
     monkeypatch.setattr(evaluation, "cross_dataset_table", lambda results, out: (str(tmp_path / "t.md"), "t.csv"))
     (tmp_path / "t.md").write_text("table\n")
@@ -146,7 +146,7 @@ def test_table_1_flagfile_evaluates_the_cityscapes_model_on_the_other_sets(monke
 
     calls.clear()
     _parse(FLAGS_DIR / "table1_cityscapes.flags")
-    monkeypatch.setattr(cli, "_evaluate", lambda model, multiple, m, dataset, split, *a, **k:
+    monkeypatch.setattr(cli, "_evaluate", lambda model, m, dataset, split, *a, **k:
                         calls.append((m, dataset, split)))
     cli.cmd_evaluate()
     assert calls == [(model_dir, "cityscapes_rain", "val")]

@@ -17,7 +17,7 @@ from erl_derain.data import pipelines
 from tfds_builders import builder_testing as bt
 from tfds_builders.cityscapes_rain import cityscapes_rain_dataset_builder as cb
 
-from .conftest import make_folder_dataset
+from .conftest import make_folder_dataset, run_settings
 
 DUMMY = Path(__file__).resolve().parents[1] / "tfds_builders" / "cityscapes_rain" / "dummy_data"
 PAPER_SIZES = {"small": {0.2}, "medium": {0.4, 0.6}, "large": {0.8, 1.0}}  # Section IV.C
@@ -84,7 +84,7 @@ def test_exclusion_errors_name_the_feature(renders3, tmp_path):
         cb.exclude_rain_sizes(["small"], ["rainy", "clean", "name"], dataset="rain800")
 
 
-TINY_IADN = ["--method=iadn", "--iadn_width=8", "--iadn_blocks=1", "--php_groups=2", "--crop_size=8",
+TINY_IADN = ["--method=iadn", "--iadn_width=8", "--iadn_blocks=1", "--iadn_php_groups=2", "--crop_size=8",
              "--batch_size=1", "--jit_compile=false", "--noevaluate_after"]
 
 
@@ -96,8 +96,8 @@ def test_cli_trains_without_medium_streaks(run_cli, tmp_path):
                              "--exclude_rain_sizes=medium")
     assert code == 0, err
     assert "(2 steps)" in out and "l_seg" in out
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["exclude_rain_sizes"] == ["medium"]
+    config = run_settings(tmp_path / "run")
+    assert config["exclude_rain_sizes"] == ("medium",)
     code, _, err = run_cli("train", f"--model_dir={tmp_path / 'bad'}", *data, *TINY_IADN, "--stage_steps=1",
                            "--exclude_rain_sizes=tiny")
     assert code == 1 and "--exclude_rain_sizes" in err and "small,medium,large" in err

@@ -12,7 +12,7 @@ from erl_derain.data import unpaired
 from erl_derain.data.pipelines import DatasetError, paired_dataset
 from erl_derain.methods import jrgr
 
-from .conftest import make_folder_dataset, write_png
+from .conftest import make_folder_dataset, write_png, run_settings
 
 S = 32  # crop side
 TINY = dict(unet_depth=3, unet_filters=4, resnet_blocks=1, gen_filters=4, disc_filters=4, disc_layers=2,
@@ -93,22 +93,22 @@ def test_pretrain_of_init2_trains_f_s_only_then_joint_trains_everything_with_the
     t = _trainer(strategy="init2", learning_rate=1e-3)
     assert [s.name for s in t.stages] == ["pretrain", "joint"]
     b = _batch(2)
-    before = {k: _snapshot(n) for k, n in t.networks.items()}
+    before = {k: _snapshot(n) for k, n in t.networks().items()}
     t.set_stage(0)
     logs = tf.function(t.train_step)(b)
     assert set(logs) == {"loss", "mse_f_s"}
     assert _changed(before["f_s"], t.f_s)
     for k in ("f_r", "g_r", "g_s", "d_b", "d_os", "d_or"):
-        assert not _changed(before[k], t.networks[k]), k  # incl. F_r's BN moving statistics
+        assert not _changed(before[k], t.networks()[k]), k  # incl. F_r's BN moving statistics
     assert t.current_optimizer is t.optimizers_by_name["pretrain"]
 
     t.set_stage(1)
     assert t.current_optimizer is t.optimizers_by_name["gen"]
-    before = {k: _snapshot(n) for k, n in t.networks.items()}
+    before = {k: _snapshot(n) for k, n in t.networks().items()}
     joint = tf.function(t.train_step)
     logs = {k: float(v) for k, v in joint(b).items()}
     assert set(jrgr.GENERATOR_TERMS + jrgr.DISCRIMINATOR_TERMS + ("loss",)) == set(logs)
-    for k, net in t.networks.items():
+    for k, net in t.networks().items():
         assert _changed(before[k], net), k
     lr = {k: float(o.learning_rate) for k, o in t.optimizers_by_name.items()}
     # init2 pre-trains F_s only: F_s at lr/100, F_r (not pre-trained) at the base rate (the code's rule)
@@ -127,7 +127,7 @@ def test_strategies_stages():
     assert [s.train for s in jrgr.stages_for("proposed", "separate")][0] == ("f_s", "f_r")
     assert [s.train for s in jrgr.stages_for("init2", "separate")][0] == ("f_s",)
     assert [s.name for s in jrgr.stages_for("init1")] == ["joint"]
-    with pytest.raises(ValueError, match="jrgr_strategy"):
+    with pytest.raises(ValueError, match="jrgr_schedule"):
         jrgr.stages_for("init3")
     with pytest.raises(ValueError, match="--jrgr_pretrain must be one of shared, separate, got 'both'"):
         jrgr.stages_for("proposed", "both")
@@ -147,7 +147,7 @@ def test_learning_rate_cut_only_for_pretrained_removal_nets(strategy, pretrain, 
     # explicit factors still win
     t = jrgr.JRGRTrainer(**{**TINY, "strategy": strategy, "fs_lr_factor": 0.5, "fr_lr_factor": 0.25})
     assert (t.lr_factors["f_s"], t.lr_factors["f_r"]) == (0.5, 0.25)
-    with pytest.raises(ValueError, match="--fr_lr_factor"):
+    with pytest.raises(ValueError, match="--jrgr_fr_lr_factor"):
         jrgr.JRGRTrainer(**{**TINY, "strategy": strategy, "fr_lr_factor": 0.0})
 
 
@@ -231,13 +231,13 @@ def test_pools_keep_non_finite_images_out_and_a_skipped_step_can_be_undone():
         v.ref() for p in t.pools.values() for v in (p.images, p.count)}
     backup = training.StateBackup(t)
     backup.save()
-    before = {k: _snapshot(n) for k, n in t.networks.items()}
+    before = {k: _snapshot(n) for k, n in t.networks().items()}
     pools_before = [v.numpy().copy() for v in t.step_state_variables()]
     step(_batch(9))
     assert int(t.step_counter) == 2
     backup.restore()
     assert int(t.step_counter) == 1
-    for k, net in t.networks.items():
+    for k, net in t.networks().items():
         assert not _changed(before[k], net), k
     for a, v in zip(pools_before, t.step_state_variables()):
         np.testing.assert_array_equal(a, v.numpy())
@@ -249,31 +249,31 @@ def test_generator_update_leaves_the_discriminators_and_discriminator_update_the
     t = _trainer(strategy="init1")
     b = _batch(10)
     gens, discs = ("f_s", "f_r", "g_r", "g_s"), ("d_b", "d_os", "d_or")
-    before = {k: _snapshot(n) for k, n in t.networks.items()}
+    before = {k: _snapshot(n) for k, n in t.networks().items()}
     out, logs = t.generator_step(b)
     assert set(logs) == set(jrgr.GENERATOR_TERMS) | {"loss"}
     for k in gens:
-        assert _changed(before[k], t.networks[k]), k
+        assert _changed(before[k], t.networks()[k]), k
     for k in discs:
-        assert not _changed(before[k], t.networks[k]), k
+        assert not _changed(before[k], t.networks()[k]), k
         assert int(t.optimizers_by_name[k].iterations) == 0
-    before = {k: _snapshot(n) for k, n in t.networks.items()}
+    before = {k: _snapshot(n) for k, n in t.networks().items()}
     fakes = t.pooled_fakes(out, b["clean"], t.step_counter)
     d_logs = t.discriminator_step(b["rainy"], b["real"], fakes)
     assert set(d_logs) == set(jrgr.DISCRIMINATOR_TERMS)
     for k in gens:
-        assert not _changed(before[k], t.networks[k]), k  # weights and BatchNorm statistics
+        assert not _changed(before[k], t.networks()[k]), k  # weights and BatchNorm statistics
     for k in discs:
-        assert _changed(before[k], t.networks[k]), k
+        assert _changed(before[k], t.networks()[k]), k
 
 
 @pytest.mark.parametrize("kw,frozen", [(dict(lambda_adv=0.0), ("d_b", "d_os", "d_or")),
                                         (dict(lambda_adv_b=0.0), ("d_b",))])
 def test_zero_adversarial_weight_leaves_discriminators_alone(kw, frozen):
     t = _trainer(strategy="init1", **kw)
-    before = {k: _snapshot(n) for k, n in t.networks.items()}
+    before = {k: _snapshot(n) for k, n in t.networks().items()}
     logs = tf.function(t.train_step)(_batch(3))
-    for k, net in t.networks.items():
+    for k, net in t.networks().items():
         assert _changed(before[k], net) == (k not in frozen), k
         if k in frozen:
             assert int(t.optimizers_by_name[k].iterations) == 0
@@ -381,14 +381,14 @@ def test_cli_trains_both_stages_then_derains_exports_and_generates(run_cli, tmp_
     for i in range(3):
         cv2.imwrite(str(real / f"r{i}.jpg"), (rng.random((20 + 4 * i, 30, 3)) * 255).astype(np.uint8))
     model_dir = tmp_path / "run"
-    tiny = ["--unet_depth=2", "--unet_filters=4", "--resnet_blocks=1", "--gen_filters=4", "--disc_filters=4",
-            "--disc_layers=1", "--pool_size=2"]
+    tiny = ["--jrgr_unet_depth=2", "--jrgr_unet_filters=4", "--jrgr_resnet_blocks=1", "--jrgr_gen_filters=4", "--jrgr_disc_filters=4",
+            "--jrgr_disc_layers=1", "--jrgr_pool_size=2"]
     code, out, err = run_cli("train", "--method=jrgr", f"--model_dir={model_dir}", f"--dataset=folder:{data}",
-                             f"--real_dataset=folder:{real}", "--crop_size=16", "--batch_size=1",
+                             f"--jrgr_real_dataset=folder:{real}", "--crop_size=16", "--batch_size=1",
                              "--stage_steps=1,2", "--jit_compile=false", "--noevaluate_after", *tiny)
     assert code == 0, err
     assert "steps 0->1" in out and "steps 0->2" in out and "adv_b" in out
-    assert json.loads((model_dir / "config.json").read_text())["lr"] == pytest.approx(1e-4)
+    assert run_settings(model_dir)["lr"] == pytest.approx(1e-4)
     photo = tmp_path / "odd.png"
     cv2.imwrite(str(photo), (rng.random((13, 19, 3)) * 255).astype(np.uint8))
     code, _, err = run_cli("derain", f"--model_dir={model_dir}", f"--output_dir={tmp_path / 'out'}", str(photo))
@@ -404,4 +404,4 @@ def test_cli_trains_both_stages_then_derains_exports_and_generates(run_cli, tmp_
         assert cv2.imread(str(out_dir / "img0.png")).shape == (24, 32, 3)
     code, _, err = run_cli("train", "--method=jrgr", f"--model_dir={tmp_path / 'r2'}", f"--dataset=folder:{data}",
                            "--crop_size=16", "--stage_steps=1,1", *tiny)
-    assert code == 1 and "--real_dataset" in err
+    assert code == 1 and "--jrgr_real_dataset" in err

@@ -169,7 +169,7 @@ def load_patchgan(ref, code_name, net, **kw):
 
 
 def load_all(ref, trainer, **kw):
-    for key, net in trainer.networks.items():
+    for key, net in trainer.networks().items():
         load = load_unet if key.startswith("f_") else load_resnet if key.startswith("g_") else load_patchgan
         load(ref, CODE_NAMES[key], net, **kw)
 
@@ -315,10 +315,10 @@ def test_one_training_step_moves_each_network_as_the_code(ref, init, strategy):
     sqrt(v)) gives the code's sizes to 1e-4 here; Keras' (1e-7 on the raw sqrt(v)) 0.3 % less."""
     t = _trainer(ref, strategy=strategy)
     x = _inputs(ref)
-    before = {k: [v.numpy().copy() for v in net.trainable_weights] for k, net in t.networks.items()}
+    before = {k: [v.numpy().copy() for v in net.trainable_weights] for k, net in t.networks().items()}
     t.train_step({"rainy": x["O_s"], "clean": x["B_s"], "real": x["O_t"]})
     ratios = {}
-    for k, net in t.networks.items():
+    for k, net in t.networks().items():
         moved = np.concatenate([np.abs(v.numpy() - b).ravel() for v, b in zip(net.trainable_weights, before[k])])
         ratios[k] = float(moved.mean()) / float(ref[f"lr_step/{init}/{CODE_NAMES[k]}_mean_abs_update"])
     assert all(abs(r - 1.0) < 1e-3 for r in ratios.values()), ratios

@@ -10,7 +10,7 @@ import tensorflow as tf
 from erl_derain.inference import apply_padded
 from erl_derain.methods import menet
 
-from .conftest import make_folder_dataset
+from .conftest import make_folder_dataset, run_settings
 
 
 def _params(model) -> int:
@@ -87,9 +87,9 @@ def test_one_training_step_per_weighting(mode, tasks):
 
 
 def test_bad_task_configuration_is_named():
-    with pytest.raises(ValueError, match="--tasks"):
+    with pytest.raises(ValueError, match="--menet_tasks"):
         menet.MENETTrainer(menet.MENETConfig(), tasks=("p", "x"))
-    with pytest.raises(ValueError, match="--task_weights"):
+    with pytest.raises(ValueError, match="--menet_task_weights"):
         menet.MENETTrainer(menet.MENETConfig(), tasks=("p", "e"), task_weighting="fixed", task_weights=[1.0])
 
 
@@ -98,10 +98,10 @@ def test_cli_trains_with_ten_crops_and_step_decay_then_evaluates(run_cli, tmp_pa
     model_dir = tmp_path / "run"
     code, out, err = run_cli("train", "--method=menet", f"--model_dir={model_dir}", f"--dataset=folder:{data}",
                              "--menet_blocks=2", "--crop_size=16", "--crop_mode=ten_crop", "--batch_size=4",
-                             "--stage_epochs=0.6", "--lr_decay_steps=2", "--task_weighting=lb", "--tasks=p,e",
+                             "--stage_epochs=0.6", "--lr_decay_steps=2", "--menet_task_weighting=lb", "--menet_tasks=p,e",
                              "--jit_compile=false", "--evaluate_after", "--eval_split=test")
     assert code == 0, err
-    config = json.loads((model_dir / "config.json").read_text())
+    config = run_settings(model_dir)
     assert config["method"] == "menet" and config["lr"] == pytest.approx(1e-3)  # MENET's default lr
     # 2 images x 10 crops = 20 examples per epoch; 0.6 epoch at batch 4 = 3 steps.
     assert "steps 0->3" in out and "w_p" in out and "Mean over 2 images" in out
@@ -142,9 +142,9 @@ def test_menet_adam_uses_tf1_epsilon_and_gb_arithmetic_is_passed_on():
     assert trainer.optimizer_.epsilon == pytest.approx(1e-8)  # TF1 AdamOptimizer's, as the authors' code
     assert trainer.weighting.arithmetic == "stable"
     assert menet.trainer_from_config({"menet_blocks": 2, "lr": 1e-3}).weighting.arithmetic == "authors"
-    with pytest.raises(ValueError, match="--gb_arithmetic"):
+    with pytest.raises(ValueError, match="--menet_gb_arithmetic"):
         menet.trainer_from_config({"menet_blocks": 2, "lr": 1e-3, "gb_arithmetic": "exact"})
-    with pytest.raises(ValueError, match="--texture_reduction"):
+    with pytest.raises(ValueError, match="--menet_texture_reduction"):
         menet.trainer_from_config({"menet_blocks": 2, "lr": 1e-3, "texture_reduction": "sum"})
 
 

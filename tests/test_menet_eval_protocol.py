@@ -14,8 +14,9 @@ import tensorflow as tf
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from erl_derain import evaluation
+from erl_derain.inference import InferenceModel
 
-from .conftest import make_folder_dataset
+from .conftest import make_folder_dataset, run_settings
 
 
 def hand_crops(image: np.ndarray, crop: int) -> list[np.ndarray]:
@@ -57,7 +58,7 @@ def images():
 def test_ten_crop_scores_equal_scikit_image_on_hand_cut_crops(images):
     dataset = [{"rainy": tf.constant(r[None]), "clean": tf.constant(c[None]), "name": tf.constant([f"im{i}"])}
                for i, (r, c) in enumerate(images)]
-    rows = evaluation.evaluate_ten_crop(pixelwise, 16, dataset, crop_size=16, progress=False)
+    rows = evaluation.evaluate_ten_crop(InferenceModel(pixelwise, 16), dataset, crop_size=16, progress=False)
     all_psnr, all_ssim, all_input_psnr = [], [], []
     for row, (rainy, clean) in zip(rows, images):
         out = pixelwise(tf.constant(rainy)).numpy()
@@ -85,7 +86,7 @@ def test_ten_crop_scores_equal_scikit_image_on_hand_cut_crops(images):
     assert summary["gain_psnr_rgb"] == pytest.approx(np.mean(all_psnr) - np.mean(all_input_psnr), abs=1e-6)
     assert "psnr_y" not in summary and "gain_psnr_y" not in summary
     with pytest.raises(ValueError, match="--eval_crop_size"):
-        evaluation.evaluate_ten_crop(pixelwise, 16, dataset, crop_size=38, progress=False)
+        evaluation.evaluate_ten_crop(InferenceModel(pixelwise, 16), dataset, crop_size=38, progress=False)
 
 
 def test_cli_evaluate_records_the_protocol_and_scores_menet_on_ten_crops(run_cli, tmp_path):
@@ -96,12 +97,12 @@ def test_cli_evaluate_records_the_protocol_and_scores_menet_on_ten_crops(run_cli
     model_dir = tmp_path / "run"
     code, _, err = run_cli("train", "--method=menet", f"--model_dir={model_dir}", f"--dataset=folder:{data}",
                            "--menet_blocks=1", "--crop_size=32", "--batch_size=2", "--stage_steps=1",
-                           "--tasks=p,e,t", "--task_weighting=gb", "--texture_reduction=mean",
-                           "--menet_value_range=255", "--gb_arithmetic=stable", "--jit_compile=false",
+                           "--menet_tasks=p,e,t", "--menet_task_weighting=gb", "--menet_texture_reduction=mean",
+                           "--menet_value_range=255", "--menet_gb_arithmetic=stable", "--jit_compile=false",
                            "--noevaluate_after")
     assert code == 0, err
-    config = json.loads((model_dir / "config.json").read_text())
-    assert config["menet_value_range"] == 255.0 and config["gb_arithmetic"] == "stable"
+    config = run_settings(model_dir)
+    assert config["menet_value_range"] == 255.0 and config["menet_gb_arithmetic"] == "stable"
     out = tmp_path / "ev"
     code, stdout, err = run_cli("evaluate", f"--model_dir={model_dir}", f"--dataset=folder:{data}", f"--output={out}",
                                 "--eval_protocol=ten_crop_rgb", "--eval_crop_size=32", "--jit_compile=false")

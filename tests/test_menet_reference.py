@@ -240,16 +240,18 @@ def test_table_flagfiles_reproduce_the_authors_step(ref, name):
     """The flagfiles of Tables I-II use the authors' scale, texture form and arithmetic: built from
     them, the trainer takes the authors' step on the reference batch."""
     flags = _flagfile(name)
-    assert flags["menet_value_range"] == "255" and flags["texture_reduction"] == "mean"
-    assert flags["gb_arithmetic"] == "authors"
-    config = {"method": "menet", "tasks": flags["tasks"].split(","), "task_weighting": flags["task_weighting"],
-              "texture_reduction": flags["texture_reduction"], "menet_value_range": float(flags["menet_value_range"]),
-              "gb_arithmetic": flags["gb_arithmetic"], "menet_blocks": int(flags["menet_blocks"]),
+    assert flags["menet_value_range"] == "255" and flags["menet_texture_reduction"] == "mean"
+    assert flags["menet_gb_arithmetic"] == "authors"
+    config = {"method": "menet", "menet_tasks": flags["menet_tasks"].split(","),
+              "menet_task_weighting": flags["menet_task_weighting"],
+              "menet_texture_reduction": flags["menet_texture_reduction"],
+              "menet_value_range": float(flags["menet_value_range"]),
+              "menet_gb_arithmetic": flags["menet_gb_arithmetic"], "menet_blocks": int(flags["menet_blocks"]),
               "menet_ca": "menet_ca" in flags, "lr": float(flags["lr"])}
     trainer = menet.trainer_from_config(config)
     trainer.build_networks((2, 64, 64, 3))
     load_reference_weights(trainer.net, ref)
-    mode = flags["task_weighting"]
+    mode = flags["menet_task_weighting"]
     logs = {k: float(v) for k, v in trainer.train_step(batch(ref)).items()}
     assert logs["loss"] == pytest.approx(float(ref[f"{mode}/total_loss"]), rel=1e-6)
     np.testing.assert_allclose(trainer.net.layer5.kernel.numpy(), ref[f"{mode}/layer5_kernel_after_one_step"],

@@ -108,11 +108,14 @@ def test_package_a_fine_tune_and_load_it(tmp_path):
     info_path, weights_path = package.package(str(tmp_path / "tune"), "tiny", str(out), {"train_seconds": 60.0})
     info = json.loads(open(info_path).read())
     assert info["sha256"] == pretrained.sha256_of(weights_path) and info["train_seconds"] == 60.0
-    assert info["init_config"]["stage_steps"] == ["1", "1", "1"] and info["config"]["init_from"].endswith("base")
+    assert info["init_config"]["run"]["stage_steps"] == [1, 1, 1] and info["config"]["run"]["init_from"].endswith("base")
     trainer, _ = training.load_trainer(str(tmp_path / "tune"))
     model = pretrained.load_pretrained("tiny", str(out))
     x = tf.random.uniform((1, 16, 24, 3), seed=1)
     np.testing.assert_allclose(model(x).numpy(), trainer.inference_model()(x).numpy(), atol=1e-6)
-    assert card._schedule(info["config"]) == "stage III 2 steps, Adam 0.0001, learning rate x0.25 after step 1"
-    assert card._schedule(info["init_config"]) == ("stages I 1, II 1, III 1 steps, Adam 0.0004, learning rate "
+    from erl_derain.run_config import record_from_dict
+
+    assert card._schedule(record_from_dict(info["config"]).flat()) == (
+        "stage III 2 steps, Adam 0.0001, learning rate x0.25 after step 1")
+    assert card._schedule(record_from_dict(info["init_config"]).flat()) == ("stages I 1, II 1, III 1 steps, Adam 0.0004, learning rate "
                                                    "divided by 10 on loss plateaus")

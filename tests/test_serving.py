@@ -79,18 +79,19 @@ def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     data = make_folder_dataset(root / "data", n=2, size=(16, 16))
     out = {}
-    for method, extra in (("erlnet", ["--erl_strategy=ma_a", "--stage_steps=1,1"]),
+    for method, extra in (("erlnet", ["--erl_schedule=ma_a", "--stage_steps=1,1"]),
                           ("memd", ["--method=memd", "--stage_steps=1"]),
-                          ("menet", ["--method=menet", "--menet_blocks=1", "--tasks=p,e", "--stage_steps=1"]),
-                          ("iadn", ["--method=iadn", "--iadn_width=4", "--iadn_blocks=1", "--php_groups=1",
+                          ("menet", ["--method=menet", "--menet_blocks=1", "--menet_tasks=p,e", "--stage_steps=1"]),
+                          ("iadn", ["--method=iadn", "--iadn_width=4", "--iadn_blocks=1", "--iadn_php_groups=1",
                                     "--stage_steps=1"])):
         model_dir = root / f"run_{method}"
         _cli("train", f"--model_dir={model_dir}", f"--dataset=folder:{data}", "--crop_size=16", "--batch_size=2",
              "--jit_compile=false", "--noevaluate_after", *TINY_FLAGS, *extra)
-        trainer, config = load_trainer(str(model_dir))
+        trainer, record = load_trainer(str(model_dir))
         base = root / "models" / method
-        path = serving.export_saved_model(InferenceModel(trainer.inference_model(), trainer.pad_multiple), str(base),
-                                          metadata={"method": config["method"], "config": config})
+        config = record.to_dict()
+        path = serving.export_saved_model(trainer.inference_model(), str(base),
+                                          metadata={"method": record.method, "config": config})
         out[method] = {"trainer": trainer, "config": config, "base": base, "path": Path(path)}
     return out
 
@@ -180,7 +181,8 @@ def test_export_holds_only_the_inference_variables(exports):
     saved = [k for k, _ in tf.train.list_variables(str(path / "variables" / "variables"))
              if k.endswith("VARIABLE_VALUE")]
     assert not any("clean_ae" in k or "optimizer" in k for k in saved)
-    assert len(saved) == len(model.variables) < len(trainer.variables)
+    everything = [w for net in trainer.networks().values() for w in net.weights]
+    assert len(saved) == len(model.variables) < len(everything)
     reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
 
     def fingerprint(values):
@@ -189,7 +191,7 @@ def test_export_holds_only_the_inference_variables(exports):
     assert fingerprint(reader.get_tensor(k) for k in saved) == fingerprint(v.numpy() for v in model.variables)
     info = serving.read_export_info(str(path))
     assert info["method"] == "erlnet" and info["version"] == 1 and info["pad_multiple"] == trainer.pad_multiple
-    assert info["config"]["erl_strategy"] == "ma_a"
+    assert info["config"]["method_config"]["schedule"] == "ma_a"
 
 
 def test_bad_requests_give_named_errors(loaded):
@@ -534,7 +536,7 @@ def test_grpc_client_against_emulated_server(exports, loaded, tmp_path):
         np.testing.assert_allclose(out["derained"], run(images).numpy(), atol=1e-5)
         meta = serving.server_metadata(host_port, "erlnet")
         assert meta["method"] == "erlnet" and meta["version"] == "1"
-        assert json.loads(meta["flags_json"])["widths"] == [8, 16]
+        assert json.loads(meta["flags_json"])["method_config"]["widths"] == [8, 16]
         with pytest.raises(serving.ServingError, match="(?s)INVALID_ARGUMENT.*images: expected 3 channels"):
             serving.predict_grpc(host_port, "erlnet", images=np.zeros((1, 8, 8, 1), np.float32))
         (tmp_path / "p.jpg").write_bytes(_jpeg(_quantise(images[0])))

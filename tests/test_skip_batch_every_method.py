@@ -7,28 +7,26 @@ import pytest
 import tensorflow as tf
 
 from erl_derain import training
-from erl_derain.methods import METHODS, make_trainer
+from erl_derain.methods import discover, make_trainer
 
-SIDE = 16
-TINY = {
-    "erlnet": {"erl_strategy": "ma_d", "widths": [8, 16], "bottleneck_width": 16, "dense_layers": 2, "growth": 8,
-               "se_ratio": 2},
-    "memd": {"widths": [8, 16], "bottleneck_width": 16, "dense_layers": 2, "growth": 8, "se_ratio": 2},
-    "menet": {"menet_blocks": 1, "menet_width": 16, "menet_skip_width": 4, "tasks": ["p", "e", "t"],
-              "task_weighting": "gb"},
-    "iadn": {"iadn_width": 4, "iadn_blocks": 1, "iadn_refine_blocks": 1, "php_groups": 1},
-    "jrgr": {"jrgr_strategy": "init1", "unet_depth": 2, "unet_filters": 4, "resnet_blocks": 1, "gen_filters": 4,
-             "disc_filters": 4, "disc_layers": 1, "pool_size": 2, "crop_size": SIDE},
-}
+METHODS = discover()
 
 
-def _batches(n, poison_at=None):
+
+def _record(method):
+    from erl_derain.run_config import RunConfig, make_record
+
+    spec = METHODS[method]
+    return make_record(method, RunConfig(crop_size=spec.tiny_crop, batch_size=2), **dict(spec.tiny))
+
+
+def _batches(n, side, poison_at=None):
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
-        rainy = rng.random((2, SIDE, SIDE, 3), np.float32)
+        rainy = rng.random((2, side, side, 3), np.float32)
         batch = {"rainy": rainy, "clean": np.clip(rainy - 0.2, 0, 1).astype(np.float32),
-                 "real": rng.random((2, SIDE, SIDE, 3), np.float32), "name": np.array([b"a", b"b"])}
+                 "real": rng.random((2, side, side, 3), np.float32), "name": np.array([b"a", b"b"])}
         out.append(batch)
     if poison_at is not None:
         bad = {k: v.copy() for k, v in out[poison_at].items()}
@@ -38,7 +36,8 @@ def _batches(n, poison_at=None):
 
 
 def _train(method, tmp_path, batches, name, steps):
-    config = {"method": method, **TINY[method]}
+    config = _record(method)
+    side = config.run.crop_size
     keras.utils.set_random_seed(0)
     trainer = make_trainer(config)
 
@@ -46,7 +45,7 @@ def _train(method, tmp_path, batches, name, steps):
         assert start % 2 == 0
         sliced = batches[start // 2:]
         return tf.data.Dataset.from_generator(lambda: iter(sliced), output_signature={
-            k: tf.TensorSpec((2, SIDE, SIDE, 3), tf.float32) if k != "name" else tf.TensorSpec((2,), tf.string)
+            k: tf.TensorSpec((2, side, side, 3), tf.float32) if k != "name" else tf.TensorSpec((2,), tf.string)
             for k in sliced[0]})
 
     summary = training.train(trainer, config, dataset_fn, model_dir=str(tmp_path / name), stage_steps=steps,
@@ -59,12 +58,12 @@ def _train(method, tmp_path, batches, name, steps):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_skip_batch_undoes_the_poisoned_step(method, tmp_path):
-    assert method in TINY, f"add a tiny configuration of {method} to this test"
-    stages = len(make_trainer({"method": method, **TINY[method]}).stages)
+    stages = len(make_trainer(_record(method)).stages)
+    side = METHODS[method].tiny_crop
     # Two batches per stage; the poisoned run meets a NaN batch second, in its first stage, which is
     # given one step more for it (a skipped batch is consumed and counts as a step).
-    clean = _batches(2 * stages)
-    poisoned = _batches(2 * stages, poison_at=1)
+    clean = _batches(2 * stages, side)
+    poisoned = _batches(2 * stages, side, poison_at=1)
     s_clean, w_clean = _train(method, tmp_path, clean, "clean", [2] * stages)
     s_poison, w_poison = _train(method, tmp_path, poisoned, "poisoned", [3] + [2] * (stages - 1))
     assert len(s_poison["skipped_batches"]) == 1 and not s_clean["skipped_batches"]

@@ -1,6 +1,6 @@
 """ERL-Net: Entangled Representation Learning for single image de-raining (Wang et al., ICCV 2019).
 
-Paper: ../shared/seeds/000 (and its rebuttal, 001). What is implemented, with the paper's words:
+Paper and its rebuttal letter (no public code). What is implemented, with the paper's words:
 
 * MEMD (Sec. 3.2, Table 2): a U-Net of dense blocks; "Down layer" = average pooling and "Up layer" =
   transposed convolution (rebuttal, Sec. 2); a feature fusion layer FUS (Fig. 2c) right after each
@@ -14,7 +14,7 @@ Paper: ../shared/seeds/000 (and its rebuttal, 001). What is implemented, with th
   L_ERL = L_pre + 0.01 L_fre (Eq. 5). Norms are taken as means (per element), as TF's L1 losses do.
 * Training strategies (Table 1): MA_A, MA_B, MA_C, MA_D (module assembly: stage-wise) and DT (direct).
 
-Sizes the paper does not give (our defaults, DESIGN.md section 5, all flags): level widths 64/128/256
+Sizes the paper does not give (our defaults, all flags): level widths 64/128/256
 with a 256-wide bottleneck (three down steps: 320x320 -> 40x40, as the paper's feature-map figure),
 dense blocks of 4 conv3x3 layers with growth 32 and a 1x1 transition, LeakyReLU(0.1), a 3x3 head
 convolution, 4x4 stride-2 transposed convolutions, and a linear 3x3 output convolution (no global
@@ -31,34 +31,55 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from erl_derain.config import option
 from erl_derain.distribute import as_float32, for_gradients, optimizer
-from erl_derain.nn.blocks import DenseBlock, FeatureFusion, conv3x3, trainable_weights_of
+from erl_derain.methods import MethodSpec, register
+from erl_derain.methods import base as method_base
+from erl_derain.nn.blocks import DenseBlock, FeatureFusion, conv3x3
 
 BASES = ("memd", "memd-", "memd--")
 ENTANGLEMENTS = ("mlgd", "clgd", "none")
 ENTANGLE_AT = ("post_activation", "pre_activation")
 
 
+SCHEDULES = ("ma_a", "ma_b", "ma_c", "ma_d", "dt", "memd")
+PREFIX = "erl_"
+
+
 @dataclass(frozen=True)
 class ERLNetConfig:
-    widths: tuple[int, ...] = (64, 128, 256)
-    bottleneck_width: int = 256
-    dense_layers: int = 4
-    growth: int = 32
-    base: str = "memd"              # memd | memd- (no FUS) | memd-- (no skips)
-    entanglement: str = "mlgd"      # mlgd | clgd | none (plain MEMD)
-    se_ratio: int = 16
-    entangle_at: str = "post_activation"  # where R(x) is added: after (paper's Fig. 2 taps) or before the activation
+    """ERL-Net's settings (flags ``--erl_<field>``; the old names are accepted)."""
+    widths: tuple[int, ...] = option((64, 128, 256), "ERL-Net level widths (one per down step).", aliases=("widths",))
+    bottleneck_width: int = option(256, "ERL-Net bottleneck width.", aliases=("bottleneck_width",))
+    dense_layers: int = option(4, "Conv layers per dense block.", aliases=("dense_layers",))
+    growth: int = option(32, "Dense block growth rate.", aliases=("growth",))
+    base: str = option("memd", "Base network: MEMD, MEMD- (no FUS), MEMD-- (no skips).", choices=BASES,
+                       aliases=("base",))
+    entanglement: str = option("mlgd", "CLGD: bottleneck only; MLGD: every level; none: the plain MEMD.",
+                               choices=ENTANGLEMENTS, aliases=("entanglement",))
+    schedule: str = option("ma_d", "Training schedule (Table 1): module assembly MA_A..MA_D, direct DT, or the "
+                           "MEMD baseline.", choices=SCHEDULES, aliases=("erl_strategy",))
+    se_ratio: int = option(16, "Squeeze-excitation reduction ratio inside FUS.", aliases=("se_ratio",))
+    lambda_fre: float = option(0.01, "Weight of L_fre in L_ERL (Eq. 5).", aliases=("lambda_fre",))
+    entangle_at: str = option("post_activation", "Add REN's taps to MEN's after each dense block's activation "
+                              "(Fig. 2's taps) or before it, the activation then applied to the sum (so R(x) can "
+                              "subtract; the rebuttal's Fig. R1 shows pre-ReLU activations); L_fre compares in the "
+                              "same space. docs/fidelity.md gives the measured comparison.", choices=ENTANGLE_AT)
 
     def __post_init__(self):
         if self.base not in BASES:
-            raise ValueError(f"--base must be one of {BASES}, got {self.base!r}")
+            raise ValueError(f"--erl_base must be one of {BASES}, got {self.base!r}")
         if self.entanglement not in ENTANGLEMENTS:
-            raise ValueError(f"--entanglement must be one of {ENTANGLEMENTS}, got {self.entanglement!r}")
+            raise ValueError(f"--erl_entanglement must be one of {ENTANGLEMENTS}, got {self.entanglement!r}")
         if self.entangle_at not in ENTANGLE_AT:
             raise ValueError(f"--erl_entangle_at must be one of {ENTANGLE_AT}, got {self.entangle_at!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--erl_schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not self.widths or any(w <= 0 for w in self.widths):
-            raise ValueError(f"--widths must be positive integers, got {self.widths}")
+            raise ValueError(f"--erl_widths must be positive integers, got {self.widths}")
+        for name in ("bottleneck_width", "dense_layers", "growth", "se_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--erl_{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def pad_multiple(self) -> int:
@@ -196,28 +217,27 @@ class Encoding(NamedTuple):
 # --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Stage:
-    name: str
-    train: tuple[str, ...]   # sub-networks updated in this stage: men, ren, mde, ae
-    loss: str                # "pre" (L_pre) or "erl" (L_pre + lambda L_fre) for the de-raining branch
-    use_ren: bool            # whether REN is part of the forward pass
+class Stage(method_base.Stage):
+    """A stage of Table 1: ``train`` names sub-networks (men, ren, mde, ae)."""
+    loss: str = "pre"        # "pre" (L_pre) or "erl" (L_pre + lambda L_fre) for the de-raining branch
+    use_ren: bool = False    # whether REN is part of the forward pass
     derain: bool = True      # False: the stage trains only the clean autoencoder
 
-STAGE_I = Stage("I", ("men", "mde", "ae"), "pre", use_ren=False)
-STAGE_II_REN = Stage("II", ("ren",), "erl", use_ren=True)
+STAGE_I = Stage("I", ("men", "mde", "ae"), loss="pre", use_ren=False)
+STAGE_II_REN = Stage("II", ("ren",), loss="erl", use_ren=True)
 STRATEGIES: dict[str, tuple[Stage, ...]] = {
     # Stage I trains the de-raining MEMD with L_pre and, alongside, the clean-to-clean MEMD that
     # provides Phi(x_c) for the later stages (Sec. 3.3).
     "ma_a": (STAGE_I, STAGE_II_REN),
-    "ma_b": (STAGE_I, Stage("II", ("ren", "mde"), "erl", use_ren=True)),
-    "ma_c": (STAGE_I, STAGE_II_REN, Stage("III", ("mde",), "pre", use_ren=True)),
-    "ma_d": (STAGE_I, STAGE_II_REN, Stage("III", ("ren", "mde"), "pre", use_ren=True)),
+    "ma_b": (STAGE_I, Stage("II", ("ren", "mde"), loss="erl", use_ren=True)),
+    "ma_c": (STAGE_I, STAGE_II_REN, Stage("III", ("mde",), loss="pre", use_ren=True)),
+    "ma_d": (STAGE_I, STAGE_II_REN, Stage("III", ("ren", "mde"), loss="pre", use_ren=True)),
     # DT: "one stage, L_ERL to train the overall network" from scratch; L_fre needs the clean
     # autoencoder's features, so it is trained first in a stage of its own.
-    "dt": (Stage("AE", ("ae",), "pre", use_ren=False, derain=False),
-           Stage("DT", ("men", "ren", "mde"), "erl", use_ren=True)),
+    "dt": (Stage("AE", ("ae",), loss="pre", use_ren=False, derain=False),
+           Stage("DT", ("men", "ren", "mde"), loss="erl", use_ren=True)),
     # The MEMD baseline (Table 2): one stage, no residual branch.
-    "memd": (Stage("I", ("men", "mde"), "pre", use_ren=False),),
+    "memd": (Stage("I", ("men", "mde"), loss="pre", use_ren=False),),
 }
 
 
@@ -226,36 +246,42 @@ def l1(a, b):
     return ops.mean(ops.abs(as_float32(a) - as_float32(b)))
 
 
-class ERLNetTrainer(keras.Model):
-    """Trainer for ERL-Net / MEMD: a keras.Model whose ``train_step`` takes one gradient step of the
-    current stage with ``tf.GradientTape``, updating only that stage's sub-networks."""
+class ERLNetTrainer(method_base.Trainer):
+    """Trainer for ERL-Net / MEMD: ``train_step`` takes one gradient step of the current stage with
+    ``tf.GradientTape``, updating only that stage's sub-networks."""
 
-    def __init__(self, cfg: ERLNetConfig, strategy: str = "ma_d", lambda_fre: float = 0.01,
-                 learning_rate: float = 4e-4, **kwargs):
-        super().__init__(**kwargs)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"--erl_strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-        if cfg.entanglement == "none" and strategy != "memd":
-            raise ValueError("--entanglement=none is the plain MEMD: use --erl_strategy=memd (or --method=memd)")
-        if strategy == "memd" and cfg.entanglement != "none":
+    schedule_flag = "--erl_schedule"
+
+    def __init__(self, cfg: ERLNetConfig = ERLNetConfig(), learning_rate: float = 4e-4, **overrides):
+        super().__init__()
+        if "strategy" in overrides:  # the old keyword
+            overrides["schedule"] = overrides.pop("strategy")
+        cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+        if cfg.entanglement == "none" and cfg.schedule != "memd":
+            raise ValueError("--erl_entanglement=none is the plain MEMD: use --erl_schedule=memd (or --method=memd)")
+        if cfg.schedule == "memd" and cfg.entanglement != "none":
             cfg = dataclasses.replace(cfg, entanglement="none")
         self.cfg = cfg
-        self.strategy_name = strategy
-        self.stages = STRATEGIES[strategy]
-        self.lambda_fre = float(lambda_fre)
+        self.strategy_name = cfg.schedule
+        self.stages = STRATEGIES[cfg.schedule]
+        self.lambda_fre = float(cfg.lambda_fre)
         self.net = ERLNet(cfg, name="erlnet")
         needs_ae = any("ae" in s.train for s in self.stages)
         self.clean_ae = MEMD(cfg, name="clean_ae") if needs_ae else None
         # One Adam per stage (the paper restarts each stage from lr 4e-4 with default Adam settings).
-        self.stage_optimizers = [optimizer(keras.optimizers.Adam, learning_rate, name=f"adam_stage_{s.name}")
-                                 for s in self.stages]
-        self.stage_index = 0
-        self.progress: tuple[int, int] | None = None  # (stage, step) of a restored checkpoint
+        self.optimizers = {str(i): optimizer(keras.optimizers.Adam, learning_rate, name=f"adam_stage_{s.name}")
+                           for i, s in enumerate(self.stages)}
 
-    # -- the generic trainer interface used by erl_derain.training -------------------------------
+    # -- the trainer contract ------------------------------------------------------------------------
     @property
     def pad_multiple(self) -> int:
         return self.cfg.pad_multiple
+
+    def networks(self) -> dict:
+        nets = {"net": self.net}
+        if self.clean_ae is not None:
+            nets["clean_ae"] = self.clean_ae
+        return nets
 
     def sub_networks(self) -> dict[str, keras.Model]:
         nets = {"men": self.net.men, "mde": self.net.mde}
@@ -265,40 +291,13 @@ class ERLNetTrainer(keras.Model):
             nets["ae"] = self.clean_ae
         return nets
 
-    def build_networks(self, image_shape=(1, 32, 32, 3)):
-        x = tf.zeros(image_shape)
+    def build_networks(self, image_shape=None):
+        x = tf.zeros(image_shape or self.sample_shape())
         self.net(x, use_ren=True)
         if self.clean_ae is not None:
             self.clean_ae(x)
-        for i in range(len(self.stages)):
-            self.stage_optimizers[i].build(self.stage_variables(i))
-
-    def stage_variables(self, index: int | None = None) -> list:
-        stage = self.stages[self.stage_index if index is None else index]
-        nets = self.sub_networks()
-        return trainable_weights_of(*(nets[k] for k in stage.train))
-
-    def set_stage(self, index: int):
-        self.stage_index = int(index)
-
-    @property
-    def stage(self) -> Stage:
-        return self.stages[self.stage_index]
-
-    @property
-    def current_optimizer(self):
-        return self.stage_optimizers[self.stage_index]
-
-    def checkpoint_items(self) -> dict:
-        items = {"net": self.net, **{f"optimizer_{i}": o for i, o in enumerate(self.stage_optimizers)}}
-        if self.clean_ae is not None:
-            items["clean_ae"] = self.clean_ae
-        return items
-
-    def set_progress(self, stage: int, step: int) -> None:
-        """Where training has reached (the checkpoint's stage index and step within it): the inference
-        network is the network as trained so far (see :meth:`inference_uses_ren`)."""
-        self.progress = (int(stage), int(step))
+        for key, opt in self.optimizers.items():
+            opt.build(self.optimizer_variables(key))
 
     def inference_uses_ren(self) -> bool:
         """Whether the network as trained so far runs REN: a finished run follows its last stage; a run
@@ -313,7 +312,7 @@ class ERLNetTrainer(keras.Model):
         derain = [s for s in reached if s.derain]
         return bool(derain) and derain[-1].use_ren
 
-    def inference_model(self) -> keras.Model:
+    def inference_network(self):
         """The de-raining network only (no clean autoencoder), as trained so far."""
         return InferenceWrapper(self.net, self.inference_uses_ren(), name=f"erlnet_{self.strategy_name}")
 
@@ -322,9 +321,12 @@ class ERLNetTrainer(keras.Model):
         (rainy images) and, when the strategy trains it, the clean-to-clean autoencoder (clean images):
         the introduction's experiment (the same structure translating clean images scores far higher
         than translating rainy ones: 49.51 against 31.67 dB on the raindrop data)."""
+        from erl_derain.inference import InferenceModel
+
         nets = {"derain": (self.inference_model(), "rainy")}
         if self.clean_ae is not None:
-            nets["clean_autoencoder"] = (self.clean_ae, "clean")
+            nets["clean_autoencoder"] = (InferenceModel(self.clean_ae, self.pad_multiple, name="clean_autoencoder"),
+                                         "clean")
         return nets
 
     # -- losses and the step -----------------------------------------------------------------------
@@ -361,9 +363,6 @@ class ERLNetTrainer(keras.Model):
         opt.apply(grads, variables)
         return losses
 
-    def call(self, x):
-        return self.net(x, use_ren=self.stage.use_ren)
-
 
 class InferenceWrapper(keras.Model):
     def __init__(self, net: ERLNet, use_ren: bool, **kwargs):
@@ -376,13 +375,26 @@ class InferenceWrapper(keras.Model):
 
 
 def config_from_dict(d: dict) -> ERLNetConfig:
-    return ERLNetConfig(
-        widths=tuple(int(w) for w in d.get("widths", ERLNetConfig.widths)),
-        bottleneck_width=int(d.get("bottleneck_width", 256)),
-        dense_layers=int(d.get("dense_layers", 4)),
-        growth=int(d.get("growth", 32)),
-        base=d.get("base", "memd"),
-        entanglement=d.get("entanglement", "mlgd"),
-        se_ratio=int(d.get("se_ratio", 16)),
-        entangle_at=d.get("erl_entangle_at") or "post_activation",  # runs written before the flag: post
-    )
+    """ERL-Net's settings from a flat dict of flag names (old style)."""
+    from erl_derain import config as cfglib
+
+    names = cfglib.key_names(ERLNetConfig, PREFIX)
+    return cfglib.from_dict(ERLNetConfig, {k: v for k, v in d.items() if k in names}, prefix=PREFIX)
+
+
+def _memd(cfg: ERLNetConfig) -> ERLNetConfig:
+    return dataclasses.replace(cfg, entanglement="none", schedule="memd")
+
+
+TINY = {"widths": (8, 16), "bottleneck_width": 16, "dense_layers": 2, "growth": 8, "se_ratio": 2}
+
+register(MethodSpec(
+    name="erlnet", description="ERL-Net (ICCV 2019): MEMD + residual encoder, MA_A..MA_D / DT schedules",
+    config_class=ERLNetConfig, flag_prefix=PREFIX, default_lr=4e-4, schedule_flag="--erl_schedule",
+    build=lambda cfg, record: ERLNetTrainer(cfg, learning_rate=record.lr), tiny=TINY, tiny_crop=16,
+    display_name="ERL-Net (MA_D)", paper_batch=(320, 1, "ERL-Net Sec. 4.1: random 320x320 crops, batch 1")))
+register(MethodSpec(
+    name="memd", description="ERL-Net's basic MEMD / MEMD- / MEMD-- (no residual encoder; --erl_base)",
+    config_class=ERLNetConfig, flag_prefix=PREFIX, default_lr=4e-4, schedule_flag="--erl_schedule",
+    build=lambda cfg, record: ERLNetTrainer(cfg, learning_rate=record.lr), tiny=TINY, tiny_crop=16,
+    normalize=_memd, display_name="MEMD", paper_batch=(320, 1, "ERL-Net Sec. 4.1: random 320x320 crops, batch 1")))

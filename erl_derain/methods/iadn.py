@@ -38,6 +38,7 @@ Non-local" and "X^c -> SPANet".
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import keras
@@ -45,8 +46,11 @@ import tensorflow as tf
 from keras import layers
 
 from erl_derain import losses as losses_lib
+from erl_derain.config import option
 from erl_derain.distribute import as_float32, for_gradients, optimizer
-from erl_derain.nn.php import CONTRAST_POOLING_MODES, ContrastAwarePooling, PHPBlock
+from erl_derain.methods import MethodSpec, register
+from erl_derain.methods import base as method_base
+from erl_derain.nn.php import CONTRAST_POOLING_MODES, PHP_MODES, ContrastAwarePooling, PHPBlock
 
 SEG_NETS = ("deraining", "sub1")
 """Values of ``--iadn_seg_net``: "deraining" (Phi has the deraining network's structure, both
@@ -57,20 +61,46 @@ LAMBDA_DEFAULTS = {"lambda_acc_c": 1.0, "lambda_acc": 1.0, "lambda_col": 0.1, "l
 """Eq. 5's weights lambda_1..lambda_4 (Section III.C, "Sensitivity on hyper-parameters"): 1, 1, 0.1, 0.05."""
 
 
+PREFIX = "iadn_"
+
+
 @dataclass(frozen=True)
 class IADNConfig:
-    width: int = 32              # trunk width (ours: the paper gives none)
-    blocks: int = 3              # PHP blocks of sub-network 1 (ours)
-    refine_blocks: int = 1       # PHP blocks of sub-network 2 (ours)
-    groups: int = 3              # parallel pyramids per PHP block (hierarchy depth; ours)
-    k: int = 4                   # parallel dilated convolutions per pyramid (the paper: 4)
-    php_mode: str = "php"
-    contrast_pooling: str = "contrast"
-    refinement: bool = True      # False: Table IV "w/o X"
-    num_classes: int = 19        # Cityscapes training classes
-    seg_net: str = "deraining"   # Phi's structure: the deraining network's ("deraining") or sub-network 1 ("sub1")
+    """The intensity-aware network's settings (flags ``--iadn_<field>``; the old names are accepted).
+    Where the paper is silent the defaults are ours (width, blocks, groups)."""
+    width: int = option(32, "Trunk width (the paper gives none).")
+    blocks: int = option(3, "PHP blocks in sub-network 1 (and in the segmentation network's copy of it).")
+    refine_blocks: int = option(1, "PHP blocks in sub-network 2.")
+    groups: int = option(3, "Parallel pyramids stacked per PHP block (hierarchical pyramid).", flag="iadn_php_groups",
+                        aliases=("php_groups",))
+    k: int = option(4, "Parallel dilated convolutions per pyramid (the paper: 4).", cli=False)
+    php_mode: str = option("php", "The PHP block or a Table IV ablation.", choices=PHP_MODES, aliases=("php_mode",))
+    contrast_pooling: str = option("contrast", "Contrast-aware pooling (Eq. 2), max pooling, or none (Table IV).",
+                                   choices=CONTRAST_POOLING_MODES, aliases=("contrast_pooling",))
+    refinement: bool = option(True, "Sub-network 2 (False: Table IV 'w/o X').")
+    filtered_gt: bool = option(True, "Supervise X^c with the Gaussian-filtered clean image (False: Table IV "
+                               "'X_f^gt -> X^gt').")
+    gaussian_kernel: int = option(5, "Gaussian kernel of the low-frequency ground truth (3, 5, 7, 9).",
+                                  aliases=("gaussian_kernel",))
+    lambda_acc_c: float = option(1.0, "Weight of L_acc(X^c, X_f^gt) (Eq. 5 lambda_1).", aliases=("lambda_acc_c",))
+    lambda_acc: float = option(1.0, "Weight of L_acc(X, X^gt) (lambda_2).", aliases=("lambda_acc",))
+    lambda_col: float = option(0.1, "Weight of the colour alignment L_col (lambda_3; 0: Table III without it).",
+                               aliases=("lambda_col",))
+    lambda_seg: float = option(0.05, "Weight of the semantic regularisation L_seg (lambda_4; used only when the "
+                               "dataset has segmentation labels).", aliases=("lambda_seg",))
+    seg_net: str = option("deraining", "Structure of the segmentation network Phi: the deraining network's, both "
+                          "sub-networks (the paper), or sub-network 1 only (runs made before this setting, whose "
+                          "config.json lacks it, load as sub1).", choices=SEG_NETS, legacy="sub1")
+    num_classes: int = option(19, "Segmentation classes (Cityscapes' training classes).", cli=False)
+    charbonnier_eps: float = option(1e-3, "Charbonnier epsilon of L_acc (Eq. 3).", cli=False)
 
-    pad_multiple: int = 1        # no down-sampling: any size as is
+    @property
+    def pad_multiple(self) -> int:
+        return 1  # no down-sampling: any size as is
+
+    @property
+    def lambdas(self) -> tuple[float, float, float, float]:
+        return (self.lambda_acc_c, self.lambda_acc, self.lambda_col, self.lambda_seg)
 
 
 class SubNetwork(keras.Model):
@@ -81,7 +111,7 @@ class SubNetwork(keras.Model):
                  residual: bool = True, **kwargs):
         super().__init__(**kwargs)
         if contrast_pooling not in CONTRAST_POOLING_MODES:
-            raise ValueError(f"--contrast_pooling must be one of {'|'.join(CONTRAST_POOLING_MODES)}, "
+            raise ValueError(f"--iadn_contrast_pooling must be one of {'|'.join(CONTRAST_POOLING_MODES)}, "
                              f"got {contrast_pooling!r}")
         self.residual = residual
         self.first = layers.Conv2D(cfg.width, 3, padding="same", activation="relu", name="first")
@@ -150,15 +180,15 @@ def segmentation_network(cfg: IADNConfig) -> keras.Model:
     return SegmentationNetwork(cfg, name="segmentation")
 
 
-class InferenceModel(keras.Model):
-    """The deraining network as used at test time: Y -> X clipped to [0, 1]."""
+class DerainingOutput(keras.Model):
+    """The deraining network's result X alone: Y -> X (the inference model pads and clips)."""
 
     def __init__(self, net: IADN, **kwargs):
         super().__init__(**kwargs)
         self.net = net
 
     def call(self, y, training=False):
-        return tf.clip_by_value(self.net(y, training=training)[1], 0.0, 1.0)
+        return self.net(y, training=training)[1]
 
 
 @dataclass(frozen=True)
@@ -167,56 +197,54 @@ class Stage:
     train: tuple
 
 
-class IADNTrainer(keras.Model):
+class IADNTrainer(method_base.Trainer):
     """One stage: deraining network and segmentation network trained together on Eq. 5 (custom
     ``train_step``); without labels in the batch L_seg is off and Phi is not run."""
 
-    def __init__(self, cfg: IADNConfig, *, lambdas=tuple(LAMBDA_DEFAULTS.values()), gaussian_kernel: int = 5,
-                 filtered_gt: bool = True, charbonnier_eps: float = 1e-3, learning_rate: float = 3e-4, **kwargs):
-        super().__init__(**kwargs)
-        if gaussian_kernel not in (3, 5, 7, 9):
-            raise ValueError(f"--gaussian_kernel must be 3, 5, 7 or 9 (the paper's sizes), got {gaussian_kernel}")
+    stages = (method_base.Stage("train", ("iadn", "segmentation")),)
+
+    def __init__(self, cfg: IADNConfig = IADNConfig(), learning_rate: float = 3e-4, **overrides):
+        super().__init__()
+        if "lambdas" in overrides:
+            lambdas = tuple(overrides.pop("lambdas"))
+            if len(lambdas) != 4:
+                raise ValueError(f"four loss weights expected (--iadn_lambda_acc_c, --iadn_lambda_acc, "
+                                 f"--iadn_lambda_col, --iadn_lambda_seg: Eq. 5's lambda_1..lambda_4), got {lambdas}")
+            overrides.update(zip(("lambda_acc_c", "lambda_acc", "lambda_col", "lambda_seg"), lambdas))
+        cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+        if cfg.gaussian_kernel not in (3, 5, 7, 9):
+            raise ValueError(f"--iadn_gaussian_kernel must be 3, 5, 7 or 9 (the paper's sizes), "
+                             f"got {cfg.gaussian_kernel}")
+        for name, value in zip(("lambda_acc_c", "lambda_acc", "lambda_col", "lambda_seg"), cfg.lambdas):
+            if not value >= 0:
+                raise ValueError(f"--iadn_{name} must be >= 0 (Eq. 5's weights), got {value}")
         self.cfg = cfg
-        self.lambdas = tuple(float(v) for v in lambdas)
-        if len(self.lambdas) != 4 or min(self.lambdas) < 0:
-            raise ValueError(f"four non-negative loss weights expected (--lambda_acc_c, --lambda_acc, --lambda_col, "
-                             f"--lambda_seg: Eq. 5's lambda_1..lambda_4), got {lambdas}")
-        self.gaussian_kernel = int(gaussian_kernel)
-        self.filtered_gt = bool(filtered_gt)
-        self.eps = float(charbonnier_eps)
+        self.lambdas = tuple(float(v) for v in cfg.lambdas)
+        self.gaussian_kernel = int(cfg.gaussian_kernel)
+        self.filtered_gt = bool(cfg.filtered_gt)
+        self.eps = float(cfg.charbonnier_eps)
         self.net = IADN(cfg, name="iadn")
         self.seg_net = segmentation_network(cfg)
-        self.stages = (Stage("train", ("iadn", "segmentation")),)
-        self.optimizer_ = optimizer(keras.optimizers.Adam, learning_rate, name="adam")
+        self.optimizers = {"0": optimizer(keras.optimizers.Adam, learning_rate, name="adam")}
 
-    # -- the generic trainer interface used by erl_derain.training -------------------------------
+    @property
+    def optimizer_(self):
+        return self.optimizers["0"]
+
+    # -- the trainer contract ------------------------------------------------------------------------
     @property
     def pad_multiple(self) -> int:
         return self.cfg.pad_multiple
 
-    def build_networks(self, image_shape=(1, 32, 32, 3)):
-        x = tf.zeros(image_shape)
-        self.net(x)
-        self.seg_net(x)
-        self.optimizer_.build(self.stage_variables())
+    def networks(self) -> dict:
+        return {"net": self.net, "segmentation": self.seg_net}
 
-    def stage_variables(self, index=None) -> list:
-        return list(self.net.trainable_variables) + list(self.seg_net.trainable_variables)
+    def sub_networks(self) -> dict:
+        return {"iadn": self.net, "segmentation": self.seg_net}
 
-    def set_stage(self, index: int):
-        if int(index) != 0:
-            raise ValueError(f"the intensity-aware network has one stage, got stage {index}")
-
-    @property
-    def current_optimizer(self):
-        return self.optimizer_
-
-    def checkpoint_items(self) -> dict:
-        return {"net": self.net, "segmentation": self.seg_net, "optimizer_0": self.optimizer_}
-
-    def inference_model(self) -> keras.Model:
-        """The deraining network only (no segmentation network)."""
-        return InferenceModel(self.net, name="iadn_inference")
+    def inference_network(self):
+        """The deraining network only (no segmentation network): Y -> X."""
+        return DerainingOutput(self.net, name="iadn_inference")
 
     # -- losses and the step -----------------------------------------------------------------------
     def compute_losses(self, rainy, clean, segmentation=None, training=True) -> dict:
@@ -248,31 +276,27 @@ class IADNTrainer(keras.Model):
         self.optimizer_.apply([g for g, _ in pairs], [v for _, v in pairs])
         return logs
 
-    def call(self, y, training=False):
-        return self.net(y, training=training)[1]
-
-
-def _setting(d: dict, key: str, default):
-    """``d[key]``, or ``default`` when the key is missing or None (a setting left unset)."""
-    value = d.get(key)
-    return default if value is None else value
-
 
 def config_from_dict(d: dict) -> IADNConfig:
-    return IADNConfig(width=int(_setting(d, "iadn_width", 32)), blocks=int(_setting(d, "iadn_blocks", 3)),
-                      refine_blocks=int(_setting(d, "iadn_refine_blocks", 1)),
-                      groups=int(_setting(d, "php_groups", 3)), php_mode=_setting(d, "php_mode", "php"),
-                      contrast_pooling=_setting(d, "contrast_pooling", "contrast"),
-                      refinement=bool(_setting(d, "iadn_refinement", True)),
-                      # a run written before the setting existed has the old Phi (sub-network 1 only)
-                      seg_net=_setting(d, "iadn_seg_net", "deraining" if "iadn_seg_net" in d else "sub1"))
+    """The settings from a flat dict of flag names (old style; missing or None settings take their
+    defaults, a missing iadn_seg_net the structure of the runs made before it: sub1)."""
+    from erl_derain import config as cfglib
+
+    names = cfglib.key_names(IADNConfig, PREFIX)
+    return cfglib.from_dict(IADNConfig, {k: v for k, v in d.items() if k in names}, prefix=PREFIX)
 
 
 def trainer_from_config(config: dict) -> IADNTrainer:
-    """The trainer of a run's settings; a loss weight (or any other setting) that is missing or None
-    takes its default (``LAMBDA_DEFAULTS``: 1, 1, 0.1, 0.05), not 1."""
-    lambdas = tuple(float(_setting(config, key, default)) for key, default in LAMBDA_DEFAULTS.items())
-    return IADNTrainer(config_from_dict(config), lambdas=lambdas,
-                       gaussian_kernel=int(_setting(config, "gaussian_kernel", 5)),
-                       filtered_gt=bool(_setting(config, "iadn_filtered_gt", True)),
-                       learning_rate=float(config.get("lr") or 3e-4))
+    """The trainer of a flat dict of settings (old style)."""
+    from erl_derain.methods import make_trainer
+
+    return make_trainer({"method": "iadn", **config})
+
+
+register(MethodSpec(
+    name="iadn", description="Intensity-aware deraining (TIP 2021): PHP blocks, contrast-aware pooling, two "
+    "sub-networks, colour and semantic regularisation", config_class=IADNConfig, flag_prefix=PREFIX,
+    default_lr=3e-4, build=lambda cfg, record: IADNTrainer(cfg, learning_rate=record.lr),
+    tiny={"width": 4, "blocks": 1, "refine_blocks": 1, "groups": 1}, tiny_crop=16,
+    paired_features=("segmentation",), display_name="intensity-aware",
+    paper_batch=(256, 1, "intensity-aware paper: batch 1, crop not given (our default 256)")))

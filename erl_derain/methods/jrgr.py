@@ -87,6 +87,7 @@ Test: F_r only (``inference_model``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import keras
@@ -95,6 +96,9 @@ import tensorflow as tf
 from keras import layers
 
 from erl_derain import losses as losses_lib
+from erl_derain.config import option
+from erl_derain.methods import MethodError, MethodSpec, StreamSpec, VerbSpec, register
+from erl_derain.methods import base as method_base
 from erl_derain.distribute import as_float32, for_gradients
 
 STRATEGIES = ("proposed", "init2", "init1")
@@ -445,10 +449,7 @@ DISCRIMINATOR_TERMS = ("d_b", "d_os", "d_or")
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    train: tuple
+Stage = method_base.Stage
 
 
 def _check_pretrain(pretrain: str) -> str:
@@ -461,14 +462,14 @@ def stages_for(strategy: str, pretrain: str = "shared") -> tuple:
     """Table 2's strategies. ``proposed`` with ``pretrain="shared"`` pre-trains F_s only (it is copied
     into F_r when the joint stage starts, see :meth:`JRGRTrainer.set_stage`); ``"separate"`` both."""
     _check_pretrain(pretrain)
-    joint = Stage("joint", NETWORKS)
+    joint = Stage("joint", NETWORKS, optimizer="gen")
     if strategy == "proposed":
-        return Stage("pretrain", ("f_s",) if pretrain == "shared" else ("f_s", "f_r")), joint
+        return Stage("pretrain", ("f_s",) if pretrain == "shared" else ("f_s", "f_r"), optimizer="pretrain"), joint
     if strategy == "init2":
-        return Stage("pretrain", ("f_s",)), joint
+        return Stage("pretrain", ("f_s",), optimizer="pretrain"), joint
     if strategy == "init1":
         return (joint,)
-    raise ValueError(f"--jrgr_strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    raise ValueError(f"--jrgr_schedule must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
 def pretrained_networks(strategy: str) -> tuple:
@@ -483,37 +484,98 @@ def default_lr_factors(strategy: str) -> dict:
     return {"f_s": 0.01 if "f_s" in pre else 1.0, "f_r": 0.1 if "f_r" in pre else 1.0}
 
 
-class JRGRTrainer(keras.Model):
+PREFIX = "jrgr_"
+
+
+@dataclass(frozen=True)
+class JRGRConfig:
+    """JRGR's settings (flags ``--jrgr_<field>``; the old names are accepted)."""
+    schedule: str = option("proposed", "Table 2 strategy: pre-train the removal nets (proposed), F_s only (init2) "
+                           "or nothing (init1) before the joint stage.", choices=STRATEGIES, aliases=("jrgr_strategy",))
+    pretrain: str = option("shared", "--jrgr_schedule=proposed: pre-train one U-Net (F_s) and copy it into F_r when "
+                           "the joint stage starts (shared: the authors' code and README) or pre-train F_s and F_r "
+                           "side by side (separate; runs made before this setting).", choices=PRETRAIN_MODES,
+                           legacy="separate")
+    unet_depth: int = option(7, "Down steps of the removal U-Nets (pad multiple 2**depth).", aliases=("unet_depth",))
+    unet_filters: int = option(64, "Base filters of the removal U-Nets.", aliases=("unet_filters",))
+    resnet_blocks: int = option(9, "Residual blocks of the generation nets.", aliases=("resnet_blocks",))
+    gen_filters: int = option(64, "Base filters of the generation nets.", aliases=("gen_filters",))
+    gen_norm: str = option("batch", "Normalisation of the generation nets.", choices=GEN_NORMS, aliases=("gen_norm",))
+    disc_filters: int = option(64, "Base filters of the PatchGAN discriminators.", aliases=("disc_filters",))
+    disc_layers: int = option(3, "PatchGAN layers.", aliases=("disc_layers",))
+    alpha: float = option(4.0, "alpha on the real background term of L_adv^B (four draws of alpha/4 each).")
+    lambda_adv: float = option(10.0, "Weight of the adversarial losses (0: no discriminator update).",
+                               aliases=("lambda_adv",))
+    lambda_adv_b: float | None = option(None, "Weight of L_adv^B alone (default --jrgr_lambda_adv; 0: Table 2 w/o "
+                                        "L_adv^B).", aliases=("lambda_adv_b",))
+    lambda_adv_o: float | None = option(None, "Weight of L_adv^O alone (default --jrgr_lambda_adv; 0: w/o L_adv^O).",
+                                        aliases=("lambda_adv_o",))
+    lambda_cyc: float = option(1.0, "Weight of the cycle losses (0: w/o L_cyc).", aliases=("lambda_cyc",))
+    lambda_mse: float = option(10.0, "Weight of the synthetic MSE (0: w/o L_mse).", aliases=("lambda_mse",))
+    pretrain_lr: float | None = option(None, "Learning rate of the pre-training stage (default --lr).",
+                                       aliases=("pretrain_lr",))
+    fr_lr_factor: float | None = option(None, "F_r's joint-stage learning rate over the generation nets' (default: "
+                                        "0.1 when F_r was pre-trained (proposed), else 1: the code's rule).",
+                                        aliases=("fr_lr_factor",))
+    fs_lr_factor: float | None = option(None, "F_s's joint-stage learning rate over the generation nets' (default: "
+                                        "0.01 when F_s was pre-trained (proposed, init2), else 1: the code's rule).",
+                                        aliases=("fs_lr_factor",))
+    d_lr_factor: float = option(1.0, "The discriminators' learning rate over the generation nets'.")
+    beta_1: float = option(0.5, "Adam beta_1.", aliases=("beta_1",))
+    pool_size: int = option(50, "Image pool of the discriminators' fake inputs.", aliases=("pool_size",))
+    real_dataset: str | None = option(None, "Unpaired real rainy photos: a TFDS name (real_rain) or a folder.",
+                                      aliases=("real_dataset",))
+    real_split: str = option("train", "Split of --jrgr_real_dataset.", aliases=("real_split",))
+    real_manual_dir: str | None = option(None, "manual_dir of --jrgr_real_dataset (a TFDS builder).",
+                                         aliases=("real_manual_dir",))
+    real_small_images: str = option("upscale", "Real photos smaller than the crop: upscale them, or an error.",
+                                    choices=("upscale", "error"), aliases=("real_small_images",))
+
+    def __post_init__(self):
+        if self.alpha < 0:
+            raise ValueError(f"--jrgr_alpha must be >= 0 (the weight of D_B's real term), got {self.alpha}")
+        for name in ("unet_depth", "unet_filters", "gen_filters", "disc_filters", "disc_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--jrgr_{name} must be >= 1, got {getattr(self, name)}")
+
+
+# the keywords the trainer accepted before JRGRConfig (renamed fields)
+_OLD_KEYWORDS = {"strategy": "schedule"}
+
+
+class JRGRTrainer(method_base.Trainer):
     """JRGR's seven networks, their optimizers and image pools; custom ``train_step`` per stage.
 
     ``fs_lr_factor`` / ``fr_lr_factor``: None = the code's rule (:func:`default_lr_factors`)."""
 
-    def __init__(self, *, strategy: str = "proposed", pretrain: str = "shared", unet_depth: int = 7,
-                 unet_filters: int = 64, resnet_blocks: int = 9, gen_filters: int = 64, gen_norm: str = "batch",
-                 disc_filters: int = 64, disc_layers: int = 3, alpha: float = 4.0, lambda_adv: float = 10.0,
-                 lambda_adv_b: float | None = None, lambda_adv_o: float | None = None, lambda_cyc: float = 1.0,
-                 lambda_mse: float = 10.0, learning_rate: float = 1e-4, pretrain_lr: float | None = None,
-                 fr_lr_factor: float | None = None, fs_lr_factor: float | None = None, d_lr_factor: float = 1.0,
-                 beta_1: float = 0.5, pool_size: int = 50, crop_size: int = 256, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
+    schedule_flag = "--jrgr_schedule"
+
+    def __init__(self, cfg: JRGRConfig | None = None, *, learning_rate: float = 1e-4, crop_size: int = 256,
+                 seed: int = 0, **overrides):
+        super().__init__()
+        overrides = {_OLD_KEYWORDS.get(k, k): v for k, v in overrides.items()}
+        cfg = dataclasses.replace(cfg or JRGRConfig(), **overrides)
+        self.cfg = cfg
+        strategy, pretrain = cfg.schedule, cfg.pretrain
+        unet_depth, unet_filters, resnet_blocks = cfg.unet_depth, cfg.unet_filters, cfg.resnet_blocks
+        gen_filters, gen_norm, disc_filters, disc_layers = cfg.gen_filters, cfg.gen_norm, cfg.disc_filters, cfg.disc_layers
+        beta_1, pool_size, pretrain_lr = cfg.beta_1, cfg.pool_size, cfg.pretrain_lr
         self.strategy = strategy
         self.pretrain = _check_pretrain(pretrain)
         self.stages = stages_for(strategy, pretrain)
-        self.stage_index = 0
-        self.alpha = float(alpha)
-        if self.alpha < 0:
-            raise ValueError(f"--jrgr_alpha must be >= 0 (the weight of D_B's real term), got {alpha}")
-        self.lambda_adv_b = float(lambda_adv if lambda_adv_b is None else lambda_adv_b)
-        self.lambda_adv_o = float(lambda_adv if lambda_adv_o is None else lambda_adv_o)
-        self.lambda_cyc, self.lambda_mse = float(lambda_cyc), float(lambda_mse)
+        self.alpha = float(cfg.alpha)
+        self.lambda_adv_b = float(cfg.lambda_adv if cfg.lambda_adv_b is None else cfg.lambda_adv_b)
+        self.lambda_adv_o = float(cfg.lambda_adv if cfg.lambda_adv_o is None else cfg.lambda_adv_o)
+        self.lambda_cyc, self.lambda_mse = float(cfg.lambda_cyc), float(cfg.lambda_mse)
         defaults = default_lr_factors(strategy)
-        self.lr_factors = {"f_r": float(defaults["f_r"] if fr_lr_factor is None else fr_lr_factor),
-                           "f_s": float(defaults["f_s"] if fs_lr_factor is None else fs_lr_factor),
-                           "d_b": float(d_lr_factor), "d_os": float(d_lr_factor), "d_or": float(d_lr_factor)}
+        fr, fs, d = cfg.fr_lr_factor, cfg.fs_lr_factor, cfg.d_lr_factor
+        self.lr_factors = {"f_r": float(defaults["f_r"] if fr is None else fr),
+                           "f_s": float(defaults["f_s"] if fs is None else fs),
+                           "d_b": float(d), "d_os": float(d), "d_or": float(d)}
         for k, f in self.lr_factors.items():
             if not f > 0:
-                raise ValueError(f"the learning-rate factor of {k} must be > 0, got {f} "
-                                 f"(--{'fr' if k == 'f_r' else 'fs'}_lr_factor)")
+                flag = {"f_r": "fr", "f_s": "fs"}.get(k, "d")
+                raise ValueError(f"the learning-rate factor of {k} must be > 0, got {f} (--jrgr_{flag}_lr_factor)")
         self.unet_depth = int(unet_depth)
         self.disc_layers = int(disc_layers)
         self.crop_size = int(crop_size)
@@ -536,7 +598,7 @@ class JRGRTrainer(keras.Model):
         def adam(value, name):
             return TorchAdam(value, beta_1=float(beta_1), beta_2=0.999, name=name, loss_scale_factor=scale)
 
-        self.optimizers_by_name = {
+        self.optimizers = self.optimizers_by_name = {
             "pretrain": adam(float(pretrain_lr or lr), "adam_pretrain"),
             "gen": adam(lr, "adam_gen"),  # G_r and G_s: the joint stage's base lr
             **{k: adam(lr * f, f"adam_{k}") for k, f in self.lr_factors.items()},
@@ -552,9 +614,19 @@ class JRGRTrainer(keras.Model):
     def pad_multiple(self) -> int:
         return 2 ** self.unet_depth
 
-    @property
     def networks(self) -> dict:
         return {k: getattr(self, k) for k in NETWORKS}
+
+    def sample_shape(self) -> tuple:
+        side = max(self.pad_multiple, 2 ** (self.disc_layers + 2))
+        return (1, side, side, 3)
+
+    def optimizer_variables(self, key: str) -> list:
+        if key == "pretrain":
+            return self._variables_of(self._pretrain_networks())
+        if key == "gen":
+            return self._variables_of(("g_r", "g_s"))
+        return self._variables_of((key,))
 
     @property
     def update_d_b(self) -> bool:
@@ -569,18 +641,7 @@ class JRGRTrainer(keras.Model):
         """F_r starts the joint stage as a copy of the pre-trained F_s (the code's recipe)."""
         return self.strategy == "proposed" and self.pretrain == "shared"
 
-    def build_networks(self, image_shape=None):
-        if image_shape is None:
-            side = max(self.pad_multiple, 2 ** (self.disc_layers + 2))
-            image_shape = (1, side, side, 3)
-        x = tf.zeros(image_shape)
-        for name, net in self.networks.items():
-            net(x, training=False)
-        opt = self.optimizers_by_name
-        opt["pretrain"].build(self._variables_of(self._pretrain_networks()))
-        opt["gen"].build(self._variables_of(("g_r", "g_s")))
-        for k in self.lr_factors:
-            opt[k].build(self._variables_of((k,)))
+    def build_extra(self):
         if not self.pools:
             shape = (self.crop_size, self.crop_size, 3)
             self.pools = {k: ImagePool(self.pool_size, shape, seed=self.seed, stream=i, name=f"pool_{k}")
@@ -607,15 +668,12 @@ class JRGRTrainer(keras.Model):
             names = [n for n in names if n not in ("d_b", "d_os", "d_or") or n in self._discriminators()]
         return self._variables_of(names)
 
-    def set_stage(self, index: int):
-        """Select the stage ``index``. With the shared pre-training (``proposed``, ``pretrain="shared"``)
-        entering the joint stage before any joint step (``jrgr_step == 0``) copies F_s, weights and
-        BatchNorm statistics, into F_r, as the code loads one pre-trained U-Net into both; a resumed
-        joint stage (``jrgr_step > 0``) keeps its F_r. The copy is repeatable (F_s only changes in
-        joint steps), so a run resumed at the start of the joint stage gets the same F_r."""
-        if not 0 <= int(index) < len(self.stages):
-            raise ValueError(f"JRGR strategy {self.strategy} has {len(self.stages)} stage(s), got stage {index}")
-        self.stage_index = int(index)
+    def on_stage_start(self, index: int):
+        """With the shared pre-training (``proposed``, ``pretrain="shared"``) entering the joint stage
+        before any joint step (``jrgr_step == 0``) copies F_s, weights and BatchNorm statistics, into
+        F_r, as the code loads one pre-trained U-Net into both; a resumed joint stage (``jrgr_step >
+        0``) keeps its F_r. The copy is repeatable (F_s only changes in joint steps), so a run resumed
+        at the start of the joint stage gets the same F_r."""
         if (self.stage.name == "joint" and self.copies_shared_pretraining and self._built_networks
                 and int(self.step_counter.numpy()) == 0):
             self.copy_f_s_to_f_r()
@@ -624,34 +682,17 @@ class JRGRTrainer(keras.Model):
         for target, source in zip(self.f_r.weights, self.f_s.weights):
             target.assign(source)
 
-    @property
-    def stage(self) -> Stage:
-        return self.stages[self.stage_index]
-
-    @property
-    def current_optimizer(self):
-        """The optimizer whose learning rate the training loop's schedules drive: pretrain, or the
-        generation nets' in the joint stage (F_r, F_s and the discriminators follow it)."""
-        return self.optimizers_by_name["pretrain" if self.stage.name == "pretrain" else "gen"]
-
-    def step_state_variables(self) -> list:
-        """What a joint step changes besides the checkpointed variables: the image pools (so that
-        ``--on_nan=skip_batch`` can undo a step completely, pools and ``jrgr_step`` included)."""
-        return [v for pool in self.pools.values() for v in (pool.images, pool.count)]
-
-    def checkpoint_items(self) -> dict:
-        items = dict(self.networks)
-        items.update({f"optimizer_{k}": o for k, o in self.optimizers_by_name.items()})
-        items["jrgr_step"] = self.step_counter
-        return items
+    def extra_checkpoint_items(self) -> dict:
+        return {"jrgr_step": self.step_counter}
 
     def step_state_variables(self) -> list:
         """What a step changes besides the checkpointed items: the image pools (``--on_nan=skip_batch``
         restores them with the rest, so a skipped step leaves no fake of its own in a pool)."""
         return [v for pool in self.pools.values() for v in (pool.images, pool.count)]
 
-    def inference_model(self) -> keras.Model:
-        return _ClippedRemoval(self.f_r, name="jrgr_f_r")
+    def inference_network(self):
+        """F_r with its BatchNorm moving averages (the test-time path)."""
+        return self.f_r
 
     # -- the two closed loops -----------------------------------------------------------------------
     def _closed_loop(self, o, a: str, b: str, training) -> dict:
@@ -820,9 +861,6 @@ class JRGRTrainer(keras.Model):
                              "give --real_dataset")
         return self.joint_step(data)
 
-    def call(self, x, training=False):
-        return self.f_r(x, training=training)
-
 
 # ------------------------------------------------------------------------------------------------
 # Rain generation (the generation half)
@@ -832,7 +870,7 @@ class JRGRTrainer(keras.Model):
 def _nets(trainer_or_nets):
     if isinstance(trainer_or_nets, dict):
         return trainer_or_nets
-    return trainer_or_nets.networks
+    return trainer_or_nets.networks()
 
 
 def generate_rain(trainer_or_nets, clean_images, synthetic_rain_layers, clip: bool = True):
@@ -866,24 +904,80 @@ def real_to_synthetic(trainer_or_nets, real_rainy, clip: bool = True):
 
 
 def trainer_from_config(config: dict) -> JRGRTrainer:
-    def get(key, default):
-        value = config.get(key)
-        return default if value is None else value
+    """The trainer of a flat dict of settings (old style)."""
+    from erl_derain.methods import make_trainer
 
-    return JRGRTrainer(
-        strategy=get("jrgr_strategy", "proposed"), unet_depth=int(get("unet_depth", 7)),
-        unet_filters=int(get("unet_filters", 64)), resnet_blocks=int(get("resnet_blocks", 9)),
-        gen_filters=int(get("gen_filters", 64)), gen_norm=get("gen_norm", "batch"),
-        disc_filters=int(get("disc_filters", 64)), disc_layers=int(get("disc_layers", 3)),
-        alpha=float(get("jrgr_alpha", 4.0)), lambda_adv=float(get("lambda_adv", 10.0)),
-        lambda_adv_b=config.get("lambda_adv_b"), lambda_adv_o=config.get("lambda_adv_o"),
-        lambda_cyc=float(get("lambda_cyc", 1.0)), lambda_mse=float(get("lambda_mse", 10.0)),
-        learning_rate=float(get("lr", 1e-4)), pretrain_lr=config.get("pretrain_lr"),
-        fr_lr_factor=config.get("fr_lr_factor"), fs_lr_factor=config.get("fs_lr_factor"),
-        # a run written before the setting existed pre-trained both removal nets side by side
-        pretrain=get("jrgr_pretrain", "shared" if "jrgr_pretrain" in config else "separate"),
-        beta_1=float(get("beta_1", 0.5)), pool_size=int(get("pool_size", 50)),
-        crop_size=int(get("crop_size", 256)), seed=int(get("seed", 0)))
+    return make_trainer({"method": "jrgr", **config})
+
+
+def build_trainer(cfg: JRGRConfig, record) -> JRGRTrainer:
+    return JRGRTrainer(cfg, learning_rate=record.lr, crop_size=record.run.crop_size, seed=record.run.seed)
+
+
+def real_stream(cfg: JRGRConfig, record, *, start_index: int, batch_size: int, cache_limit_bytes=None):
+    """The unpaired real rainy crops the joint stage trains on (``--jrgr_real_dataset``)."""
+    from erl_derain.data import unpaired
+
+    if not cfg.real_dataset:
+        raise MethodError("--method=jrgr needs --jrgr_real_dataset (real_rain, or a folder of real rainy photos)")
+    run = record.run
+    ds = unpaired.unpaired_dataset(cfg.real_dataset, cfg.real_split, batch_size=batch_size, crop_size=run.crop_size,
+                                   seed=run.seed, start_index=start_index, flip=run.flip, data_dir=run.data_dir,
+                                   manual_dir=cfg.real_manual_dir, small_images=cfg.real_small_images,
+                                   cache_limit_bytes=cache_limit_bytes)
+    return ds.map(lambda b: {"real": b["rainy"], "real_name": b["name"]})
+
+
+def generate_command(flag_values) -> int:
+    """``erl-derain generate``: JRGR's rain generation. Synthetic rainy images (``--input_dir``) ->
+    realistic ones through the S2R path, or clean photos (``--clean_dir``) + synthesised rain layers ->
+    B + G_r(R)."""
+    import os
+
+    from erl_derain.data import rain_synthesis
+    from erl_derain.data.image_io import list_images, load_rgb, save_rgb
+    from erl_derain.inference import pad_to_multiple
+    from erl_derain.training import load_trainer
+
+    model_dir, output_dir = flag_values.model_dir, flag_values.output_dir
+    for name, value in (("model_dir", model_dir), ("output_dir", output_dir)):
+        if not value:
+            raise MethodError(f"--{name} is required for `erl-derain generate`")
+    if bool(flag_values.input_dir) == bool(flag_values.clean_dir):
+        raise MethodError("give one of --input_dir (synthetic rainy images) or --clean_dir (clean photos)")
+    trainer, record = load_trainer(model_dir)
+    if record.method != "jrgr":
+        raise MethodError(f"--model_dir={model_dir} holds a {record.method} run: generate needs a JRGR run")
+    rng = np.random.default_rng(flag_values.seed)
+    files = list_images(flag_values.input_dir or flag_values.clean_dir)
+    for path in files:
+        image = load_rgb(path)
+        x, h, w = pad_to_multiple(tf.constant(image[None]), trainer.pad_multiple)
+        if flag_values.input_dir:
+            out = synthetic_to_real(trainer, x)
+        else:
+            rainy, _ = rain_synthesis.synthesize_rain(x.numpy()[0], rng=rng)
+            out = generate_rain(trainer, x, tf.constant(rainy[None], tf.float32) - x)
+        result = np.asarray(out)[0, :h, :w]
+        out_path = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        save_rgb(out_path, result)
+        print(f"  {path} -> {out_path}", flush=True)
+    print(f"Generated {len(files)} realistic rainy image(s) into {output_dir}")
+    return 0
+
+
+register(MethodSpec(
+    name="jrgr", description="JRGR (CVPR 2021): joint rain generation and removal, disentangled translation on "
+    "rain layers (needs --jrgr_real_dataset)", config_class=JRGRConfig, flag_prefix=PREFIX, default_lr=1e-4,
+    schedule_flag="--jrgr_schedule", build=build_trainer,
+    tiny={"schedule": "init1", "unet_depth": 2, "unet_filters": 4, "resnet_blocks": 1, "gen_filters": 4,
+          "disc_filters": 4, "disc_layers": 1, "pool_size": 2}, tiny_crop=16,
+    streams=(StreamSpec("real", real_stream, "unpaired real rainy crops (--jrgr_real_dataset)",
+                        source_setting="real_dataset"),),
+    verbs=(VerbSpec("generate", "JRGR: realistic rainy images from synthetic ones (--input_dir) or from clean photos "
+                    "(--clean_dir) with a trained run (--model_dir) into --output_dir", generate_command,
+                    flags=("model_dir", "output_dir", "input_dir", "clean_dir", "seed")),),
+    display_name="JRGR (joint)", paper_batch=(256, 16, "JRGR Sec. 3.3: 256x256 random crops, batch 16"), heavy=True))
 
 
 def parameter_count(net) -> int:

@@ -41,6 +41,7 @@ centre of each image and of its mirror).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -50,7 +51,10 @@ from keras import layers
 
 from erl_derain import losses as losses_lib
 from erl_derain import weighting
+from erl_derain.config import option
 from erl_derain.distribute import as_float32, for_gradients, optimizer
+from erl_derain.methods import MethodSpec, register
+from erl_derain.methods import base as method_base
 
 TASKS = ("p", "e", "t")
 
@@ -61,13 +65,34 @@ ADAM_EPSILON = 1e-8
 VALUE_RANGE_FLAG = "--menet_value_range"
 
 
+PREFIX = "menet_"
+
+
 @dataclass(frozen=True)
 class MENETConfig:
-    blocks: int = 8            # residual blocks: 8 (MENET), 16 (MENET-deep)
-    channel_attention: bool = True
-    width: int = 64            # trunk width (the paper: 64)
-    skip_width: int = 16       # first level width (the paper: 16)
-    value_range: float = 1.0   # the network and the task losses see images in [0, value_range] (authors: 255)
+    """MENET's settings (flags ``--menet_<field>``; the old names are accepted)."""
+    blocks: int = option(8, "Residual blocks: 8 (MENET), 16 (MENET-deep).")
+    channel_attention: bool = option(True, "The channel-attention (CA) block.", flag="menet_ca")
+    width: int = option(64, "Trunk width (the paper: 64); 4 x --menet_skip_width.")
+    skip_width: int = option(16, "First level width (the paper: 16).")
+    value_range: float = option(1.0, "The network and its task losses see images scaled to [0, this] (255: the "
+                                "authors' code, whose tables the flags/menet files reproduce; 1: [0, 1]); inputs and "
+                                "outputs of the library stay in [0, 1].")
+    tasks: tuple[str, ...] = option(TASKS, "Tasks: p = MSE (L_p), e = edge-aware Sobel (L_e), t = texture (L_t).",
+                                    aliases=("tasks",))
+    task_weighting: str = option("gb", "Task weighting: fixed (--menet_task_weights), GB (gradient balance, "
+                                 "Algorithm 1) or LB (loss balance, Algorithm 2).", choices=weighting.MODES,
+                                 aliases=("task_weighting",))
+    task_weights: tuple[float, ...] | None = option(None, "Fixed weights, one per --menet_tasks entry (default 1 "
+                                                    "each; the paper's L_p + L_e fixed: 1,0.01).",
+                                                    aliases=("task_weights",))
+    texture_reduction: str = option("frobenius", "L_t: the paper's squared Frobenius norm of the Gram difference "
+                                    "(Eq. 7) or the authors' code's squared difference of the Gram means (mean: what "
+                                    "produced Tables I-II).", choices=losses_lib.TEXTURE_REDUCTIONS,
+                                    aliases=("texture_reduction",))
+    gb_arithmetic: str = option("authors", "GB / LB weights: the authors' 1 - v_t / S in float32 (a dominant "
+                                "task's weight rounds to 0, as in their runs) or the other tasks' sum over S.",
+                                choices=weighting.ARITHMETICS, aliases=("gb_arithmetic",))
 
     def __post_init__(self):
         v = self.value_range
@@ -178,64 +203,50 @@ class MENET(keras.Model):
         return self.derain_scaled(x * v, training=training) / v
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    train: tuple
-
-
-class MENETTrainer(keras.Model):
+class MENETTrainer(method_base.Trainer):
     """One stage: the network trained on the weighted sum of its task losses (custom ``train_step``
     with ``tf.GradientTape``; GB takes the per-task gradient norms at the last convolution's kernel).
     The task losses are computed on images in [0, ``cfg.value_range``], as the network sees them."""
 
-    def __init__(self, cfg: MENETConfig, *, tasks=TASKS, task_weighting: str = "gb", task_weights=None,
-                 texture_reduction: str = "frobenius", learning_rate: float = 1e-3,
-                 gb_arithmetic: str = "authors", **kwargs):
-        super().__init__(**kwargs)
-        tasks = losses_lib.parse_tasks(",".join(tasks))
+    stages = (method_base.Stage("train", ("menet",)),)
+
+    def __init__(self, cfg: MENETConfig = MENETConfig(), learning_rate: float = 1e-3, **overrides):
+        super().__init__()
+        if overrides:
+            overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+            cfg = dataclasses.replace(cfg, **overrides)
+        tasks = losses_lib.parse_tasks(",".join(cfg.tasks), flag="--menet_tasks")
         self.cfg = cfg
         self.tasks = tasks
-        if texture_reduction not in losses_lib.TEXTURE_REDUCTIONS:
-            raise ValueError(f"--texture_reduction must be one of {'|'.join(losses_lib.TEXTURE_REDUCTIONS)}, "
-                             f"got {texture_reduction!r}")
-        self.texture_reduction = texture_reduction
+        self.texture_reduction = cfg.texture_reduction
         fixed = None
-        if task_weights:
-            if len(task_weights) != len(tasks):
-                raise ValueError(f"--task_weights has {len(task_weights)} value(s) for {len(tasks)} task(s) "
-                                 f"--tasks={','.join(tasks)}")
-            fixed = {t: float(w) for t, w in zip(tasks, task_weights)}
-        self.weighting = weighting.TaskWeighting(task_weighting, fixed, tasks=tasks, arithmetic=gb_arithmetic)
+        if cfg.task_weights:
+            if len(cfg.task_weights) != len(tasks):
+                raise ValueError(f"--menet_task_weights has {len(cfg.task_weights)} value(s) for {len(tasks)} "
+                                 f"task(s) --menet_tasks={','.join(tasks)}")
+            fixed = {t: float(w) for t, w in zip(tasks, cfg.task_weights)}
+        self.weighting = weighting.TaskWeighting(cfg.task_weighting, fixed, tasks=tasks, arithmetic=cfg.gb_arithmetic,
+                                                 flag_prefix=PREFIX)
         self.net = MENET(cfg, name="menet")
-        self.stages = (Stage("train", ("menet",)),)
-        self.optimizer_ = optimizer(keras.optimizers.Adam, learning_rate, epsilon=ADAM_EPSILON, name="adam")
+        self.optimizers = {"0": optimizer(keras.optimizers.Adam, learning_rate, epsilon=ADAM_EPSILON, name="adam")}
 
-    # -- the generic trainer interface used by erl_derain.training -------------------------------
+    @property
+    def optimizer_(self):
+        return self.optimizers["0"]
+
+    # -- the trainer contract ------------------------------------------------------------------------
     @property
     def pad_multiple(self) -> int:
         return self.cfg.pad_multiple
 
-    def build_networks(self, image_shape=(1, 32, 32, 3)):
-        self.net(tf.zeros(image_shape))
-        self.optimizer_.build(self.net.trainable_variables)
+    def networks(self) -> dict:
+        return {"net": self.net}
 
-    def stage_variables(self, index=None) -> list:
-        return list(self.net.trainable_variables)
+    def sub_networks(self) -> dict:
+        return {"menet": self.net}
 
-    def set_stage(self, index: int):
-        if int(index) != 0:
-            raise ValueError(f"MENET has one stage, got stage {index}")
-
-    @property
-    def current_optimizer(self):
-        return self.optimizer_
-
-    def checkpoint_items(self) -> dict:
-        return {"net": self.net, "optimizer_0": self.optimizer_}
-
-    def inference_model(self) -> keras.Model:
-        return self.net  # Keras calls it with training=False: BN uses its moving averages
+    def inference_network(self):
+        return self.net  # called with training=False: BN uses its moving averages
 
     # -- losses and the step -----------------------------------------------------------------------
     def scale(self, images):
@@ -269,23 +280,26 @@ class MENETTrainer(keras.Model):
             logs.update({f"w_{t}": v for t, v in w.items()})
         return logs
 
-    def call(self, x, training=False):
-        return self.net(x, training=training)
-
 
 def config_from_dict(d: dict) -> MENETConfig:
-    # A run saved before --menet_value_range existed trained on [0, 1] images.
-    value_range = d.get("menet_value_range")
-    return MENETConfig(blocks=int(d.get("menet_blocks", 8)), channel_attention=bool(d.get("menet_ca", True)),
-                       width=int(d.get("menet_width", 64)), skip_width=int(d.get("menet_skip_width", 16)),
-                       value_range=1.0 if value_range is None else float(value_range))
+    """MENET's settings from a flat dict of flag names (old style; a run saved before
+    --menet_value_range existed trained on [0, 1] images: the default)."""
+    from erl_derain import config as cfglib
+
+    names = cfglib.key_names(MENETConfig, PREFIX)
+    return cfglib.from_dict(MENETConfig, {k: v for k, v in d.items() if k in names}, prefix=PREFIX)
 
 
 def trainer_from_config(config: dict) -> MENETTrainer:
-    weights = config.get("task_weights")
-    return MENETTrainer(config_from_dict(config), tasks=tuple(config.get("tasks") or TASKS),
-                        task_weighting=config.get("task_weighting", "gb"),
-                        task_weights=[float(w) for w in weights] if weights else None,
-                        texture_reduction=config.get("texture_reduction", "frobenius"),
-                        learning_rate=float(config.get("lr", 1e-3)),
-                        gb_arithmetic=config.get("gb_arithmetic") or "authors")
+    """The trainer of a flat dict of settings (old style)."""
+    from erl_derain.methods import make_trainer
+
+    return make_trainer({"method": "menet", **config})
+
+
+register(MethodSpec(
+    name="menet", description="MENET: desubpixel U-Net with CA, L_p/L_e/L_t tasks, fixed/GB/LB weighting",
+    config_class=MENETConfig, flag_prefix=PREFIX, default_lr=1e-3,
+    build=lambda cfg, record: MENETTrainer(cfg, learning_rate=record.lr),
+    tiny={"blocks": 1, "width": 16, "skip_width": 4}, tiny_crop=32, display_name="MENET",
+    paper_batch=(224, 20, "MENET Sec. IV.B: batches of 20 224x224 crops")))

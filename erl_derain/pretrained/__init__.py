@@ -41,6 +41,10 @@ def paths(name: str = DEFAULT, directory: str | None = None) -> tuple[str, str]:
     return os.path.join(directory, f"{name}.json"), os.path.join(directory, f"{name}.npz")
 
 
+def info_path_of(name: str = DEFAULT, directory: str | None = None) -> str:
+    return paths(name, directory)[0]
+
+
 def read_info(name: str = DEFAULT, directory: str | None = None) -> dict:
     info_path, _ = paths(name, directory)
     if not os.path.exists(info_path):
@@ -62,7 +66,11 @@ def load_pretrained_trainer(name: str = DEFAULT, directory: str | None = None):
     if digest != info["sha256"]:
         raise PretrainedError(f"{weights_path} is damaged: its SHA-256 is {digest}, the model card's "
                               f"{info['sha256']} (reinstall erl_derain)")
-    trainer = make_trainer(info["config"])
+    from erl_derain.run_config import record_from_dict
+
+    record = record_from_dict(info["config"], where=info_path_of(name, directory))
+    info = {**info, "record": record}
+    trainer = make_trainer(record)
     trainer.build_networks()
     with np.load(weights_path) as stored:
         variables = {v.path: v for v in trainer.inference_model().weights}
@@ -81,6 +89,4 @@ def load_pretrained(name: str = DEFAULT, directory: str | None = None):
     """The bundled de-raining network as a Keras model: NHWC float32 in [0, 1] -> de-rained image
     (inputs are padded to ``model.pad_multiple``-multiples by ``erl_derain.inference.apply_padded``)."""
     trainer, _ = load_pretrained_trainer(name, directory)
-    model = trainer.inference_model()
-    model.pad_multiple = trainer.pad_multiple
-    return model
+    return trainer.inference_model()

@@ -36,7 +36,8 @@ def _link_pairs(shared: str, folder: str, dest: str) -> str:
     return dest
 
 
-def evaluate_sets(predict, multiple: int, shared: str) -> dict:
+def evaluate_sets(model, shared: str) -> dict:
+    """Y-PSNR/SSIM of ``model`` (an InferenceModel) on the shared benchmark pairs."""
     from erl_derain import evaluation
     from erl_derain.data import pipelines
 
@@ -45,12 +46,12 @@ def evaluate_sets(predict, multiple: int, shared: str) -> dict:
         for folder in PAIRED_SETS:
             data = _link_pairs(shared, folder, os.path.join(tmp, folder))
             ds = pipelines.paired_dataset(f"folder:{data}", "test", batch_size=1, training=False)
-            rows = evaluation.evaluate(predict, multiple, ds, progress=False)
+            rows = evaluation.evaluate(model, ds, progress=False)
             results[folder] = evaluation.summarize(rows)
     return results
 
 
-def real_grid(predict, multiple: int, shared: str, path: str) -> str:
+def real_grid(model, shared: str, path: str) -> str:
     from erl_derain import plots
     from erl_derain.data.image_io import load_rgb
     from erl_derain.inference import derain_image
@@ -58,8 +59,8 @@ def real_grid(predict, multiple: int, shared: str, path: str) -> str:
     rows = []
     for name in REAL_PHOTOS:
         image = load_rgb(os.path.join(shared, "real_rain", name))
-        rows.append((name, {"rainy photo": image, "bundled model": derain_image(predict, image, multiple, tile=512)}))
-    return plots.comparison_grid(rows, path, max_side=256, title="Real rainy photos (../shared/data/real_rain)")
+        rows.append((name, {"rainy photo": image, "bundled model": derain_image(model, image, tile=512)}))
+    return plots.comparison_grid(rows, path, max_side=256, title="Real rainy photos (the shared real_rain set)")
 
 
 DATA_TEXT = {
@@ -89,7 +90,8 @@ def _schedule(cfg: dict) -> str:
     stages = ", ".join(f"{name} {n}" for name, n in zip(("I", "II", "III"), steps) if n)
     text = f"stage{'s' if sum(n > 0 for n in steps) > 1 else ''} {stages} steps, Adam {cfg['lr']}"
     if cfg.get("lr_decay_steps"):
-        return text + f", learning rate x{cfg['lr_decay_factor']} after step {', '.join(cfg['lr_decay_steps'])}"
+        return text + (f", learning rate x{cfg['lr_decay_factor']} after step "
+                       f"{', '.join(str(s) for s in cfg['lr_decay_steps'])}")
     factor = cfg.get("lr_plateau_factor", 0.1)
     return text + (", learning rate divided by 10" if factor == 0.1 else f", learning rate x{factor}") + \
         " on loss plateaus"
@@ -106,7 +108,7 @@ def _data(cfg: dict) -> str:
 def main():
     import tensorflow as tf
 
-    from erl_derain.inference import flip_ensemble
+    from erl_derain.inference import InferenceModel, flip_ensemble
     from erl_derain.pretrained import load_pretrained_trainer
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -115,13 +117,18 @@ def main():
     trainer, info = load_pretrained_trainer()
     model = trainer.inference_model()
     spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
-    predict = tf.function(lambda x: model(x), input_signature=spec)
-    results = evaluate_sets(predict, trainer.pad_multiple, args.shared_data)
-    ensembled = evaluate_sets(tf.function(flip_ensemble(model, 4), input_signature=spec), trainer.pad_multiple,
-                              args.shared_data)
-    grid = real_grid(predict, trainer.pad_multiple, args.shared_data, os.path.join(HERE, "before_after.png"))
-    cfg = info["config"]
+
+    def compiled(m):
+        return InferenceModel(tf.function(m, input_signature=spec), m.pad_multiple)
+
+    results = evaluate_sets(compiled(model), args.shared_data)
+    ensembled = evaluate_sets(compiled(flip_ensemble(model, 4)), args.shared_data)
+    grid = real_grid(compiled(model), args.shared_data, os.path.join(HERE, "before_after.png"))
+    from erl_derain.run_config import record_from_dict
+
+    cfg = record_from_dict(info["config"], where="the bundled model's config").flat()
     base = info.get("init_config")  # the model is a fine-tune of that run
+    base = record_from_dict(base, where="the bundled model's init_config").flat() if base else None
     commands = ["erl-derain train --flagfile=flags/pretrained/erlnet_synthetic.flags"]
     run_dir = "runs/pretrained_erlnet_synthetic"
     if base:
@@ -140,9 +147,9 @@ def main():
         f"    python -m erl_derain.pretrained.package {run_dir}",
         "    python -m erl_derain.pretrained.card --shared_data=../shared/data",
         "",
-        f"* network: ERL-Net, strategy {cfg['erl_strategy'].upper()}, entanglement {cfg['entanglement'].upper()}, widths "
-        f"{cfg['widths']}, bottleneck {cfg['bottleneck_width']}, dense blocks of {cfg['dense_layers']} layers (growth "
-        f"{cfg['growth']}); {info['parameters']:,} parameters in the bundled de-raining network (the clean autoencoder "
+        f"* network: ERL-Net, schedule {cfg['erl_schedule'].upper()}, entanglement {cfg['erl_entanglement'].upper()}, "
+        f"widths {list(cfg['erl_widths'])}, bottleneck {cfg['erl_bottleneck_width']}, dense blocks of "
+        f"{cfg['erl_dense_layers']} layers (growth {cfg['erl_growth']}); {info['parameters']:,} parameters in the bundled de-raining network (the clean autoencoder "
         "is training-only and not shipped);",
         *([f"* training: {_data(base)}; {_schedule(base)};",
            f"* fine-tune (`--init_from` that run, optimisers afresh): {_data(cfg)}; {_schedule(cfg)};"] if base else

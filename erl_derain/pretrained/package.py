@@ -18,9 +18,10 @@ from erl_derain.pretrained import DEFAULT, HERE, paths, sha256_of
 def package(model_dir: str, name: str = DEFAULT, directory: str = HERE, extra: dict | None = None) -> tuple[str, str]:
     from erl_derain.training import load_trainer, read_config
 
-    trainer, config = load_trainer(model_dir)
-    if config.get("init_from"):  # a fine-tune: the card also describes the run it started from
-        extra = {"init_config": read_config(config["init_from"]), **(extra or {})}
+    trainer, record = load_trainer(model_dir)
+    config = record.to_dict()
+    if record.run.init_from:  # a fine-tune: the card also describes the run it started from
+        extra = {"init_config": read_config(record.run.init_from).to_dict(), **(extra or {})}
     variables = {v.path: np.asarray(v.numpy()) for v in trainer.inference_model().weights}
     info_path, weights_path = paths(name, directory)
     tmp = weights_path + ".tmp.npz"

@@ -24,6 +24,15 @@ from erl_derain.inference import as_inference_model, derain_image
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 
 
+def _pairs(dataset, max_images: int | None, input_key: str = "rainy"):
+    """(name, network input HxWx3, clean HxWx3) of the first ``max_images`` examples of a batch-1 dataset."""
+    for i, ex in enumerate(dataset):
+        if max_images is not None and i >= max_images:
+            break
+        name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
+        yield name, ex[input_key].numpy()[0], ex["clean"].numpy()[0]
+
+
 def evaluate(model, dataset, *, rounded: bool = True, crop_border: int = 0,
              tile: int = 0, tile_overlap: int = 32, max_images: int | None = None,
              progress: bool = True, input_key: str = "rainy") -> list[dict]:
@@ -33,12 +42,7 @@ def evaluate(model, dataset, *, rounded: bool = True, crop_border: int = 0,
     translates clean images (ERL-Net's clean-to-clean autoencoder, the introduction's experiment)."""
     model = as_inference_model(model)
     rows = []
-    for i, ex in enumerate(dataset):
-        if max_images is not None and i >= max_images:
-            break
-        rainy = ex[input_key].numpy()[0]
-        clean = ex["clean"].numpy()[0]
-        name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
+    for name, rainy, clean in _pairs(dataset, max_images, input_key):
         t0 = time.time()
         out = derain_image(model, rainy, tile=tile, overlap=tile_overlap)
         seconds = time.time() - t0
@@ -111,12 +115,7 @@ def evaluate_ten_crop(model, dataset, *, crop_size: int = 224, max_images: int |
     in [0, 1]) and ``name``."""
     model = as_inference_model(model)
     rows = []
-    for i, ex in enumerate(dataset):
-        if max_images is not None and i >= max_images:
-            break
-        rainy = ex[input_key].numpy()[0]
-        clean = ex["clean"].numpy()[0]
-        name = ex["name"].numpy()[0].decode() if "name" in ex else str(i)
+    for name, rainy, clean in _pairs(dataset, max_images, input_key):
         rainy_crops, clean_crops = ten_crops(rainy, crop_size), ten_crops(clean, crop_size)
         t0 = time.time()
         out = model(tf.constant(rainy_crops, tf.float32)).numpy()

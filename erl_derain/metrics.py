@@ -1,6 +1,7 @@
 """PSNR and SSIM exactly as single-image deraining papers report them.
 
-Conventions (DESIGN.md section 4; reference values in ``shared/data/README.md``):
+Conventions (those of the deraining papers' MATLAB evaluation scripts; the tests check them against the
+reference values of real benchmark pairs and against scikit-image):
 
 * **Input images** are ``H x W x 3`` RGB arrays (anything ``np.asarray`` accepts, e.g. an eager
   ``tf.Tensor``) and the dtype alone decides how they are read -- the value range is never inspected:

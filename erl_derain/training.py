@@ -408,25 +408,7 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
         backup = StateBackup(trainer) if on_nan == "skip_batch" else None
     # (the stage/step counters live on the host: made outside the scope)
     run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau, chief=chief)
-    restored = run.restore()
-    initialised = None
-    if not restored and init_from:
-        try:
-            initialised = Run(init_from, trainer).restore(
-                networks_only=True, built_from="this run's settings (the method and the network sizes must be the same)")
-        except TrainingError as e:
-            raise TrainingError(f"--init_from={init_from}: {e}") from e
-        if initialised is None:
-            raise TrainingError(f"--init_from={init_from}: no checkpoint in {os.path.join(init_from, 'checkpoints')} "
-                                f"(expected the --model_dir of a finished or running training)")
-        logging.info("initialised from %s", initialised)
-        if verbose:
-            print(f"Starting from the network weights of {initialised} (--init_from)", flush=True)
-    if restored:
-        logging.info("resumed from %s at stage %s step %d", restored, int(run.stage), int(run.step))
-        if verbose:
-            print(f"Resuming {model_dir} at stage {stages[min(int(run.stage), len(stages) - 1)].name} "
-                  f"(#{int(run.stage) + 1}/{len(stages)}), step {int(run.step)}", flush=True)
+    restored, initialised = _resume_or_initialise(run, trainer, init_from, verbose)
     jit = resolve_jit_compile(jit_compile)
     skipped, in_a_row = [], 0
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if chief else \
@@ -505,6 +487,32 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     summary["skipped_batches"] = skipped
     summary["global_step"] = int(run.global_step)
     return summary
+
+
+def _resume_or_initialise(run, trainer, init_from: str | None, verbose: int):
+    """(checkpoint resumed from, checkpoint whose weights a new run starts from): the run's own latest
+    checkpoint, else with ``init_from`` the network weights of that run's."""
+    stages = trainer.stages
+    restored = run.restore()
+    initialised = None
+    if not restored and init_from:
+        try:
+            initialised = Run(init_from, trainer).restore(
+                networks_only=True, built_from="this run's settings (the method and the network sizes must be the same)")
+        except TrainingError as e:
+            raise TrainingError(f"--init_from={init_from}: {e}") from e
+        if initialised is None:
+            raise TrainingError(f"--init_from={init_from}: no checkpoint in {os.path.join(init_from, 'checkpoints')} "
+                                f"(expected the --model_dir of a finished or running training)")
+        logging.info("initialised from %s", initialised)
+        if verbose:
+            print(f"Starting from the network weights of {initialised} (--init_from)", flush=True)
+    if restored:
+        logging.info("resumed from %s at stage %s step %d", restored, int(run.stage), int(run.step))
+        if verbose:
+            print(f"Resuming {run.model_dir} at stage {stages[min(int(run.stage), len(stages) - 1)].name} "
+                  f"(#{int(run.stage) + 1}/{len(stages)}), step {int(run.step)}", flush=True)
+    return restored, initialised
 
 
 def _batch_names(dataset_fn, position: int, batch_size: int) -> list[str]:

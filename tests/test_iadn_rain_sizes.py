@@ -55,7 +55,8 @@ def test_training_stream_leaves_out_one_size_and_epochs_count_the_rest(renders3,
 
 def test_filtered_stream_is_deterministic_and_resumes(renders3):
     builder, radius = renders3
-    kw = dict(batch_size=1, crop_size=8, seed=11, crop_mode="scale_rotate", exclude={"rain_radius": (0.4, 0.6)})
+    kw = dict(batch_size=1, crop_size=8, seed=11, crop_mode="scale_rotate", exclude={"rain_radius": (0.4, 0.6)},
+              extra_features=("segmentation",))
     kept = sum(r not in PAPER_SIZES["medium"] for r in radius.values())
     full = list(pipelines.paired_dataset(builder, "train", **kw).take(2 * kept))
     again = list(pipelines.paired_dataset(builder, "train", **kw).take(2 * kept))

@@ -4,11 +4,18 @@
 ``--method=<name>`` that method's flags with their defaults. The flags of the shared run settings
 (:class:`erl_derain.run_config.RunConfig`) and of each method's configuration are generated from the
 dataclasses (``--<method prefix><field>``); old flag names are accepted with a warning.
+
+Every verb's flags are checked by ``validate_flags(verb)`` right after parsing, before any model is
+loaded or any data is read (TensorFlow itself is imported when the command starts: the method
+registry imports the method modules, which build on Keras). Exit status: 0 all done; 1 some inputs
+(or the work) failed, each failure listed once; 2 a usage error (flags, arguments, a plan refused
+before any work); 130 interrupted (Ctrl-C), after a summary of what was written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import textwrap
@@ -21,12 +28,17 @@ FLAGS = flags.FLAGS
 
 # -- what and where (shared by the verbs) -----------------------------------------------------------
 flags.DEFINE_string("method", "erlnet", "Method to train (erl-derain train --help lists them).")
-flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard logs.")
+flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard logs (derain / evaluate "
+                    "without it: the bundled pretrained model).")
 flags.DEFINE_string("split", None, "Split: 'train' for training, 'test' for evaluation by default.")
 # -- the training job (not part of a run's configuration) --------------------------------------------
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (one is also written at each stage end).")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
+flags.DEFINE_boolean("force_new_config", False, "train: when the settings differ from the run already in --model_dir, "
+                     "start a new run there (without it, settings that do not fit its checkpoint are refused and "
+                     "others resume the run): the old run is moved into <model_dir>/previous_run_<n>/ (nothing is "
+                     "deleted).")
 flags.DEFINE_integer("stop_after", 0, "Stop after this many steps with a checkpoint (a job slot shorter than the "
                      "run; the same command resumes); 0: train to the end.")
 flags.DEFINE_integer("shuffle_buffer", 256, "Shuffle buffer for TFDS records.")
@@ -58,9 +70,14 @@ flags.DEFINE_list("network", ["derain"], "evaluate: the network(s) scored, side 
                   "method offers besides, fed the input it translates (ERL-Net: clean_autoencoder, the clean-to-clean "
                   "network of stage I, fed the clean images: the paper's introduction experiment).")
 flags.DEFINE_integer("tile", 512, "Images larger than this (pixels per side) are processed in overlapping tiles "
-                     "(0: always whole images). derain: 512; evaluate/compare use whole images up to 1024 unless "
-                     "--tile is given, so the standard benchmarks are evaluated whole, as in the papers.")
-flags.DEFINE_integer("tile_overlap", 32, "Minimum overlap between neighbouring tiles, pixels (blended linearly).")
+                     "(0: always whole images; otherwise larger than --tile_overlap). derain: 512; evaluate/compare "
+                     "use whole images up to 1024 unless --tile is given, so the standard benchmarks are evaluated "
+                     "whole, as in the papers.")
+flags.DEFINE_integer("tile_overlap", 32, "Minimum overlap between neighbouring tiles, pixels (blended linearly; "
+                     ">= 0, smaller than --tile).")
+flags.DEFINE_integer("max_pixels", 100_000_000, "Images whose header declares more pixels than this are refused "
+                     "before decoding (\"image too large: W x H\"): derain, evaluate, datasets, synthesize, the TF "
+                     "Serving client; export: the limit of the derain_image signature. Default 100 MP.")
 flags.DEFINE_integer("self_ensemble", 1, "derain / evaluate / compare: average the network's output over this many "
                      "mirrored views of each image (1: off; 2: + left-right; 4: + upside-down and both), each mirrored "
                      "back; N times the inference time. The bundled model gains about 0.2-0.3 dB with 4 (its card).")
@@ -69,7 +86,10 @@ flags.DEFINE_enum("output_format", "png", ["png", "same", "jpg", "webp", "tif"],
                   "(an input whose alpha or bit depth the format cannot hold is refused, not degraded).")
 flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs; export: replace an existing --version.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
-flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir.")
+flags.DEFINE_string("serving_root", None, "export: the server's model root, a folder holding --export_base: "
+                    "models.config, models.docker.config, batching_parameters.txt and their lock file go there and "
+                    "nowhere else, and the printed Docker command mounts it (default: --export_base's parent).")
+flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir (not both).")
 flags.DEFINE_integer("version", None, "export: version number (default: next integer); derain --server: the "
                      "served version to query (default: the server's latest).")
 flags.DEFINE_string("server", None, "derain: host:port of a TF Serving server (REST 8501 / gRPC 8500) to de-rain on "
@@ -107,7 +127,17 @@ _define_generated_flags()
 
 
 class UsageError(ValueError):
-    pass
+    """Bad flags or arguments, or a plan refused before any work: exit status 2."""
+
+
+class CommandError(RuntimeError):
+    """The work failed (e.g. no server answers): exit status 1."""
+
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# What an interrupted or failed command keeps (printed with the error): set by the verbs as they go.
+_PROGRESS: dict = {}
 
 
 FLAGS_VERB = ""
@@ -124,26 +154,27 @@ def _require(name: str):
 
 _DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "split")
 _INFER = ("tile", "tile_overlap", "self_ensemble", "jit_compile")
-_TRAIN_JOB = ("model_dir", "checkpoint_every", "log_every", "keep_checkpoints", "stop_after", "shuffle_buffer",
-              "cache_mb", "tpu", "logical_cpus", "on_nan", "evaluate_after", "eval_split", "split")
+_TRAIN_JOB = ("model_dir", "force_new_config", "checkpoint_every", "log_every", "keep_checkpoints", "stop_after",
+              "shuffle_buffer", "cache_mb", "tpu", "logical_cpus", "on_nan", "evaluate_after", "eval_split", "split",
+              "max_pixels")
 _EVAL = ("y_rounding", "crop_border", "eval_protocol", "eval_crop_size", "output", "max_images")
 VERB_HELP = {
     "train": ("train a method on a dataset through its stages (resumes where it stopped)", None),
-    "evaluate": ("Y-channel PSNR/SSIM of trained runs on test sets (several: the cross-dataset table)",
-                 ("model_dir", *_DATA, *_EVAL, "network", *_INFER)),
+    "evaluate": ("Y-channel PSNR/SSIM of trained runs (or the bundled model) on test sets (several: the "
+                 "cross-dataset table)", ("model_dir", *_DATA, *_EVAL, "network", *_INFER, "max_pixels")),
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
-                 *_INFER)),
+                 *_INFER, "max_pixels")),
     "derain": ("de-rain photos of any size (the bundled model without --model_dir, or via TF Serving)",
                ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
-                "version")),
+                "version", "max_pixels")),
     "export": ("a TF Serving SavedModel of a run's (or the bundled) inference network",
-               ("model_dir", "pretrained", "export_base", "version", "overwrite")),
+               ("model_dir", "pretrained", "export_base", "serving_root", "version", "overwrite", "max_pixels")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
-                ("dataset", "manual_dir", "data_dir", "clean_dir")),
+                ("dataset", "manual_dir", "data_dir", "clean_dir", "max_pixels")),
     "synthesize": ("rainy/clean pairs from your clean photos with the package's rain model",
                    ("clean_dir", "output_dir", "renders_per_image", "rain_density", "rain_length", "rain_intensity",
-                    "rain_layers", "rain_accumulation", "seed")),
+                    "rain_layers", "rain_accumulation", "seed", "max_pixels")),
 }
 
 
@@ -226,6 +257,234 @@ def _record_from_flags():
     return make_record(spec.name, run, cfg)
 
 
+# -- flag validation (right after parsing: before any model is loaded or any data is read) -------------
+
+# Integer flags and their lower bounds (None: the flag may be unset).
+_AT_LEAST = {"checkpoint_every": 1, "log_every": 1, "keep_checkpoints": 1, "stop_after": 0, "shuffle_buffer": 1,
+             "cache_mb": 0, "logical_cpus": 0, "crop_border": 0, "eval_crop_size": 1, "max_images": 1, "figures": 0,
+             "tile": 0, "tile_overlap": 0, "version": 0, "renders_per_image": 1, "rain_layers": 1, "max_pixels": 1,
+             "seed": 0}
+# Upper bounds: the seed NumPy and Keras take; every integer flag fits 64 bits (TensorFlow's int64).
+_AT_MOST = {"seed": 2**32 - 1}
+_INT64 = 2**63 - 1
+# Shared run settings (train) and their lower bounds; "> 0" for those that must be positive numbers.
+_RUN_AT_LEAST = {"batch_size": 1, "crop_size": 1, "lr_plateau_window": 0, "lr_plateau_patience": 1}
+_RUN_POSITIVE = ("lr", "lr_decay_factor", "lr_plateau_factor")
+
+
+def verb_flags(verb: str) -> tuple[str, ...]:
+    """The flags ``verb`` reads (what ``erl-derain <verb> --help`` lists)."""
+    from erl_derain import config as cfglib
+    from erl_derain.methods import config_classes
+    from erl_derain.run_config import RunConfig
+
+    if verb == "train":
+        names = ["method", *cfglib.flag_names(RunConfig).values(), *_TRAIN_JOB]
+        for cls, spec in config_classes().items():
+            names += cfglib.flag_names(cls, spec.flag_prefix).values()
+        return tuple(dict.fromkeys(names))
+    own = _method_verbs()
+    if verb in own:
+        return tuple(own[verb][1].flags)
+    return tuple(VERB_HELP[verb][1])
+
+
+def _run_dir(flag: str, path: str) -> None:
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        what = "does not exist" if not os.path.exists(path) else "holds no config.json"
+        raise UsageError(f"--{flag}={path} {what}: not a training run of erl_derain (expected config.json and "
+                         "checkpoints/ there)")
+
+
+def _writable(flag: str, path: str) -> None:
+    from erl_derain.fileio import check_writable_folder
+
+    try:
+        check_writable_folder(path)
+    except ValueError as e:
+        raise UsageError(f"--{flag}={path}: {e}") from None
+
+
+def _check_tiles(verb: str) -> None:
+    tile = FLAGS.tile if verb == "derain" or FLAGS["tile"].present else EVAL_TILE
+    overlap = FLAGS.tile_overlap
+    if tile > 0 and overlap >= tile:
+        raise UsageError(f"--tile_overlap={overlap} must be smaller than --tile={tile} (tiles overlap their neighbours "
+                         "by that much; --tile=0: whole images)")
+    from erl_derain.inference import SELF_ENSEMBLE_VIEWS
+
+    if FLAGS.self_ensemble not in SELF_ENSEMBLE_VIEWS:
+        raise UsageError(f"--self_ensemble={FLAGS.self_ensemble}: the number of mirrored views, one of "
+                         f"{', '.join(map(str, SELF_ENSEMBLE_VIEWS))}")
+
+
+def _check_datasets(verb: str) -> None:
+    """``--dataset``: each name one TFDS knows (the catalog registers erl_derain's), each ``folder:`` an
+    existing folder; ``--clean_dir`` (synthetic_rain on your photos) an existing folder. Names only:
+    nothing is prepared or read."""
+    from erl_derain.data.streams import FOLDER_PREFIX
+
+    if verb in ("evaluate", "compare") and not FLAGS["dataset"].present:
+        return  # each run's own dataset
+    value = FLAGS.dataset or ""
+    given = _split_list(value) if verb == "evaluate" else [value.strip()]
+    if not any(given):
+        raise UsageError(f"--dataset={value!r}: give a dataset name (erl-derain prepare --help) or folder:/path")
+    known = None
+    for dataset in given:
+        if dataset.startswith(FOLDER_PREFIX):
+            path = os.path.expanduser(dataset[len(FOLDER_PREFIX):])
+            if verb != "prepare" and not os.path.isdir(path):
+                raise UsageError(f"--dataset={dataset}: no such folder (expected rainy/ and clean/ sub-folders, "
+                                 "or <split>/rainy and <split>/clean)")
+            continue
+        if known is None:
+            import tensorflow_datasets as tfds
+
+            from erl_derain import datasets
+
+            known = set(tfds.list_builders(with_community_datasets=False))
+        name = dataset.split("/")[0].split(":")[0]
+        if name not in known:
+            raise UsageError(f"--dataset={dataset}: unknown dataset {name!r} (erl_derain's: "
+                             f"{', '.join(datasets.available_builders())}; or folder:/path with rainy/ and clean/)")
+        if name == "synthetic_rain" and FLAGS.clean_dir and not os.path.isdir(FLAGS.clean_dir):
+            raise UsageError(f"--clean_dir={FLAGS.clean_dir}: no such folder (the clean photos synthetic_rain "
+                             "renders rain over)")
+
+
+def _check_run_settings(record) -> None:
+    run = record.run
+    for name, low in _RUN_AT_LEAST.items():
+        if getattr(run, name) < low:
+            raise UsageError(f"--{name}={getattr(run, name)} must be at least {low}")
+    for name in _RUN_POSITIVE:
+        value = getattr(run, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name}={value} must be a positive number")
+    if run.min_lr < 0:
+        raise UsageError(f"--min_lr={run.min_lr} must be >= 0")
+    for name in ("stage_steps", "stage_epochs", "lr_decay_epochs", "lr_decay_steps", "lr_linear_decay_epochs"):
+        values = getattr(run, name) or ()
+        if any(not v >= 0 for v in values):
+            raise UsageError(f"--{name}={','.join(map(str, values))}: values must be >= 0")
+
+
+_VALIDATED: dict = {}
+
+
+def validate_flags(verb: str) -> None:
+    """Check the flags ``verb`` reads (``UsageError`` naming the flag): ranges, combinations, required
+    flags, run folders that must hold a run, output folders that must be writable. Cheap: nothing is
+    loaded, no data is read; called by ``main`` right after parsing."""
+    from erl_derain.config import ConfigError
+    from erl_derain.methods import MethodError
+
+    global FLAGS_VERB
+    FLAGS_VERB = verb
+    _VALIDATED.clear()
+    names = set(verb_flags(verb))
+    for name in sorted(names):
+        value = getattr(FLAGS, name)
+        texts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+        if any(isinstance(v, str) and "\x00" in v for v in texts):  # (os.path raises on one)
+            raise UsageError(f"--{name}={value!r} holds a NUL character")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
+            raise UsageError(f"--{name}={value} is out of range (at most {_INT64} in magnitude)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name}={value} must be a finite number")
+    for name, low in _AT_LEAST.items():
+        value = getattr(FLAGS, name) if name in names else None
+        if value is not None and value < low:
+            raise UsageError(f"--{name}={value} must be at least {low}")
+    for name, high in _AT_MOST.items():
+        value = getattr(FLAGS, name) if name in names else None
+        if value is not None and value > high:
+            raise UsageError(f"--{name}={value} must be at most {high}")
+    if names >= set(_INFER):
+        _check_tiles(verb)
+    if verb in ("train", "evaluate", "compare", "prepare"):
+        _check_datasets(verb)
+    if verb == "train":
+        _writable("model_dir", _require("model_dir"))
+        try:
+            record = _record_from_flags()
+        except (ConfigError, MethodError, ValueError) as e:
+            raise UsageError(str(e)) from None
+        _check_run_settings(record)
+        _VALIDATED["record"] = record
+    elif verb == "evaluate":
+        for model_dir in _split_list(FLAGS.model_dir or ""):
+            _run_dir("model_dir", model_dir)
+        if not FLAGS.network:
+            raise UsageError("--network: give the network(s) to score (default: derain)")
+        if FLAGS.output:
+            _writable("output", FLAGS.output)
+    elif verb == "compare":
+        for flag in ("baseline", "candidate"):
+            _run_dir(flag, _require(flag))
+        if FLAGS.eval_protocol != "full_y":
+            raise UsageError(f"compare dissects whole images on the Y channel; --eval_protocol={FLAGS.eval_protocol} "
+                             "is for evaluate")
+        if FLAGS.output:
+            _writable("output", FLAGS.output)
+    elif verb == "derain":
+        if FLAGS.server:
+            _require("model_name")
+            _require("output_dir")
+            if FLAGS.self_ensemble != 1:
+                raise UsageError("--self_ensemble runs the network several times per image here; with --server the "
+                                 "model runs in TF Serving, once per image: leave --self_ensemble at 1")
+        elif FLAGS.model_dir:
+            _run_dir("model_dir", FLAGS.model_dir)
+    elif verb == "export":
+        export_base = _require("export_base")
+        if FLAGS.pretrained and FLAGS.model_dir:
+            raise UsageError(f"--pretrained exports the bundled model, --model_dir={FLAGS.model_dir} a run: give one "
+                             "of them, not both")
+        if not FLAGS.pretrained:
+            if not FLAGS.model_dir:
+                raise UsageError("--model_dir (a run) or --pretrained (the bundled model) is required for "
+                                 "`erl-derain export`")
+            _run_dir("model_dir", FLAGS.model_dir)
+        from erl_derain.serving.server_config import serving_root
+
+        try:
+            root, _ = serving_root(export_base, FLAGS.serving_root)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        _writable("export_base", export_base)
+        _writable("serving_root" if FLAGS.serving_root else "export_base", root)
+    elif verb == "prepare":
+        _require("dataset")
+    elif verb == "synthesize":
+        clean_dir, output_dir = _require("clean_dir"), _require("output_dir")
+        if not os.path.isdir(clean_dir):
+            raise UsageError(f"--clean_dir={clean_dir}: no such folder")
+        _writable("output_dir", output_dir)
+        if any(os.path.realpath(os.path.join(output_dir, sub)) == os.path.realpath(clean_dir)
+               for sub in ("rainy", "clean")):
+            raise UsageError(f"--output_dir={output_dir} would write over --clean_dir={clean_dir} (its rainy/ and "
+                             "clean/ sub-folders receive the pairs): choose another --output_dir")
+        for flag, low, high in (("rain_density", 0.0, 1.0), ("rain_length", 0.0, None), ("rain_intensity", 0.0, None)):
+            value = getattr(FLAGS, flag)
+            if value is not None and not (value > low and (high is None or value <= high)):
+                bound = f"in (0, {high:g}]" if high is not None else "a positive number"
+                raise UsageError(f"--{flag}={value} must be {bound}")
+    else:  # a method's own verb: what it shares with the others
+        if "model_dir" in names and FLAGS.model_dir:
+            _run_dir("model_dir", FLAGS.model_dir)
+        if "output_dir" in names and FLAGS.output_dir:
+            _writable("output_dir", FLAGS.output_dir)
+
+
+def _apply_flags() -> None:
+    """Settings that take effect for the whole process once the flags are valid."""
+    from erl_derain.data import image_io
+
+    image_io.set_max_pixels(FLAGS.max_pixels)
+
+
 def _make_strategy(record):
     """The --strategy (and --logical_cpus, --mixed_precision), set up before TensorFlow runs any op."""
     from erl_derain import distribute
@@ -244,31 +503,48 @@ def cmd_train():
     from erl_derain.methods import make_trainer
 
     model_dir = _require("model_dir")
-    record = _record_from_flags()
+    record = _VALIDATED.get("record") or _record_from_flags()
     strategy = _make_strategy(record)
     keras_seed(record.run.seed)
     with strategy.scope():
         trainer = make_trainer(record)
     global_batch = record.run.batch_size * strategy.num_replicas_in_sync
     split = FLAGS.split or "train"
+    per_stage = record.run.stage_steps or record.run.stage_epochs
+    if per_stage and len(per_stage) != len(trainer.stages):
+        flag = "--stage_steps" if record.run.stage_steps else "--stage_epochs"
+        schedule = f" of {trainer.schedule_flag}" if trainer.schedule_flag else ""
+        raise UsageError(f"{flag} has {len(per_stage)} value(s) but the schedule{schedule} has {len(trainer.stages)} "
+                         f"stage(s): {', '.join(s.name for s in trainer.stages)}")
     stage_steps = inputs.stage_steps(record, trainer, global_batch, split)
     multiple = trainer.pad_multiple
     if record.run.crop_size % multiple:
         raise UsageError(f"--crop_size={record.run.crop_size} must be a multiple of {multiple} (the network "
                          f"down-samples {multiple}x)")
     cache = None if FLAGS.cache_mb is None else FLAGS.cache_mb * 2**20
+    _PROGRESS["kept"] = (f"the last checkpoint in {os.path.join(model_dir, 'checkpoints')} is kept; the same command "
+                         "resumes from it")
     # every source is opened once here: a bad dataset fails before any training work starts
     dataset_fn = inputs.training_stream(record, global_batch=global_batch, split=split,
                                         shuffle_buffer=FLAGS.shuffle_buffer, cache_limit_bytes=cache)
     run = record.run
     plateau = training.PlateauSchedule(run.lr_plateau_window, run.lr_plateau_patience, run.lr_plateau_factor,
                                        run.min_lr)
-    summary = training.train(trainer, record, dataset_fn, model_dir=model_dir, stage_steps=stage_steps,
-                             batch_size=global_batch, jit_compile=run.jit_compile,
-                             checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
-                             keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
-                             lr_schedule=inputs.lr_schedule(record, global_batch, split), on_nan=FLAGS.on_nan,
-                             strategy=strategy, stop_after=FLAGS.stop_after, init_from=run.init_from)
+    try:
+        summary = training.train(trainer, record, dataset_fn, model_dir=model_dir, stage_steps=stage_steps,
+                                 batch_size=global_batch, jit_compile=run.jit_compile,
+                                 checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
+                                 keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
+                                 lr_schedule=inputs.lr_schedule(record, global_batch, split), on_nan=FLAGS.on_nan,
+                                 strategy=strategy, stop_after=FLAGS.stop_after, init_from=run.init_from,
+                                 force_new_config=FLAGS.force_new_config)
+    except BaseException:  # Ctrl-C or a data error: say which checkpoint is kept (main reports the error)
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        _PROGRESS["kept"] = (f"the last checkpoint, {latest}, is kept; the same command resumes from it" if latest
+                             else f"no checkpoint was written yet in {os.path.join(model_dir, 'checkpoints')}")
+        raise
     if summary.get("skipped_batches"):
         print(f"Skipped {len(summary['skipped_batches'])} batch(es) with a non-finite loss: "
               f"{summary['skipped_batches'][:10]}", flush=True)
@@ -309,11 +585,11 @@ def _predict_fn(model):
     return InferenceModel(compiled, ensemble.pad_multiple, name=f"{ensemble.name}_compiled")
 
 
-def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None):
+def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None, min_size=None):
     from erl_derain import inputs
 
     return inputs.evaluation_dataset(dataset, split, clean_dir=clean_dir, data_dir=FLAGS.data_dir,
-                                     manual_dir=manual_dir or FLAGS.manual_dir)
+                                     manual_dir=manual_dir or FLAGS.manual_dir, min_size=min_size)
 
 
 # evaluate / compare without --tile: whole images up to this side (every standard benchmark's test
@@ -326,10 +602,23 @@ def _eval_tile() -> int:
     return FLAGS.tile if FLAGS["tile"].present else EVAL_TILE
 
 
-def _eval_settings(dataset: str, split: str) -> dict:
-    """What an evaluate / compare result depends on besides the model(s), recorded with it."""
-    settings = {"dataset": dataset, "split": split, "y_rounding": FLAGS.y_rounding, "crop_border": FLAGS.crop_border,
-                "self_ensemble": FLAGS.self_ensemble, "eval_protocol": FLAGS.eval_protocol}
+def _absolute_dataset(dataset: str) -> str:
+    """``folder:`` datasets with their absolute path (what a result records); names as they are."""
+    from erl_derain.data.pipelines import FOLDER_PREFIX
+
+    if dataset.startswith(FOLDER_PREFIX):
+        return FOLDER_PREFIX + os.path.abspath(os.path.expanduser(dataset[len(FOLDER_PREFIX):]))
+    return dataset
+
+
+def _eval_settings(dataset: str, split: str, clean_dir: str | None = None) -> dict:
+    """What an evaluate / compare result depends on besides the model(s), recorded with it (paths
+    absolute, so the record still says which data it was when read from elsewhere)."""
+    settings = {"dataset": _absolute_dataset(dataset), "split": split, "y_rounding": FLAGS.y_rounding,
+                "crop_border": FLAGS.crop_border, "self_ensemble": FLAGS.self_ensemble,
+                "eval_protocol": FLAGS.eval_protocol}
+    if clean_dir:
+        settings["clean_dir"] = os.path.abspath(clean_dir)
     if FLAGS.eval_protocol == "ten_crop_rgb":  # (Y rounding and crop_border do not apply to it)
         settings["eval_crop_size"] = FLAGS.eval_crop_size
     return settings
@@ -339,29 +628,72 @@ def _safe_name(dataset: str) -> str:
     return dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
 
 
+def _load_run(model_dir: str | None):
+    """``(trainer, record)`` of a run, or of the bundled pretrained model when ``model_dir`` is None."""
+    from erl_derain.training import load_trainer
+
+    if model_dir:
+        return load_trainer(model_dir)
+    from erl_derain.pretrained import load_pretrained_trainer
+
+    trainer, info = load_pretrained_trainer()
+    print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
+          flush=True)
+    return trainer, info["record"]
+
+
 def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, network="derain",
-              input_key="rainy"):
+              input_key="rainy", failures=None):
+    """Evaluate one model on one dataset; rows are written to per_image.csv as they finish, pairs that
+    cannot be scored go to ``failures`` (named, the others go on). Returns the summary."""
     from erl_derain import evaluation
 
-    ds = _eval_dataset(dataset, split, clean_dir)
-    what = "" if network == "derain" else f" network {network} (fed the {input_key} images)"
     ten_crop = FLAGS.eval_protocol == "ten_crop_rgb"
+    min_size = max(FLAGS.eval_crop_size, evaluation.SSIM_WINDOW) if ten_crop else evaluation.min_side(FLAGS.crop_border)
+    suffix = "" if network == "derain" else f"_{network}"
+    out_dir = output or (os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}{suffix}") if model_dir else
+                         f"eval_pretrained_{_safe_name(dataset)}_{split}{suffix}")
+    csv_path = os.path.join(out_dir, "per_image.csv")
+    finished = _PROGRESS.setdefault("finished", [])  # earlier results of this command (cross-dataset)
+    before = f"; finished before: {', '.join(finished)}" if finished else ""
+    _PROGRESS["kept"] = f"no per-image row was computed yet for {csv_path}{before}"
+    _PROGRESS["data"] = [(dataset, split)]
+    ds = _eval_dataset(dataset, split, clean_dir, min_size=min_size)
+    what = "" if network == "derain" else f" network {network} (fed the {input_key} images)"
+    who = model_dir or "the bundled model"
+    all_failures, failures = failures, []  # this dataset's (its metrics.json lists them), added to the command's
+    rows_file = evaluation.RowWriter(csv_path)
+
+    def writer(row):
+        rows_file(row)
+        _PROGRESS["kept"] = f"the {len(rows_file.rows)} per-image row(s) computed so far are in {csv_path}{before}"
+
     if ten_crop:
-        print(f"Evaluating {model_dir or 'the model'}{what} on {dataset} [{split}] (the ten {FLAGS.eval_crop_size}x"
+        print(f"Evaluating {who}{what} on {dataset} [{split}] (the ten {FLAGS.eval_crop_size}x"
               f"{FLAGS.eval_crop_size} crops of each image, RGB, unrounded: --eval_protocol=ten_crop_rgb):", flush=True)
         rows = evaluation.evaluate_ten_crop(_predict_fn(model), ds, crop_size=FLAGS.eval_crop_size,
-                                            max_images=FLAGS.max_images, input_key=input_key)
+                                            max_images=FLAGS.max_images, input_key=input_key, on_row=writer,
+                                            failures=failures)
     else:
-        print(f"Evaluating {model_dir or 'the model'}{what} on {dataset} [{split}] (full-size images, Y channel "
+        print(f"Evaluating {who}{what} on {dataset} [{split}] (full-size images, Y channel "
               f"{FLAGS.y_rounding}):", flush=True)
         rows = evaluation.evaluate(_predict_fn(model), ds, rounded=FLAGS.y_rounding == "rounded",
                                    crop_border=FLAGS.crop_border, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap,
-                                   max_images=FLAGS.max_images, input_key=input_key)
+                                   max_images=FLAGS.max_images, input_key=input_key, on_row=writer,
+                                   failures=failures)
+    if all_failures is not None:
+        all_failures.extend(failures)
     summary = evaluation.summarize(rows)
-    suffix = "" if network == "derain" else f"_{network}"
-    out_dir = output or os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}{suffix}")
-    settings = {**_eval_settings(dataset, split), "network": network, "network_input": input_key}
-    csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra={**settings, "model_dir": model_dir})
+    settings = {**_eval_settings(dataset, split, clean_dir), "network": network, "network_input": input_key}
+    extra = {**settings, "model_dir": os.path.abspath(model_dir) if model_dir else None}
+    if not model_dir:
+        from erl_derain.pretrained import DEFAULT
+
+        extra["pretrained"] = DEFAULT
+    if failures:
+        extra["failed"] = [{"name": n, "error": e} for n, e in failures]
+    csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra=extra)
+    finished.append(json_path)
     if model_dir and os.path.isdir(model_dir) and network == "derain":  # the latest evaluation, with its settings
         evaluation.write_json(os.path.join(model_dir, "metrics.json"), {**settings, **summary})
     if ten_crop:
@@ -372,7 +704,8 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
         print(f"Mean over {summary['num_images']} images: Y-PSNR {summary['input_psnr_y']:.2f} (rainy) -> "
               f"{summary['psnr_y']:.2f} dB ({summary['gain_psnr_y']:+.2f}), Y-SSIM {summary['input_ssim_y']:.4f} -> "
               f"{summary['ssim_y']:.4f}; RGB PSNR {summary['input_psnr_rgb']:.2f} -> {summary['psnr_rgb']:.2f} dB")
-    print(f"Per-image results: {csv_path}; summary: {json_path}", flush=True)
+    failed = f"; {len(failures)} pair(s) failed (listed above)" if failures else ""
+    print(f"Per-image results: {csv_path}; summary: {json_path}{failed}", flush=True)
     return summary
 
 
@@ -382,16 +715,16 @@ def _split_list(value: str) -> list[str]:
 
 def cmd_evaluate():
     from erl_derain import evaluation
-    from erl_derain.training import load_trainer
 
-    model_dirs = _split_list(_require("model_dir"))
+    model_dirs = _split_list(FLAGS.model_dir or "") or [None]  # None: the bundled model
     datasets = _split_list(FLAGS.dataset) if FLAGS["dataset"].present else []
     split = FLAGS.split or "test"
     networks = list(dict.fromkeys(FLAGS.network or ["derain"]))
     if networks != ["derain"] and (len(model_dirs) > 1 or len(datasets) > 1):
         raise UsageError("--network scores other networks of one --model_dir on one --dataset")
+    failures = []
     if len(model_dirs) == 1 and len(datasets) <= 1:
-        trainer, record = load_trainer(model_dirs[0])
+        trainer, record = _load_run(model_dirs[0])
         if datasets:
             dataset, clean_dir = datasets[0], FLAGS.clean_dir
         else:
@@ -400,39 +733,39 @@ def cmd_evaluate():
                    else {"derain": (trainer.inference_model(), "rainy")})
         unknown = [n for n in networks if n not in offered]
         if unknown:
-            raise UsageError(f"--network={','.join(unknown)}: {model_dirs[0]} ({record.method}) offers "
-                             f"{', '.join(offered)}")
+            raise UsageError(f"--network={','.join(unknown)}: {model_dirs[0] or 'the bundled model'} "
+                             f"({record.method}) offers {', '.join(offered)}")
         results = {}
         for name in networks:
             model, input_key = offered[name]
             output = FLAGS.output if len(networks) == 1 or not FLAGS.output else os.path.join(FLAGS.output, name)
             results[name] = _evaluate(model, model_dirs[0], dataset, split, clean_dir,
-                                      output=output, network=name, input_key=input_key)
+                                      output=output, network=name, input_key=input_key, failures=failures)
         if len(networks) > 1:
             channel = "Y" if all("psnr_y" in s for s in results.values()) else "RGB"
             key = channel.lower()
             print(f"network             input   {channel}-PSNR   {channel}-SSIM")
             for name, s in results.items():
                 print(f"{name:<19} {offered[name][1]:<7} {s['psnr_' + key]:7.2f}   {s['ssim_' + key]:.4f}")
-        return 0
+        return EXIT_FAILED if failures else EXIT_OK
     # Cross-dataset evaluation: every model on every dataset (default: each model's own training set).
-    runs = [(m, *load_trainer(m)) for m in model_dirs]
+    runs = [(m, *_load_run(m)) for m in model_dirs]
     if not datasets:
         datasets = list(dict.fromkeys(record.run.dataset for _, _, record in runs))
     trained_on = [record.run.dataset for _, _, record in runs]
-    labels = [t if trained_on.count(t) == 1 else f"{t} ({os.path.basename(os.path.normpath(m))})"
+    labels = [t if trained_on.count(t) == 1 else f"{t} ({os.path.basename(os.path.normpath(m or 'pretrained'))})"
               for t, (m, _, _) in zip(trained_on, runs)]
     results = {}
     for label, (model_dir, trainer, _) in zip(labels, runs):
         model = trainer.inference_model()
         for dataset in datasets:
-            results[(label, dataset)] = _evaluate(model, model_dir, dataset, split)
+            results[(label, dataset)] = _evaluate(model, model_dir, dataset, split, failures=failures)
     output = FLAGS.output or "cross_dataset_eval"
     md_path, csv_path = evaluation.cross_dataset_table(results, output)
     with open(md_path, encoding="utf-8") as f:
         print(f.read())
     print(f"Cross-dataset table: {md_path} and {csv_path}")
-    return 0
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def cmd_compare():
@@ -440,9 +773,6 @@ def cmd_compare():
     from erl_derain.training import load_trainer
 
     baseline_dir, candidate_dir = _require("baseline"), _require("candidate")
-    if FLAGS.eval_protocol != "full_y":
-        raise UsageError(f"compare dissects whole images on the Y channel; --eval_protocol={FLAGS.eval_protocol} is "
-                         "for evaluate")
     base_trainer, base_record = load_trainer(baseline_dir)
     cand_trainer, cand_record = load_trainer(candidate_dir)
     if FLAGS["dataset"].present:
@@ -499,20 +829,42 @@ def cmd_prepare():
     return 0
 
 
-def _expand_inputs(paths: list[str]) -> list[str]:
-    from erl_derain.data.image_io import list_images
+def _photo_jobs(args: list[str], output_dir: str):
+    """The checked plan of ``derain`` (``photos``: inputs, output names, refusals) and the arguments
+    that failed already (missing, no images); before any model is loaded."""
+    from erl_derain import photos
 
-    files = []
-    for p in paths:
-        if os.path.isdir(p):
-            files += list_images(p)
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            raise UsageError(f"{p}: no such file or folder")
-    if not files:
-        raise UsageError(f"no images found in {paths}")
-    return files
+    if not args:
+        raise UsageError("give the photos or folders to de-rain: erl-derain derain [--model_dir=...] "
+                         "[--output_dir=derained] photo.jpg folder/")
+    files, failures, excluded = photos.expand_inputs(args, output_dir)
+    for path, message in failures:
+        photos.print_failure(path, message)
+    if excluded:
+        print(f"  ({len(excluded)} image(s) in --output_dir={output_dir} left out: outputs are never inputs)",
+              file=sys.stderr, flush=True)
+    if not files and not failures:
+        raise UsageError(f"no photos to de-rain: every image given is in --output_dir={output_dir}, whose files are "
+                         "outputs, never inputs; choose another --output_dir")
+    jobs = photos.plan(files, output_dir, FLAGS.output_format)
+    try:
+        photos.check_plan(jobs, output_dir, overwrite=FLAGS.overwrite)
+    except photos.PlanError as e:
+        raise UsageError(str(e)) from None
+    return jobs, failures
+
+
+def _run_photos(jobs, failures, output_dir, loop, via=None) -> int:
+    """Run the photo loop (``loop(jobs)`` -> (written, skipped, failures)) and report; Ctrl-C reports
+    what was written (exit status 130)."""
+    from erl_derain import photos
+
+    _PROGRESS["kept"] = f"the photos written so far are in {output_dir} (each one whole)"
+    try:
+        written, skipped, more = loop(jobs)
+    except photos.Interrupted as e:
+        return photos.report(e.written, e.skipped, failures + e.failures, output_dir, via=via, interrupted=True)
+    return photos.report(written, skipped, failures + more, output_dir, via=via)
 
 
 def _derain_via_server(args: list[str]):
@@ -520,68 +872,53 @@ def _derain_via_server(args: list[str]):
     from erl_derain.serving import ServerUnavailable, derain_files_via_server
 
     output_dir, model_name = _require("output_dir"), _require("model_name")
-    if not args:
-        raise UsageError("give the photos or folders to de-rain: erl-derain derain --server=host:8501 "
-                         "--model_name=... --output_dir=... photo.jpg folder/")
-    files = _expand_inputs(args)
-    try:
-        written, skipped, failures = derain_files_via_server(
-            FLAGS.server, model_name, files, output_dir, protocol=FLAGS.protocol, overwrite=FLAGS.overwrite,
-            output_format=FLAGS.output_format, version=FLAGS.version, tile=FLAGS.tile,
-            tile_overlap=FLAGS.tile_overlap)
-    except (ServerUnavailable, ImportError) as e:
-        raise UsageError(str(e)) from e
-    return photos.report(written, skipped, failures, output_dir, via=FLAGS.server)
+    jobs, failures = _photo_jobs(args, output_dir)
+    if not photos.pending(jobs, FLAGS.overwrite):
+        return photos.report(0, len(jobs), failures, output_dir, via=FLAGS.server)
+
+    def loop(jobs):
+        try:
+            return derain_files_via_server(
+                FLAGS.server, model_name, None, output_dir, protocol=FLAGS.protocol, overwrite=FLAGS.overwrite,
+                output_format=FLAGS.output_format, version=FLAGS.version, tile=FLAGS.tile,
+                tile_overlap=FLAGS.tile_overlap, jobs=jobs)
+        except (ServerUnavailable, ImportError) as e:
+            raise CommandError(str(e)) from e
+
+    return _run_photos(jobs, failures, output_dir, loop, via=FLAGS.server)
 
 
 def cmd_derain(args: list[str]):
     from erl_derain import photos
-    from erl_derain.training import load_trainer
 
     if FLAGS.server:
-        if FLAGS.self_ensemble != 1:
-            raise UsageError("--self_ensemble runs the network several times per image here; with --server the "
-                             "model runs in TF Serving, once per image: leave --self_ensemble at 1")
         return _derain_via_server(args)
     output_dir = FLAGS.output_dir or "derained"
-    if not args:
-        raise UsageError("give the photos or folders to de-rain: erl-derain derain [--model_dir=...] "
-                         "[--output_dir=derained] photo.jpg folder/")
-    files = _expand_inputs(args)
-    if FLAGS.model_dir:
-        trainer, _ = load_trainer(FLAGS.model_dir)
-    else:  # the bundled model
-        from erl_derain.pretrained import load_pretrained_trainer
-
-        trainer, _ = load_pretrained_trainer()
-        print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
-              flush=True)
+    jobs, failures = _photo_jobs(args, output_dir)  # refusals come before the model is loaded
+    if not photos.pending(jobs, FLAGS.overwrite):
+        return photos.report(0, len(jobs), failures, output_dir)
+    trainer, _ = _load_run(FLAGS.model_dir)
     model = _predict_fn(trainer.inference_model())
     run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
-    written, skipped, failures = photos.derain_photos(files, output_dir, run, output_format=FLAGS.output_format,
-                                                      overwrite=FLAGS.overwrite)
-    return photos.report(written, skipped, failures, output_dir)
+    return _run_photos(jobs, failures, output_dir, lambda jobs: photos.derain_photos(
+        None, output_dir, run, output_format=FLAGS.output_format, overwrite=FLAGS.overwrite, jobs=jobs))
 
 
 def cmd_export():
     from erl_derain.serving import export_saved_model, server_command_lines
-    from erl_derain.training import load_trainer
 
     export_base = _require("export_base")
-    if FLAGS.pretrained:
-        from erl_derain.pretrained import load_pretrained_trainer
-
-        trainer, info = load_pretrained_trainer()
-        record = info["record"]
-    else:
-        trainer, record = load_trainer(_require("model_dir"))
+    trainer, record = _load_run(None if FLAGS.pretrained else FLAGS.model_dir)
     path = export_saved_model(trainer.inference_model(), export_base, version=FLAGS.version,
-                              metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite)
-    lines = server_command_lines(export_base)
+                              metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite,
+                              serving_root=FLAGS.serving_root, max_pixels=FLAGS.max_pixels)
+    lines = server_command_lines(export_base, FLAGS.serving_root)
+    root = FLAGS.serving_root or os.path.dirname(os.path.abspath(export_base))
     print(f"Exported SavedModel to {path}: signatures serving_default (images -> derained), derain_image "
           f"(image_bytes -> derained_png_bytes), metadata")
-    print(f"Server files in {os.path.dirname(os.path.abspath(export_base))}: models.config, models.docker.config, "
-          f"batching_parameters.txt. Serve with:\n  {lines['tensorflow_model_server']}\n  {lines['docker']}")
+    print(f"Server files in {os.path.abspath(root)} (--serving_root{'' if FLAGS.serving_root else ': --export_base parent'}): "
+          f"models.config, models.docker.config, batching_parameters.txt. Serve with:\n  "
+          f"{lines['tensorflow_model_server']}\n  {lines['docker']}")
 
 
 def cmd_synthesize():
@@ -593,11 +930,19 @@ def cmd_synthesize():
     for flag, key in (("rain_density", "density"), ("rain_length", "length"), ("rain_intensity", "intensity")):
         if getattr(FLAGS, flag) is not None:
             kwargs[key] = getattr(FLAGS, flag)
-    pairs = rain_synthesis.synthesize_folder(clean_dir, output_dir, renders_per_image=FLAGS.renders_per_image,
-                                             seed=FLAGS.seed, **kwargs)
+    failures = []
+    _PROGRESS["kept"] = f"the pairs written so far are in {output_dir}/rainy and {output_dir}/clean (each one whole)"
+    try:
+        pairs = rain_synthesis.synthesize_folder(clean_dir, output_dir, renders_per_image=FLAGS.renders_per_image,
+                                                 seed=FLAGS.seed, failures=failures, progress=True, **kwargs)
+    except rain_synthesis.Interrupted as e:
+        print(f"Interrupted: wrote {len(e.pairs)} rainy/clean pairs to {output_dir}/rainy and {output_dir}/clean; "
+              f"{len(failures)} clean image(s) failed", flush=True)
+        return EXIT_INTERRUPTED
+    failed = f"; {len(failures)} clean image(s) failed (listed above)" if failures else ""
     print(f"Wrote {len(pairs)} rainy/clean pairs to {output_dir}/rainy and {output_dir}/clean "
-          f"(train on them with --dataset=folder:{output_dir})")
-
+          f"(train on them with --dataset=folder:{output_dir}){failed}")
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def _from_data_pipeline(e) -> bool:
@@ -623,24 +968,35 @@ def _tf_message(e) -> str:
 
 
 def main(argv):
-    global FLAGS_VERB
     known = verbs()
     if len(argv) < 2 or argv[1] not in known:
         got = argv[1] if len(argv) > 1 else "nothing"
         print(help_text(), file=sys.stderr, end="")
         print(f"erl-derain: expected a verb ({', '.join(known)}), got {got}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     verb, args = argv[1], argv[2:]
-    FLAGS_VERB = verb
     if not FLAGS["verbosity"].present:  # TFDS and TF log every file they open at INFO
         logging.set_verbosity(logging.WARNING)
     if args and verb != "derain":
         print(f"erl-derain {verb}: unexpected arguments {args} (flags are written --name=value)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    _PROGRESS.clear()
+    try:
+        validate_flags(verb)
+    except UsageError as e:
+        print(f"erl-derain {verb}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _apply_flags()
+    return _run_verb(verb, args)
+
+
+def _run_verb(verb: str, args: list[str]) -> int:
+    """Run a validated verb; errors become one line on stderr and the exit status (module docstring)."""
     from erl_derain.config import ConfigError
     from erl_derain.data.pipelines import DatasetError
+    from erl_derain.data.streams import UnknownDatasetError
     from erl_derain.methods import MethodError
-    from erl_derain.training import TrainingError
+    from erl_derain.training import SettingsMismatch, TrainingError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "export": cmd_export,
                 "prepare": cmd_prepare, "synthesize": cmd_synthesize}
@@ -648,14 +1004,21 @@ def main(argv):
         if verb == "derain":
             return cmd_derain(args)
         if verb in commands:
-            return commands[verb]() or 0
+            return commands[verb]() or EXIT_OK
         _, verb_spec = _method_verbs()[verb]
-        return verb_spec.run(FLAGS) or 0
-    except (UsageError, ConfigError, MethodError, DatasetError, TrainingError, FileNotFoundError, FileExistsError,
-            ValueError) as e:
+        return verb_spec.run(FLAGS) or EXIT_OK
+    except KeyboardInterrupt:
+        kept = _PROGRESS.get("kept")
+        print(f"erl-derain {verb}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, ConfigError, MethodError, SettingsMismatch, UnknownDatasetError) as e:
         logging.debug("error", exc_info=True)
         print(f"erl-derain {verb}: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
+    except (CommandError, DatasetError, TrainingError, OSError, ValueError) as e:
+        logging.debug("error", exc_info=True)
+        print(f"erl-derain {verb}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:  # pylint: disable=broad-except
         if type(e).__name__ != "InvalidArgumentError":
             raise
@@ -663,22 +1026,27 @@ def main(argv):
         if not _from_data_pipeline(e):
             print(f"erl-derain {verb}: error: TensorFlow rejected an operation: {_tf_message(e)} "
                   "(--verbosity=1 shows where)", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         # A file that passed the header scan but fails to decode while tf.data reads it (e.g. a
-        # truncated JPEG): name it instead of showing TF's stack trace. Checkpoints are untouched.
+        # truncated JPEG): name it instead of showing TF's stack trace.
         print(f"erl-derain {verb}: error: reading the data failed: {_tf_message(e)}", file=sys.stderr)
-        for flag in ("dataset", *_stream_source_flags()):
-            value = getattr(FLAGS, flag, None)
+        split = FLAGS.split or ("train" if verb == "train" else "test")
+        # the data the verb was reading (evaluate: the one test set of a comma-separated --dataset), else
+        # --dataset (the methods' own streams are not paired folders)
+        sources = list(_PROGRESS.get("data") or [(FLAGS.dataset, split)])
+        named = False
+        for value, value_split in dict.fromkeys(sources):
             if value and value.startswith("folder:"):
                 from erl_derain.data.pipelines import diagnose_folder
 
-                split = FLAGS.split or ("train" if verb == "train" else "test")
-                problems = diagnose_folder(value, split) if flag == "dataset" else []
-                for file, problem in problems:
+                for file, problem in diagnose_folder(value, value_split):
                     print(f"  {file}: {problem}", file=sys.stderr)
-                if problems:
-                    print("  fix or remove these files; the last checkpoint is kept", file=sys.stderr)
-        return 1
+                    named = True
+        kept = _PROGRESS.get("kept")
+        if named or kept:
+            print("  " + ("fix or remove these files" if named else "") + ("; " if named and kept else "")
+                  + (kept or ""), file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _stream_source_flags() -> list[str]:
@@ -707,7 +1075,31 @@ def run():
             print(f"erl-derain {verb}: error: {e}", file=sys.stderr)
             sys.exit(2)
         sys.exit(0)
-    app.run(main)
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except KeyboardInterrupt:  # before a verb started (e.g. while TensorFlow loads)
+        print("erl-derain: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _parse_flags(argv):
+    """absl's parsing, with its errors as usage errors (exit status 2) in one line naming the flag."""
+    verb = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
+    try:
+        return FLAGS(argv)
+    except flags.UnrecognizedFlagError as e:
+        message = f"--{e.flagname}: {e}"
+    except flags.CantOpenFlagFileError as e:
+        message = f"--flagfile: {str(e).removeprefix('ERROR:: ')}"
+    except flags.Error as e:
+        message = str(e)
+    except UnicodeDecodeError as e:  # absl reads flagfiles as UTF-8 text
+        given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(("--flagfile=", "-flagfile="))]
+        message = (f"--flagfile={','.join(given)}: not a UTF-8 text file of flags (or one it includes is not: "
+                   f"{e.reason} at byte {e.start})")
+    print(f"erl-derain{' ' + verb if verb else ''}: error: {' '.join(message.split())} (erl-derain "
+          f"{verb or '<verb>'} --help lists the flags)", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
 
 
 if __name__ == "__main__":

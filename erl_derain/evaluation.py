@@ -5,23 +5,76 @@ cropped back; per-image Y-channel and RGB PSNR/SSIM of the output and of the rai
 baseline every paper's table starts from), written as CSV (per image) and JSON (means).
 ``evaluate_ten_crop`` is the MENET authors' protocol instead (``--eval_protocol=ten_crop_rgb``): the
 ten 224x224 crops of every test image, scored on RGB without rounding.
+
+A pair that cannot be scored (too small for SSIM or the ten crops, shapes that differ) is a failure
+of that pair only: it is named in ``failures`` and the others go on. ``on_row`` receives each row as
+it is computed (``RowWriter`` keeps ``per_image.csv`` up to date, so an interrupted or failed
+evaluation keeps what it finished). Every file is written atomically (``erl_derain.fileio``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from erl_derain import metrics
+from erl_derain.fileio import atomic_write_text
 from erl_derain.inference import as_inference_model, derain_image
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+
+#: the side of SSIM's window: the smallest image (after ``crop_border``) the metrics can score
+SSIM_WINDOW = 11
+
+
+def min_side(crop_border: int = 0) -> int:
+    """The smallest image side ``evaluate`` can score with ``crop_border`` removed from each side."""
+    return SSIM_WINDOW + 2 * int(crop_border)
+
+
+def _check_pair(name: str, rainy: np.ndarray, clean: np.ndarray, side: int, why: str) -> None:
+    h, w = rainy.shape[:2]
+    if rainy.shape != clean.shape:
+        raise ValueError(f"{name}: rainy is {w}x{h} (WxH) but clean is {clean.shape[1]}x{clean.shape[0]}")
+    if min(h, w) < side:
+        raise ValueError(f"{name}: {w}x{h} (WxH) is smaller than the {side}x{side} pixels {why}")
+
+
+def _failed(failures, name: str, error: Exception, progress: bool) -> None:
+    message = str(error)
+    if failures is None:
+        raise error
+    failures.append((name, message))
+    if progress:
+        print(f"  FAILED {name}: {message}", file=sys.stderr, flush=True)
+
+
+def _csv_text(rows: list[dict], fields: list[str] | None = None, **kw) -> str:
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields or list(rows[0].keys()), **kw)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class RowWriter:
+    """``per_image.csv`` rewritten (atomically) after each row: ``on_row`` of ``evaluate``, so the
+    rows computed so far survive a failure or Ctrl-C."""
+
+    def __init__(self, path: str):
+        self.path, self.rows = path, []
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write_text(self.path, _csv_text(self.rows), make_parents=True, fsync=False)
 
 
 def _pairs(dataset, max_images: int | None, input_key: str = "rainy"):
@@ -35,27 +88,42 @@ def _pairs(dataset, max_images: int | None, input_key: str = "rainy"):
 
 def evaluate(model, dataset, *, rounded: bool = True, crop_border: int = 0,
              tile: int = 0, tile_overlap: int = 32, max_images: int | None = None,
-             progress: bool = True, input_key: str = "rainy") -> list[dict]:
+             progress: bool = True, input_key: str = "rainy", on_row=None, failures: list | None = None) -> list[dict]:
     """``model``: an :class:`erl_derain.inference.InferenceModel` (it pads to its multiple, crops
     back and clips). ``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]) and
     ``name``. The network reads ``ex[input_key]`` (the ``input_`` columns score that input): ``"clean"`` for a network that
-    translates clean images (ERL-Net's clean-to-clean autoencoder, the introduction's experiment)."""
+    translates clean images (ERL-Net's clean-to-clean autoencoder, the introduction's experiment).
+
+    ``failures``: a list that receives ``(name, message)`` of each pair that cannot be scored (smaller
+    than SSIM's window after ``crop_border``, rainy and clean of different sizes); the others go on.
+    None: such a pair raises its ``ValueError`` (naming it). ``on_row(row)`` is called as each row is
+    finished (``RowWriter``)."""
     model = as_inference_model(model)
     rows = []
+    side = min_side(crop_border)
+    why = "SSIM needs" + (f" with --crop_border={crop_border}" if crop_border else "")
     for name, rainy, clean in _pairs(dataset, max_images, input_key):
-        t0 = time.time()
-        out = derain_image(model, rainy, tile=tile, overlap=tile_overlap)
-        seconds = time.time() - t0
-        row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "seconds": seconds}
-        for prefix, img in (("", out), ("input_", rainy)):
-            for k, v in metrics.evaluate_pair(img, clean, rounded=rounded, crop_border=crop_border).items():
-                row[prefix + k] = v
+        try:
+            _check_pair(name, rainy, clean, side, why)
+            t0 = time.time()
+            out = derain_image(model, rainy, tile=tile, overlap=tile_overlap)
+            seconds = time.time() - t0
+            row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "seconds": seconds}
+            for prefix, img in (("", out), ("input_", rainy)):
+                for k, v in metrics.evaluate_pair(img, clean, rounded=rounded, crop_border=crop_border).items():
+                    row[prefix + k] = v
+        except ValueError as e:
+            _failed(failures, name, e, progress)
+            continue
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         if progress:
             print(f"  {name}: Y-PSNR {row['input_psnr_y']:.2f} -> {row['psnr_y']:.2f} dB, "
                   f"Y-SSIM {row['input_ssim_y']:.4f} -> {row['ssim_y']:.4f}", flush=True)
     if not rows:
-        raise ValueError("the evaluation split holds no images")
+        raise ValueError("no image of the evaluation split could be scored" if failures else
+                         "the evaluation split holds no images")
     return rows
 
 
@@ -101,7 +169,8 @@ def _rgb_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
 
 
 def evaluate_ten_crop(model, dataset, *, crop_size: int = 224, max_images: int | None = None,
-                      progress: bool = True, input_key: str = "rainy") -> list[dict]:
+                      progress: bool = True, input_key: str = "rainy", on_row=None,
+                      failures: list | None = None) -> list[dict]:
     """The MENET authors' protocol (``--eval_protocol=ten_crop_rgb``): each test image is cut into its
     ten ``crop_size`` crops (:func:`ten_crops`; their ``heavy/build_h5_dataset.py`` with
     ``horizontal_flip``), the network runs on every crop (BatchNorm with its moving averages, as their
@@ -112,29 +181,40 @@ def evaluate_ten_crop(model, dataset, *, crop_size: int = 224, max_images: int |
     partial batch; with 100 test images there is none).
 
     ``model``: an InferenceModel; ``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]
-    in [0, 1]) and ``name``."""
+    in [0, 1]) and ``name``. ``on_row`` and ``failures`` as for :func:`evaluate` (an image smaller
+    than the crop is a failure of that image)."""
     model = as_inference_model(model)
     rows = []
     for name, rainy, clean in _pairs(dataset, max_images, input_key):
-        rainy_crops, clean_crops = ten_crops(rainy, crop_size), ten_crops(clean, crop_size)
-        t0 = time.time()
-        out = model(tf.constant(rainy_crops, tf.float32)).numpy()
-        seconds = time.time() - t0
-        per_crop = {}
-        for prefix, images in (("", out), ("input_", rainy_crops)):
-            for pred, target in zip(images, clean_crops):
-                for k, v in _rgb_metrics(pred.astype(np.float64) * 255.0, target.astype(np.float64) * 255.0).items():
-                    per_crop.setdefault(prefix + k, []).append(v)
+        try:
+            _check_pair(name, rainy, clean, max(crop_size, SSIM_WINDOW),
+                        f"the ten crops need (--eval_crop_size={crop_size})")
+            rainy_crops, clean_crops = ten_crops(rainy, crop_size), ten_crops(clean, crop_size)
+            t0 = time.time()
+            out = model(tf.constant(rainy_crops, tf.float32)).numpy()
+            seconds = time.time() - t0
+            per_crop = {}
+            for prefix, images in (("", out), ("input_", rainy_crops)):
+                for pred, target in zip(images, clean_crops):
+                    for k, v in _rgb_metrics(pred.astype(np.float64) * 255.0,
+                                             target.astype(np.float64) * 255.0).items():
+                        per_crop.setdefault(prefix + k, []).append(v)
+        except ValueError as e:
+            _failed(failures, name, e, progress)
+            continue
         row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "crops": len(clean_crops),
                "seconds": seconds}
         row.update({k: float(np.mean(v)) for k, v in per_crop.items()})
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         if progress:
             print(f"  {name}: RGB-PSNR {row['input_psnr_rgb']:.2f} -> {row['psnr_rgb']:.2f} dB, "
                   f"RGB-SSIM {row['input_ssim_rgb']:.4f} -> {row['ssim_rgb']:.4f} (mean of {row['crops']} crops)",
                   flush=True)
     if not rows:
-        raise ValueError("the evaluation split holds no images")
+        raise ValueError("no image of the evaluation split could be scored" if failures else
+                         "the evaluation split holds no images")
     return rows
 
 
@@ -159,12 +239,11 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def write_results(rows: list[dict], summary: dict, output_dir: str, extra: dict | None = None) -> tuple[str, str]:
+    """``per_image.csv`` (the rows) and ``metrics.json`` (``extra`` and ``summary``) in
+    ``output_dir``, each written atomically."""
     os.makedirs(output_dir, exist_ok=True)
     csv_path = os.path.join(output_dir, "per_image.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(csv_path, _csv_text(rows))
     json_path = os.path.join(output_dir, "metrics.json")
     write_json(json_path, {**(extra or {}), **summary})
     return csv_path, json_path
@@ -183,8 +262,6 @@ def _json_safe(value):
 
 def write_json(path: str, data: dict) -> str:
     """Standard JSON (NaN -> null, inf -> "inf"), sorted keys, written atomically."""
-    from erl_derain.training import atomic_write_text
-
     atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
@@ -291,15 +368,12 @@ def cross_dataset_table(results: dict, output_dir: str, *, digits: int = 2) -> t
     else:
         md.append("Y-channel PSNR (dB) / SSIM of the derained test images, mean over each test set.")
     md_path = os.path.join(output_dir, "cross_dataset.md")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
     csv_path = os.path.join(output_dir, "cross_dataset.csv")
     fields = ["trained_on", "tested_on", "num_images"] + [p + k for p in ("", "input_") for k in METRIC_KEYS]
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for (r, c), s in results.items():
-            writer.writerow({"trained_on": r, "tested_on": c, **s})
+    table = _csv_text([{"trained_on": r, "tested_on": c, **s} for (r, c), s in results.items()], fields,
+                      extrasaction="ignore")
+    atomic_write_text(md_path, "\n".join(md) + "\n")
+    atomic_write_text(csv_path, table)
     return md_path, csv_path
 
 

@@ -10,6 +10,10 @@ with ``open(..., "x")``, which honours the umask (``tempfile.mkstemp`` would mak
 * ``atomic_open(path, "wb" | "w")``: a context manager for writers that want a file object
   (``np.savez``, ``fig.savefig``); the file is moved into place when the block ends without an
   exception and discarded otherwise.
+
+``check_writable_folder(path)`` says up front (before hours of work) why an output folder could not
+be written: a file in its place or on its way, a folder without write permission, or one that
+refuses a probe file (a read-only mount, which ``os.access`` does not see for root).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import uuid
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "check_writable_folder"]
 
 
 def _temporary_name(path: str) -> str:
@@ -67,3 +71,32 @@ def atomic_write_text(path, text: str, *, encoding: str = "utf-8", make_parents:
     """Write ``text`` to ``path`` atomically (module docstring); UTF-8 unless ``encoding``."""
     with atomic_open(path, "w", encoding=encoding, make_parents=make_parents, fsync=fsync) as f:
         f.write(text)
+
+
+def check_writable_folder(path) -> None:
+    """Raise ``ValueError`` saying why ``path`` cannot be used as an output folder (created when
+    missing, files written in it): ``path`` or one of its parents is a file; the nearest existing
+    folder is not writable (``os.access``) or refuses a probe file (created and removed again;
+    catches read-only mounts also for root). Creates nothing that stays."""
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        if existing == path:
+            raise ValueError(f"{path} is a file, not a folder")
+        raise ValueError(f"{existing} is a file, so the folder {path} cannot be created")
+    what = "" if existing == path else f" (the folder {path} would be created in it)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing} is not writable{what}")
+    probe = os.path.join(existing, f".erl_derain_probe.{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as e:
+        raise ValueError(f"{existing} is not writable{what}: {e.strerror or e}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)

@@ -159,11 +159,12 @@ def training_stream(record, *, global_batch: int, split: str = "train", shuffle_
 
 
 def evaluation_dataset(dataset: str, split: str, *, clean_dir: str | None = None, data_dir: str | None = None,
-                       manual_dir: str | None = None) -> tf.data.Dataset:
+                       manual_dir: str | None = None, min_size: int | None = None) -> tf.data.Dataset:
     """Full-size pairs, batch 1, in file order (with the dataset's rain masks when it has them: the
-    dissection of ``compare`` uses them)."""
+    dissection of ``compare`` uses them). ``min_size``: the side the metrics need; a folder's smaller
+    pairs are named up front (``pipelines.paired_dataset``)."""
     source = dataset_source(dataset, clean_dir, data_dir)
     have = {} if _is_folder(source) else pipelines.dataset_features(source, data_dir=data_dir)
     extras = tuple(k for k in ("rain_mask", "has_rain_mask") if k in have)
     return pipelines.paired_dataset(source, split, batch_size=1, crop_size=None, training=False, data_dir=data_dir,
-                                    manual_dir=manual_dir, extra_features=extras)
+                                    manual_dir=manual_dir, extra_features=extras, min_size=min_size)

@@ -257,21 +257,67 @@ class Run:
         return None
 
 
-def prepare_model_dir(model_dir: str, record) -> None:
-    """Create ``model_dir`` or check that it holds a run of the same method; write the config. A
-    resumed run whose settings changed keeps its checkpoint (the loop refuses one that does not fit)."""
-    from erl_derain.run_config import write_record
+class SettingsMismatch(TrainingError):
+    """Changed settings that do not fit the checkpoint of a ``--model_dir`` (nothing in it was changed)."""
 
-    os.makedirs(model_dir, exist_ok=True)
-    if os.path.exists(os.path.join(model_dir, "config.json")):
-        old = read_config(model_dir)
-        if old.method != record.method:
-            raise TrainingError(f"--model_dir={model_dir} holds a run of method {old.method!r}, not "
-                                f"{record.method!r}: choose another --model_dir")
-        changed = old.differences(record)
-        if changed:
-            logging.warning("resuming %s with changed settings: %s", model_dir, changed)
-    write_record(model_dir, record)
+
+def changed_settings(old, new) -> dict:
+    """``{"--flag": (old value, new value)}`` of the settings that differ between two RunRecords
+    (``RunRecord.differences`` by flag name)."""
+    from erl_derain import config as cfglib
+    from erl_derain.run_config import RunConfig
+
+    names = {f"run.{f}": n for f, n in cfglib.flag_names(RunConfig).items()}
+    prefix = new.spec.flag_prefix
+    out = {}
+    for key, values in old.differences(new).items():
+        section, _, name = key.partition(".")
+        flag = names.get(key) or (f"{prefix}{name}" if section == "method_config" else key)
+        out[f"--{flag}"] = values
+    return out
+
+
+def _format_changes(changes: dict) -> str:
+    def show(v):
+        return ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+    return "\n".join(f"  {flag}: {show(a)} (the run's) -> {show(b)} (now)" for flag, (a, b) in sorted(changes.items()))
+
+
+def prepare_model_dir(model_dir: str, record, *, force_new_config: bool = False) -> dict:
+    """Check ``model_dir`` before anything in it changes: a run of another method is refused unless
+    ``force_new_config``. Returns ``{"--flag": (old, new)}`` of the settings that changed against its
+    ``config.json`` (empty for a new run). Writes nothing: the loop writes the config
+    (``write_record``) once the checkpoint is known to fit the new settings; with
+    ``force_new_config`` the run found there is first moved aside (``set_aside_run``)."""
+    config = os.path.join(model_dir, "config.json")
+    if not os.path.exists(config):
+        return {}
+    old = read_config(model_dir)
+    if old.method != record.method and not force_new_config:
+        raise SettingsMismatch(f"--model_dir={model_dir} holds a run of method {old.method!r}, not "
+                               f"{record.method!r}: choose another --model_dir (or --force_new_config to start a "
+                               f"new run there, the old one moved into a sub-folder)")
+    return changed_settings(old, record) if old.method == record.method else {"--method": (old.method, record.method)}
+
+
+def set_aside_run(model_dir: str) -> str | None:
+    """Move the run in ``model_dir`` (everything but earlier set-aside runs) into
+    ``<model_dir>/previous_run_<n>/``, a run folder of its own (evaluate / export / resume it there);
+    returns that folder, or None when there was nothing to move."""
+    if not os.path.isdir(model_dir):
+        return None
+    entries = [e for e in os.listdir(model_dir) if not e.startswith("previous_run_")]
+    if not entries:
+        return None
+    n = 1
+    while os.path.exists(os.path.join(model_dir, f"previous_run_{n}")):
+        n += 1
+    target = os.path.join(model_dir, f"previous_run_{n}")
+    os.makedirs(target)
+    for entry in entries:
+        os.rename(os.path.join(model_dir, entry), os.path.join(target, entry))
+    return target
 
 
 # -- the loop's hooks ---------------------------------------------------------------------------------
@@ -368,7 +414,7 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
           on_nan: str = "stop", max_skipped: int = 10,
           on_step_end: Callable[[int, int, dict], None] | None = None,
           strategy: tf.distribute.Strategy | None = None, stop_after: int = 0,
-          init_from: str | None = None, hooks: list | None = None) -> dict:
+          init_from: str | None = None, hooks: list | None = None, force_new_config: bool = False) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
 
@@ -389,7 +435,13 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     optimisers and the step counters start afresh. Stages given 0 steps are passed over, so
     ``stage_steps=[0, 0, n]`` fine-tunes with the last stage only. A run that already has a checkpoint
     resumes from it instead. ``hooks``: more :class:`Hook` s. Returns a summary dict (final losses,
-    steps, wall time, skipped batches)."""
+    steps, wall time, skipped batches).
+
+    A ``model_dir`` holding a run is left untouched until the new settings are known to fit its
+    checkpoint: settings that changed against its ``config.json`` and build a network the checkpoint
+    does not fit raise :class:`SettingsMismatch` listing the changes, and so does a run of another
+    method; ``force_new_config`` moves that run into ``<model_dir>/previous_run_<n>/`` and starts a new
+    one (``set_aside_run``)."""
     if on_nan not in ("stop", "skip_batch"):
         raise TrainingError(f"--on_nan must be stop or skip_batch, got {on_nan!r}")
     record = as_record(config)
@@ -401,14 +453,37 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
     verbose = verbose if chief else 0
-    if chief:
-        prepare_model_dir(model_dir, record)
+    changes = prepare_model_dir(model_dir, record, force_new_config=force_new_config) if chief else {}
+    if changes and force_new_config and chief:
+        aside = set_aside_run(model_dir)
+        if aside and verbose:
+            print(f"--force_new_config: the run that was in {model_dir} is now {aside}", flush=True)
+        changes = {}
     with strategy.scope():
         trainer.build_networks()
         backup = StateBackup(trainer) if on_nan == "skip_batch" else None
     # (the stage/step counters live on the host: made outside the scope)
     run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau, chief=chief)
-    restored, initialised = _resume_or_initialise(run, trainer, init_from, verbose)
+    try:
+        restored, initialised = _resume_or_initialise(run, trainer, init_from, verbose)
+    except TrainingError as e:
+        if not changes or "does not match" not in str(e) or str(e).startswith("--init_from"):
+            raise
+        raise SettingsMismatch(
+            f"--model_dir={model_dir}: the settings changed against its config.json and the network they build "
+            f"does not fit its checkpoint; nothing in it was changed. Changed:\n{_format_changes(changes)}\n"
+            f"Run again with the run's settings (--flagfile={os.path.join(model_dir, 'flags.txt')}), choose another "
+            f"--model_dir, or give --force_new_config to start a new run there (the old one is moved into "
+            f"{os.path.join(model_dir, 'previous_run_<n>')}).") from e
+    if chief:  # the settings fit the checkpoint (or there is none): now the config may change
+        if changes:
+            logging.warning("resuming %s with changed settings: %s", model_dir, changes)
+            if verbose:
+                print(f"Resuming {model_dir} with changed settings:\n{_format_changes(changes)}", flush=True)
+        os.makedirs(model_dir, exist_ok=True)
+        from erl_derain.run_config import write_record
+
+        write_record(model_dir, record)
     jit = resolve_jit_compile(jit_compile)
     skipped, in_a_row = [], 0
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if chief else \

@@ -163,13 +163,13 @@ def test_cross_dataset_table(run_cli, runs, tmp_path):
 
 def test_compare_and_prepare_errors(run_cli, runs, tmp_path):
     code, _, err = run_cli("compare", f"--baseline={runs['baseline']}")
-    assert code == 1 and "--candidate is required" in err
+    assert code == 2 and "--candidate is required" in err
     code, _, err = run_cli("compare", f"--baseline={tmp_path / 'nope'}", f"--candidate={runs['candidate']}")
-    assert code == 1 and "nope" in err
+    assert code == 2 and "nope" in err
     code, _, err = run_cli("prepare", "--dataset=no_such_dataset", f"--data_dir={tmp_path / 'tfds'}")
-    assert code == 1 and "unknown dataset" in err
+    assert code == 2 and "unknown dataset" in err
     code, _, err = run_cli("prepare", f"--dataset=folder:{runs['data']}")
-    assert code == 1 and "nothing to prepare" in err
+    assert code == 2 and "nothing to prepare" in err
 
 
 def test_prepare_then_compare_uses_the_datasets_rain_masks(run_cli, runs, tmp_path):

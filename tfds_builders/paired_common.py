@@ -25,6 +25,7 @@ may be anywhere ``tf.io.gfile`` reaches).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import re
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from erl_derain.data.image_io import IMAGE_EXTENSIONS, load_rgb
+from erl_derain.data.image_io import IMAGE_EXTENSIONS, ImageTooLarge, check_declared_size, check_size, load_rgb
 from erl_derain.metrics import to_uint8
 
 HOW_TO_BUILD = (
@@ -295,17 +296,24 @@ def read_rgb_keep_jpeg(path: Path) -> bytes | np.ndarray:
         from PIL import Image  # pylint: disable=import-outside-toplevel
 
         try:
-            with Image.open(path) as im:
+            data = path.read_bytes()
+            check_declared_size(data, str(path))  # from the SOF header, before Pillow sees the file
+            with Image.open(io.BytesIO(data)) as im:
                 fmt, mode = im.format, im.mode
+                check_size(im.width, im.height, str(path))  # before im.load() decodes the pixels
                 try:
                     orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 except Exception:  # pylint: disable=broad-except  (a malformed EXIF block: load_rgb ignores it too)
                     orientation = 1
                 im.load()  # decode every pixel: truncated/corrupt files fail here
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except ImageTooLarge as err:
+            raise ImagePairError(str(err)) from None
+        except Image.DecompressionBombError as err:  # a size the header check could not read
+            raise ImagePairError(f"{path}: image too large ({err})") from None
+        except (OSError, SyntaxError, ValueError) as err:
             raise ImagePairError(f"{path}: not a readable JPEG image ({err})") from err
         if fmt == "JPEG" and mode in ("RGB", "L") and orientation not in range(2, 9):
-            return path.read_bytes()
+            return data
     return read_rgb(path)
 
 

@@ -24,14 +24,22 @@ Reading (``read_image``)
     * 16 bits per sample are scaled by 1/65535 straight from uint16 to float32 (never through
       8 bits); float TIFFs are clipped to [0, 1] and recorded as 16-bit (written back as 16-bit).
     * Anything unreadable raises ``ValueError`` naming the file.
+    * Size limit: an image whose header declares more than ``MAX_PIXELS`` pixels (100 MP by default;
+      ``erl-derain --max_pixels`` sets it with ``set_max_pixels``) raises :class:`ImageTooLarge`
+      (``"<path>: image too large: W x H ..."``) before any pixel is decoded: ``declared_size``
+      reads the size from the PNG, JPEG, GIF, BMP, WebP or TIFF header, so neither Pillow nor
+      OpenCV ever allocates a decompression bomb's pixels. Pillow's own limit
+      (``Image.MAX_IMAGE_PIXELS``) follows the same value. ``check_size`` is the check, shared by
+      the dataset header scan (``streams.read_header``) and the builders.
 
 Writing (``write_image``)
     The **extension of the output path** chooses the format (``.png .jpg .jpeg .bmp .tif .tiff
     .webp``; no extension = PNG; anything else raises). A format that cannot hold the data raises
     ``ValueError`` naming the file instead of silently dropping it: alpha needs PNG, TIFF or WebP;
     16 bits need PNG or TIFF (``check_writable`` runs the same checks up front, before an expensive
-    de-raining). The file is written to a temporary name in the same folder and moved into place
-    with ``os.replace``, so an interrupted run never leaves a truncated image under the final name.
+    de-raining). The file is written atomically (``erl_derain.fileio``: a temporary name in the same
+    folder moved into place), so an interrupted run never leaves a truncated image under the final
+    name; a folder that cannot be written raises ``ValueError`` naming the output file.
 
     * Quantisation: ``round(clip(x, 0, 1) * (2**bits - 1))``, halves away from zero (as
       ``metrics.to_uint8``); a float32 value k/65535 comes back as exactly k.
@@ -53,12 +61,14 @@ from __future__ import annotations
 
 import io
 import os
-import threading
+import struct
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
+
+from erl_derain.fileio import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -71,6 +81,105 @@ _MODES = ("L", "LA", "RGB", "RGBA")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 _ORIENTATION_TAG = 0x0112
 _CHUNK_ROWS = 256  # rows quantised at a time (bounds the float64 temporaries for 12 MP photos)
+
+#: Images declaring more pixels than this are refused before decoding (``set_max_pixels``;
+#: ``erl-derain --max_pixels``): 100 MP, well above a 12-48 MP camera photo.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS = DEFAULT_MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above it and refuses twice it; ours is checked first
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the limit (``MAX_PIXELS``)."""
+
+
+def set_max_pixels(max_pixels: int) -> None:
+    """Set the pixel limit of every reader of the package (and Pillow's, which follows it)."""
+    global MAX_PIXELS
+    max_pixels = int(max_pixels)
+    if max_pixels < 1:
+        raise ValueError(f"--max_pixels must be a positive number of pixels, got {max_pixels}")
+    MAX_PIXELS = max_pixels
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def check_size(width: int, height: int, where: str, max_pixels: int | None = None) -> None:
+    """Raise :class:`ImageTooLarge` (``"<where>: image too large: W x H ..."``) when ``width x height``
+    exceeds ``max_pixels`` (default ``MAX_PIXELS``)."""
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if int(width) * int(height) > limit:
+        raise ImageTooLarge(f"{where}: image too large: {int(width)} x {int(height)} pixels "
+                            f"({int(width) * int(height) / 1e6:.1f} MP; the limit is {limit / 1e6:g} MP, "
+                            f"--max_pixels={limit})")
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` as the header of an encoded PNG, JPEG, GIF, BMP, WebP or TIFF file declares
+    it (nothing is decoded), or None when the bytes are none of those or too short to say."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:2] == b"BM":
+            if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+                return struct.unpack("<HH", data[18:22])
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            if len(data) < 30:  # (int.from_bytes reads a cut field as a small number)
+                return None
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+            if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+            if chunk == b"VP8L" and data[20:21] == b"\x2f":
+                bits = int.from_bytes(data[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            return None
+        if data[:2] == b"\xff\xd8":
+            i = 2
+            while i + 4 <= len(data):
+                if data[i] != 0xFF:
+                    return None
+                marker = data[i + 1]
+                if marker == 0xFF:  # fill byte
+                    i += 1
+                    continue
+                if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                    i += 2
+                    continue
+                if marker in _JPEG_SOF:
+                    h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                    return w, h
+                i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+            return None
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            end = "<" if data[:2] == b"II" else ">"
+            ifd = struct.unpack(end + "I", data[4:8])[0]
+            size = {}
+            for k in range(struct.unpack(end + "H", data[ifd:ifd + 2])[0]):
+                tag, kind = struct.unpack(end + "HH", data[ifd + 2 + 12 * k:ifd + 6 + 12 * k])
+                if tag in (256, 257):
+                    value = data[ifd + 10 + 12 * k:ifd + 14 + 12 * k]
+                    size[tag] = struct.unpack(end + ("H" if kind == 3 else "I"), value[:2 if kind == 3 else 4])[0]
+            return (size[256], size[257]) if len(size) == 2 else None
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def check_declared_size(data: bytes, where: str) -> tuple[int, int] | None:
+    """``declared_size(data)`` checked against the limit (``check_size``); None when unknown."""
+    size = declared_size(data)
+    if size is not None:
+        check_size(size[0], size[1], where)
+    return size
 
 
 @dataclass(eq=False)
@@ -290,12 +399,23 @@ def read_image(path: str) -> tuple[np.ndarray, ImageMeta]:
         raise ValueError(f"{path}: no such file")
     with open(path, "rb") as f:
         data = f.read()
+    check_declared_size(data, path)  # before any decoder sees the file
     try:
         im = Image.open(io.BytesIO(data))
     except MemoryError:
         raise
+    except Image.DecompressionBombError as e:  # a format declared_size does not read
+        raise ImageTooLarge(f"{path}: image too large ({e})") from None
     except Exception:  # Pillow cannot open it (e.g. float RGB TIFF): OpenCV may
         im = None
+    if im is not None:
+        try:
+            check_size(im.width, im.height, path)
+        except ImageTooLarge:
+            im.close()
+            raise
+    elif declared_size(data) is None and data[:4] not in (b"II*\x00", b"MM\x00*"):
+        raise _unreadable(path)  # neither Pillow nor a header OpenCV could read within the limit
     try:
         if im is None:
             colour, alpha, mode = _read_opencv(path, data, False, 1)
@@ -435,15 +555,11 @@ def _encode_opencv(arr: np.ndarray, fmt: str, meta: ImageMeta) -> bytes:
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    """``fileio.atomic_write_bytes`` (parents created); an OS error names ``path``, not the temporary file."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_write_bytes(path, data, make_parents=True)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot write: {e.strerror or e}") from e
 
 
 def write_image(path: str, rgb: np.ndarray, meta: ImageMeta | None = None, *, quality: int = 95) -> None:

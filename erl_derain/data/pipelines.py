@@ -150,8 +150,9 @@ def list_folder_pairs(path: str, split: str | None = None) -> list[tuple[str, st
     return [(rainy[s], clean[s], s) for s in sorted(rainy, key=st.natural_key)]
 
 
-def _check_pairs(pairs, headers, crop_size: int | None) -> None:
-    """Raise naming files whose rainy/clean sizes differ or that are smaller than the crop."""
+def _check_pairs(pairs, headers, crop_size: int | None, min_size: int | None = None) -> None:
+    """Raise naming files whose rainy/clean sizes differ or that are smaller than the crop (or than
+    ``min_size`` on a side)."""
     problems = []
     for rainy, clean, _ in pairs:
         r, c = headers[rainy], headers[clean]
@@ -161,6 +162,9 @@ def _check_pairs(pairs, headers, crop_size: int | None) -> None:
         elif crop_size is not None and min(r.width, r.height) < crop_size:
             problems.append(f"{rainy} is {r.width}x{r.height} (WxH), smaller than the {crop_size}x{crop_size} "
                             f"crop (crop_size={crop_size}); use a smaller crop or drop the image")
+        elif min_size is not None and min(r.width, r.height) < min_size:
+            problems.append(f"{rainy} is {r.width}x{r.height} (WxH), smaller than the {min_size}x{min_size} "
+                            f"pixels needed here")
     if problems:
         raise DatasetError(f"{len(problems)} bad image pair(s):\n" + st.format_list(problems))
 
@@ -207,11 +211,12 @@ def diagnose_folder(path: str, split: str | None = None, crop_size: int | None =
 # --------------------------------------------------------------------------------------------------
 
 
-def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start_index, flip, crop_mode="random"):
+def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start_index, flip, crop_mode="random",
+                    min_size=None):
     scale_rotate = crop_mode == "scale_rotate"
     pairs = list_folder_pairs(path, split)
     headers = st.scan_headers([p for pair in pairs for p in pair[:2]])
-    _check_pairs(pairs, headers, crop_size)
+    _check_pairs(pairs, headers, crop_size, min_size)
     if crop_size is None and batch_size > 1:
         sizes = {(headers[r].width, headers[r].height) for r, _, _ in pairs}
         if len(sizes) > 1:
@@ -453,7 +458,7 @@ def paired_dataset(dataset, split: str = "train", *, batch_size: int = 1, crop_s
                    data_dir: str | None = None, shuffle_buffer: int = 256,
                    cache_limit_bytes: int | None = None, manual_dir: str | None = None,
                    crop_mode: str = "random", exclude: dict | None = None,
-                   extra_features: Sequence[str] | None = None) -> tf.data.Dataset:
+                   extra_features: Sequence[str] | None = None, min_size: int | None = None) -> tf.data.Dataset:
     """A `tf.data.Dataset` of paired rainy/clean batches.
 
     Args:
@@ -493,6 +498,9 @@ def paired_dataset(dataset, split: str = "train", *, batch_size: int = 1, crop_s
       extra_features: names of dataset features to carry into the batches (TFDS datasets only; see
         `dataset_features`): per-pixel maps are cut with the images, other features passed through.
         ``()`` or None (default) for none.
+      min_size: images must be at least this many pixels on each side (e.g. what a metric needs); a
+        folder's smaller pairs are named in one DatasetError before any TF work (TFDS splits are not
+        scanned: their images are checked by the caller as they come).
 
     Returns:
       Batches ``{'rainy': float32 [B,h,w,3] in [0,1], 'clean': same, 'name': tf.string [B]}`` plus
@@ -519,7 +527,7 @@ def paired_dataset(dataset, split: str = "train", *, batch_size: int = 1, crop_s
         if extra_features:
             raise _no_folder_features(dataset, f"give extra_features {list(_feature_names(extra_features))}")
         return _folder_dataset(dataset, split, batch_size=batch_size, crop_size=crop_size, training=training,
-                               seed=seed, start_index=start_index, flip=flip, crop_mode=crop_mode)
+                               seed=seed, start_index=start_index, flip=flip, crop_mode=crop_mode, min_size=min_size)
     builder = st.prepared_builder(dataset, data_dir, manual_dir)
     return _tfds_pipeline(
         builder, split, dataset=dataset if isinstance(dataset, str) else builder.name, batch_size=batch_size,

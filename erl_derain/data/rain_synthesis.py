@@ -26,7 +26,9 @@ such a smooth positive field.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import zlib
 from dataclasses import asdict, dataclass
 
@@ -248,8 +250,28 @@ def synthesize_rain(clean: np.ndarray, *, density: float = 0.01, length: float =
     return rainy, rainy - clean
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``synthesize_folder``: ``pairs`` holds the (rainy, clean) paths written so far."""
+
+    def __init__(self, pairs):
+        super().__init__(f"interrupted after {len(pairs)} pair(s)")
+        self.pairs = pairs
+
+
+def _write_pair(rainy_path: str, rainy: np.ndarray, clean_path: str, clean: np.ndarray) -> None:
+    """Both images of a pair, or neither (the rainy one is removed if the clean one fails)."""
+    save_rgb(rainy_path, rainy)
+    try:
+        save_rgb(clean_path, clean)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(rainy_path)
+        raise
+
+
 def synthesize_folder(clean_dir: str, output_dir: str, *, renders_per_image: int = 1, seed: int = 0,
-                      levels: tuple[float, float] | None = None, **rain_kwargs) -> list[tuple[str, str]]:
+                      levels: tuple[float, float] | None = None, failures: list | None = None,
+                      progress: bool = False, **rain_kwargs) -> list[tuple[str, str]]:
     """Render rain on every image of ``clean_dir`` into ``output_dir/rainy`` and ``output_dir/clean``
     (same file names: ``<stem>.png``, or ``<stem>_<k>.png`` with several renders). With ``levels``
     (lo, hi), each rendering samples ``RainParams`` at a random level in [lo, hi] (any ``rain_kwargs``
@@ -258,11 +280,18 @@ def synthesize_folder(clean_dir: str, output_dir: str, *, renders_per_image: int
     Each photo gets its own generator, seeded from ``seed`` and its file name, so its renderings do
     not change when other photos are added to or removed from the folder. The clean image is rounded
     to 8 bits before the rain is added, so the written pair satisfies the rain model exactly (up to
-    the rounding of the rainy image). Returns the written (rainy, clean) paths.
+    the rounding of the rainy image). Returns the written (rainy, clean) paths. A pair is written
+    whole or not at all (each file atomically, the rainy one removed if its clean one fails).
+
+    ``failures``: a list that receives ``(path, message)`` of each clean image that cannot be read
+    (or is too large, ``image_io.MAX_PIXELS``); the others go on (None: the first one raises).
+    ``progress``: print a line per written pair (failures on stderr, once). Ctrl-C raises
+    :class:`Interrupted` with the pairs written so far.
 
     Raises:
       ValueError: ``clean_dir`` is missing or holds no images; two files share a stem (``a.png`` and
-        ``a.jpg`` would write the same outputs); a file cannot be read (the message names it).
+        ``a.jpg`` would write the same outputs); a file cannot be read (the message names it) when
+        ``failures`` is None.
     """
     if renders_per_image < 1:
         raise ValueError(f"--renders_per_image must be >= 1, got {renders_per_image}")
@@ -271,19 +300,31 @@ def synthesize_folder(clean_dir: str, output_dir: str, *, renders_per_image: int
     except ValueError as e:
         raise ValueError(f"--clean_dir: {e}") from e
     written = []
-    for stem, path in stems.items():
-        clean = np.round(load_rgb(path) * 255.0) / 255.0
-        rng = np.random.default_rng([seed, zlib.crc32(stem.encode("utf-8"))])
-        for k in range(renders_per_image):
-            if levels:
-                kwargs = {**asdict(RainParams.sample(rng, rng.uniform(*levels))), **rain_kwargs}
-            else:
-                kwargs = dict(rain_kwargs)
-            rainy, _ = synthesize_rain(clean, rng=rng, **kwargs)
-            name = stem if renders_per_image == 1 else f"{stem}_{k}"
-            rainy_path = os.path.join(output_dir, "rainy", name + ".png")
-            clean_path = os.path.join(output_dir, "clean", name + ".png")
-            save_rgb(rainy_path, rainy)
-            save_rgb(clean_path, clean)
-            written.append((rainy_path, clean_path))
+    try:
+        for stem, path in stems.items():
+            try:
+                clean = np.round(load_rgb(path) * 255.0) / 255.0
+            except ValueError as e:
+                if failures is None:
+                    raise
+                failures.append((path, str(e)))
+                if progress:
+                    print(f"  FAILED {path}: {e}", file=sys.stderr, flush=True)
+                continue
+            rng = np.random.default_rng([seed, zlib.crc32(stem.encode("utf-8"))])
+            for k in range(renders_per_image):
+                if levels:
+                    kwargs = {**asdict(RainParams.sample(rng, rng.uniform(*levels))), **rain_kwargs}
+                else:
+                    kwargs = dict(rain_kwargs)
+                rainy, _ = synthesize_rain(clean, rng=rng, **kwargs)
+                name = stem if renders_per_image == 1 else f"{stem}_{k}"
+                rainy_path = os.path.join(output_dir, "rainy", name + ".png")
+                clean_path = os.path.join(output_dir, "clean", name + ".png")
+                _write_pair(rainy_path, rainy, clean_path, clean)
+                written.append((rainy_path, clean_path))
+                if progress:
+                    print(f"  {path} -> {rainy_path}, {clean_path}", flush=True)
+    except KeyboardInterrupt:
+        raise Interrupted(written) from None
     return written

@@ -57,6 +57,7 @@ from PIL import Image
 
 import tensorflow as tf
 
+from erl_derain.data import image_io
 from erl_derain.data.image_io import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -200,15 +201,38 @@ def _cv2_imread(path: str):
     return cv2.imread(path, cv2.IMREAD_UNCHANGED)
 
 
+_HEAD_BYTES = 1 << 16  # enough for the size of PNG, GIF, BMP, WebP and most JPEG / TIFF headers
+
+
 def read_header(path: str) -> ImageHeader:
     """Size/format of `path` from its header; `verify()` catches truncated or corrupt PNGs. An
-    unreadable file raises a DatasetError naming it."""
+    unreadable file, or one declaring more pixels than ``image_io.MAX_PIXELS`` (``--max_pixels``:
+    "image too large: W x H", found before any pixel is decoded), raises a DatasetError naming it."""
+    try:
+        with open(path, "rb") as f:  # the size most headers declare in their first bytes, before Pillow
+            image_io.check_declared_size(f.read(_HEAD_BYTES), path)
+    except image_io.ImageTooLarge as e:
+        raise DatasetError(str(e)) from None
+    except OSError:
+        pass  # named below
     try:
         with Image.open(path) as im:
             header = ImageHeader(path, im.width, im.height, im.format or "", im.mode)
+            image_io.check_size(im.width, im.height, path)
             im.verify()
         return header
+    except image_io.ImageTooLarge as e:
+        raise DatasetError(str(e)) from None
+    except Image.DecompressionBombError as e:  # a format whose size declared_size does not read
+        raise DatasetError(f"{path}: image too large ({e})") from None
     except Exception as pil_error:  # PIL raises many types for bad files
+        try:
+            with open(path, "rb") as f:
+                image_io.check_declared_size(f.read(), path)  # a bomb Pillow refused, or OpenCV's turn
+        except image_io.ImageTooLarge as e:
+            raise DatasetError(str(e)) from None
+        except OSError:
+            pass
         if path.lower().endswith((".tif", ".tiff")):  # e.g. 16-bit RGB TIFF that PIL cannot open
             image = _cv2_imread(path)
             if image is not None:

@@ -9,7 +9,7 @@ tiles of large photos are blended in NumPy) and ``layout`` (the signature and fi
 
 Layout written by ``export_saved_model`` (``erl-derain export --model_dir=... --export_base=exports/erlnet``)::
 
-    exports/                            the server's model root (export_base's parent folder)
+    exports/                            the server's model root (--serving_root; default: export_base's parent)
         erlnet/                         export_base = the model's base_path; model name = folder name
             1/  2/ ...                  one SavedModel per version (TF Serving loads integer folders)
                 assets.extra/erl_derain.json   method, training flags, version, signatures (plain JSON)
@@ -18,6 +18,10 @@ Layout written by ``export_saved_model`` (``erl-derain export --model_dir=... --
                                         base_path = the absolute export_base
         models.docker.config            the same for the container: base_path = /models/<folder>
         batching_parameters.txt         --batching_parameters_file (written once; yours to tune)
+        .models.config.lock             the lock two concurrent exports take
+
+Nothing is written outside the model root; ``--serving_root`` names it (it must hold
+``--export_base``, anywhere below it: the Docker base_path is ``/models/<export_base below the root>``).
 
 Each export adds or replaces its own model's block in both config files (serving the version just
 exported: ``model_version_policy { specific { versions: N } }``) and keeps the other models'
@@ -45,7 +49,9 @@ Signatures (method name ``tensorflow/serving/predict``)
         (``tf.map_fn``, one image in flight to bound memory). Grey inputs become RGB, alpha is
         dropped, 16-bit PNGs are decoded at full precision; quantisation is ``floor(255 x + 0.5)``.
         EXIF orientation is not applied (TF's decoders ignore it): ``derain_files_via_server``
-        sends upright pixels for rotated photos.
+        sends upright pixels for rotated photos. A file whose header declares more pixels than the
+        export's ``max_pixels`` (``--max_pixels`` at export time, default 100 MP) is refused before
+        it is decoded: ``image_bytes[i]: image too large: W x H ...``.
     ``metadata``
         no input -> ``method``, ``flags_json`` (the training flags, JSON) and ``version``: string
         scalars. Reachable from Python (``tf.saved_model.load``) and over gRPC; TF Serving's REST
@@ -109,8 +115,8 @@ from erl_derain.serving.layout import (BATCHING_PARAMETERS, DERAIN_IMAGE, DERAIN
                                        METADATA, METADATA_OUTPUTS, MODELS_CONFIG, SERVING_DEFAULT, SIGNATURE_IO,
                                        next_version, read_export_info)
 from erl_derain.serving.server_config import (batching_parameters_text, config_blocks, model_config_block,
-                                              models_config_text, server_command_lines, update_models_config,
-                                              write_server_config)
+                                              models_config_text, server_command_lines, serving_root,
+                                              update_models_config, write_server_config)
 
 # Names of erl_derain.serving.export, loaded on first use (that module imports TensorFlow).
 _LAZY = {"export_saved_model": "export", "DerainModule": "export", "RANGE_TOLERANCE": "export"}
@@ -122,7 +128,8 @@ __all__ = sorted([
     "build_predict_json", "config_blocks", "decode_png", "derain_files_via_server", "derain_tiled", "encode_png",
     "make_predict_request", "model_config_block", "models_config_text", "next_version", "parse_predict_json",
     "parse_predict_response", "predict_grpc", "predict_rest", "predict_url", "read_export_info", "rest_url",
-    "server_command_lines", "server_metadata", "server_runner", "update_models_config", "write_server_config",
+    "server_command_lines", "server_metadata", "server_runner", "serving_root", "update_models_config",
+    "write_server_config",
     *_LAZY])
 
 

@@ -388,7 +388,7 @@ def server_runner(server: str, model_name: str, *, protocol: str = "rest", versi
 def derain_files_via_server(server: str, model_name: str, files, output_dir: str, *, protocol: str = "rest",
                             overwrite: bool = False, output_format: str = "png", version: int | None = None,
                             tile: int = 0, tile_overlap: int = 32, quality: int = 95,
-                            timeout: float = 600.0) -> tuple[int, int, list[tuple[str, str]]]:
+                            timeout: float = 600.0, jobs=None) -> tuple[int, int, list[tuple[str, str]]]:
     """De-rain photo files on a TF Serving server; returns ``(written, skipped, failures)`` with
     ``failures`` a list of ``(path, message)`` (one bad file does not stop the others).
 
@@ -402,11 +402,12 @@ def derain_files_via_server(server: str, model_name: str, files, output_dir: str
     overlapping float tiles to ``serving_default`` and blended here (``derain_tiled``), which
     bounds the server's memory. ``server``: ``host:port`` (REST 8501 or gRPC 8500). The loop, the
     output names, skipping and the per-file lines are ``photos.derain_photos``'s, as for local
-    de-raining. Raises ``ServerUnavailable`` (a ``ConnectionError``) at once when no server answers,
-    and ``ImportError`` for gRPC without tensorflow-serving-api."""
+    de-raining (``jobs``: a plan already made and checked, ``photos.plan`` / ``check_plan``). Raises
+    ``ServerUnavailable`` (a ``ConnectionError``) at once when no server answers, and ``ImportError``
+    for gRPC without tensorflow-serving-api."""
     run = server_runner(server, model_name, protocol=protocol, version=version, tile=tile,
                         tile_overlap=tile_overlap, quality=quality, timeout=timeout)
     if protocol == "grpc":
         _serving_api()  # a missing package is one clear error, not one failure per file
     return photos.derain_photos(files, output_dir, run, output_format=output_format, overwrite=overwrite,
-                                fatal=(ServerUnavailable,))
+                                fatal=(ServerUnavailable,), jobs=jobs)

@@ -20,9 +20,11 @@ import uuid
 
 import tensorflow as tf
 
+from erl_derain.data import image_io
 from erl_derain.inference import InferenceModel, as_inference_model
 from erl_derain.serving.layout import (DERAIN_IMAGE, DERAINED, DERAINED_PNG_BYTES, EXPORT_INFO, IMAGE_BYTES, IMAGES,
                                        METADATA, SERVING_DEFAULT, SIGNATURE_IO, next_version)
+from erl_derain.serving.server_config import serving_root as model_root
 from erl_derain.serving.server_config import write_server_config
 
 # Values in images beyond [0, 1] by more than this are refused (0-255 pixels sent as floats).
@@ -32,14 +34,64 @@ RANGE_TOLERANCE = 0.01
 _MAGIC_PREFIXES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
 
 
+def _declared_pixels(data, head):
+    """``(width, height)`` (int64 scalars) that the header of encoded image bytes declares, read without
+    decoding (as ``image_io.declared_size``): PNG IHDR, GIF screen, BMP info header, WebP VP8 / VP8L /
+    VP8X chunk, JPEG SOF (``tf.image.extract_jpeg_shape``); (0, 0) for anything else."""
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 32)]), 0, 32),
+                                 tf.uint8), tf.int64)
+
+    def le(start, n):
+        return sum(b[start + k] * (1 << (8 * k)) for k in range(n))
+
+    def be(start, n):
+        return sum(b[start + k] * (1 << (8 * (n - 1 - k))) for k in range(n))
+
+    def signed32(v):
+        v = tf.where(v >= 2 ** 31, v - 2 ** 32, v)
+        return tf.abs(v)
+
+    def prefix(magic, start=0):
+        return tf.equal(tf.strings.substr(head, start, len(magic)), magic)
+
+    zero = tf.constant(0, tf.int64)
+    chunk = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 16)]), 12, 4)
+    vp8l_bits = le(21, 4)
+    cases = [
+        (prefix(b"\x89PNG\r\n\x1a\n"), lambda: (be(16, 4), be(20, 4))),
+        (prefix(b"GIF8"), lambda: (le(6, 2), le(8, 2))),
+        (prefix(b"BM") & tf.equal(le(14, 4), 12), lambda: (le(18, 2), le(20, 2))),
+        (prefix(b"BM"), lambda: (signed32(le(18, 4)), signed32(le(22, 4)))),
+        (tf.equal(chunk, b"VP8X"), lambda: (1 + le(24, 3), 1 + le(27, 3))),
+        (tf.equal(chunk, b"VP8 "), lambda: (tf.bitwise.bitwise_and(le(26, 2), 0x3FFF),
+                                             tf.bitwise.bitwise_and(le(28, 2), 0x3FFF))),
+        (tf.equal(chunk, b"VP8L"), lambda: (tf.bitwise.bitwise_and(vp8l_bits, 0x3FFF) + 1,
+                                             tf.bitwise.bitwise_and(tf.bitwise.right_shift(vp8l_bits, 14), 0x3FFF) + 1)),
+    ]
+    w, h = zero, zero
+    for condition, size in reversed(cases):
+        sw, sh = size()
+        w, h = tf.where(condition, sw, w), tf.where(condition, sh, h)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data, name="decode_image_bytes_size"), tf.int64)
+        return shape[1], shape[0]
+
+    return tf.cond(prefix(b"\xff\xd8\xff"), jpeg, lambda: (w, h))
+
+
 class DerainModule(tf.Module):
     """What is saved: ``model`` (an ``InferenceModel``: padding, network, cropping, clipping) and the
     three signatures ``serve`` (``serving_default``), ``derain_image`` and ``metadata``."""
 
-    def __init__(self, model: InferenceModel, method: str, flags_json: str, version: int):
+    def __init__(self, model: InferenceModel, method: str, flags_json: str, version: int,
+                 max_pixels: int | None = None):
         super().__init__(name="erl_derain")
         self.model = model
         self._method, self._flags_json, self._version = str(method), str(flags_json), str(version)
+        self._max_pixels = int(image_io.MAX_PIXELS if max_pixels is None else max_pixels)
+        if self._max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive number of pixels, got {self._max_pixels}")
 
     def _run(self, images):
         return self.model(images)
@@ -91,6 +143,13 @@ class DerainModule(tf.Module):
                 "image_bytes[{}]: not a JPEG, PNG, GIF, BMP or WebP file (unrecognised header; send the "
                 "encoded file, base64 in a b64 object over REST)", index)])
             with tf.control_dependencies([check]):
+                width, height = _declared_pixels(data, head)
+                # In float64: two 32-bit sides (a PNG may declare 2**32-1) overflow an int64 product.
+                pixels = tf.cast(width, tf.float64) * tf.cast(height, tf.float64)
+                size_check = tf.debugging.Assert(pixels <= float(self._max_pixels), [tf.strings.format(
+                    "image_bytes[{}]: image too large: {} x {} pixels (this export's limit is "
+                    f"{self._max_pixels} pixels, --max_pixels at export)", (index, width, height))])
+            with tf.control_dependencies([check, size_check]):
                 # float32 straight from the decoder (16-bit PNGs at full precision); WebP decodes
                 # only to uint8.
                 image = tf.cond(webp, lambda: tf.image.convert_image_dtype(tf.io.decode_image(
@@ -113,7 +172,8 @@ class DerainModule(tf.Module):
 
 
 def export_saved_model(model, export_base: str, *legacy, version: int | None = None, metadata: dict | None = None,
-                       overwrite: bool = False, model_name: str | None = None, server_config: bool = True) -> str:
+                       overwrite: bool = False, model_name: str | None = None, server_config: bool = True,
+                       serving_root: str | None = None, max_pixels: int | None = None) -> str:
     """Write the SavedModel ``<export_base>/<version>/`` and return its path.
 
     ``model``: an ``InferenceModel`` (``InferenceModel(trainer.inference_model(),
@@ -121,9 +181,11 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
     ``version``: default the next integer; an existing version raises ``FileExistsError`` unless
     ``overwrite``. ``metadata``: ``{"method": ..., "config": {flags}}``, served by the ``metadata``
     signature and stored in ``assets.extra/erl_derain.json``. ``server_config``: also update the
-    server files in export_base's parent folder (``write_server_config``): ``models.config`` /
-    ``models.docker.config`` serve this version under ``model_name`` (default: the export_base
-    folder's name); ``batching_parameters.txt`` is written if missing.
+    server files in the model root ``serving_root`` (default: export_base's parent folder; it must
+    hold export_base; ``write_server_config``): ``models.config`` / ``models.docker.config`` serve
+    this version under ``model_name`` (default: the export_base folder's name);
+    ``batching_parameters.txt`` is written if missing. ``max_pixels``: the ``derain_image``
+    signature refuses files declaring more pixels (default ``image_io.MAX_PIXELS``, 100 MP).
 
     Transition: the form before the multiple moved into ``InferenceModel``,
     ``export_saved_model(network, multiple, export_base, [version, [metadata]], ...)``, is still
@@ -141,6 +203,8 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
         version = rest[0] if rest else version
         metadata = rest[1] if len(rest) > 1 else metadata
     model = as_inference_model(model, multiple)
+    if server_config:
+        serving_root, _ = model_root(export_base, serving_root)  # refused before any work
     export_base = os.path.abspath(os.fspath(export_base))
     model_name = model_name or os.path.basename(export_base)
     version = next_version(export_base) if version is None else int(version)
@@ -154,7 +218,7 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
     method = str(metadata.get("method", ""))
     flags_json = json.dumps(metadata.get("config", {}), sort_keys=True, default=str)
     os.makedirs(export_base, exist_ok=True)
-    module = DerainModule(model, method, flags_json, version)
+    module = DerainModule(model, method, flags_json, version, max_pixels=max_pixels)
     # Hidden, non-integer name: TF Serving's version poller ignores it.
     tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -163,7 +227,7 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
             DERAIN_IMAGE: module.derain_image.get_concrete_function(),
             METADATA: module.metadata.get_concrete_function()})
         info = {"method": method, "config": metadata.get("config", {}), "version": version,
-                "pad_multiple": model.pad_multiple, "model_name": model_name,
+                "pad_multiple": model.pad_multiple, "model_name": model_name, "max_pixels": module._max_pixels,
                 "signatures": {k: {"inputs": list(i), "outputs": list(o)} for k, (i, o) in SIGNATURE_IO.items()}}
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, EXPORT_INFO), "w") as f:  # inside the hidden folder: atomic with it
@@ -172,7 +236,7 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if server_config:
-        write_server_config(export_base, model_name, version)
+        write_server_config(export_base, model_name, version, root=serving_root)
     return path
 
 

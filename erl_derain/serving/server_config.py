@@ -1,12 +1,14 @@
 """TF Serving's configuration files next to the exports (standard library only: no TensorFlow).
 
-In the server's model root (the parent folder of every ``export_base``):
+In the server's model root (``erl-derain export --serving_root``, a folder holding every
+``export_base``; by default the parent folder of ``export_base``), and nowhere else:
 
 * ``models.config`` (``--model_config_file``, a ``ModelServerConfig`` text proto): one ``config``
   block per model, ``base_path`` = the absolute export_base, serving the version just exported
   (``model_version_policy { specific { versions: N } }``);
 * ``models.docker.config``: the same for the container, ``base_path`` = ``/models/<folder>``;
-* ``batching_parameters.txt`` (``--batching_parameters_file``): written once, yours to tune.
+* ``batching_parameters.txt`` (``--batching_parameters_file``): written once, yours to tune;
+* ``.models.config.lock``: the (empty) lock file of the exclusive lock below.
 
 Each export adds or replaces its own model's block in both config files and keeps the other
 models' blocks verbatim (parsed with comments and quoted strings skipped), under an exclusive lock,
@@ -132,10 +134,25 @@ def batching_parameters_text(max_batch_size: int = 4, batch_timeout_micros: int 
         f"max_enqueued_batches {{ value: {int(max_enqueued_batches)} }}\n")
 
 
-def server_command_lines(export_base: str) -> dict:
-    """The ``tensorflow_model_server`` and ``docker run`` command lines serving the models next to
-    ``export_base`` (the files written in its parent folder)."""
-    root = os.path.dirname(os.path.abspath(os.fspath(export_base)))
+def serving_root(export_base: str, root: str | None = None) -> tuple[str, str]:
+    """``(root, export_base)`` as absolute paths: ``root`` (default: export_base's parent folder) must
+    hold ``export_base`` (the Docker command mounts the root only); ``ValueError`` otherwise."""
+    export_base = os.path.abspath(os.fspath(export_base))
+    root = os.path.dirname(export_base) if root is None else os.path.abspath(os.fspath(root))
+    if os.path.commonpath([root, export_base]) != root or root == export_base:
+        raise ValueError(f"--export_base={export_base} is not inside --serving_root={root}: the server's model root "
+                         "must hold the exports (e.g. --export_base=<serving_root>/<model name>)")
+    return root, export_base
+
+
+def _docker_base_path(root: str, export_base: str) -> str:
+    return DOCKER_MODELS_ROOT + "/" + os.path.relpath(export_base, root).replace(os.sep, "/")
+
+
+def server_command_lines(export_base: str, root: str | None = None) -> dict:
+    """The ``tensorflow_model_server`` and ``docker run`` command lines serving the models of the
+    model root ``root`` (default: export_base's parent folder), which the Docker command mounts."""
+    root, _ = serving_root(export_base, root)
     timeout = "--rest_api_timeout_in_ms=300000"
     return {
         "tensorflow_model_server": (f"tensorflow_model_server --rest_api_port=8501 --port=8500 "
@@ -147,17 +164,17 @@ def server_command_lines(export_base: str) -> dict:
     }
 
 
-def write_server_config(export_base: str, model_name: str, version: int) -> str:
-    """Next to ``export_base`` (in its parent folder, the server's model root): add or replace
-    ``model_name``'s entry in ``models.config`` (base_path = the absolute export_base) and
-    ``models.docker.config`` (base_path = /models/<export_base's folder name>, for the parent mounted
-    at /models), and write ``batching_parameters.txt`` unless it exists. Returns the parent folder."""
-    export_base = os.path.abspath(os.fspath(export_base))
-    root = os.path.dirname(export_base)
+def write_server_config(export_base: str, model_name: str, version: int, root: str | None = None) -> str:
+    """In the model root ``root`` (default: export_base's parent folder; it must hold export_base):
+    add or replace ``model_name``'s entry in ``models.config`` (base_path = the absolute export_base)
+    and ``models.docker.config`` (base_path = /models/<export_base below the root>, for the root
+    mounted at /models), and write ``batching_parameters.txt`` unless it exists. Returns the root."""
+    root, export_base = serving_root(export_base, root)
+    os.makedirs(root, exist_ok=True)
     with locked(os.path.join(root, ".models.config.lock")):
         update_models_config(os.path.join(root, MODELS_CONFIG), model_name, export_base, version)
         update_models_config(os.path.join(root, DOCKER_MODELS_CONFIG), model_name,
-                             f"{DOCKER_MODELS_ROOT}/{os.path.basename(export_base)}", version)
+                             _docker_base_path(root, export_base), version)
         batching = os.path.join(root, BATCHING_PARAMETERS)
         if not os.path.exists(batching):
             atomic_write_text(batching, batching_parameters_text())

@@ -10,6 +10,8 @@ scaling of losses before their gradients.
   examples) by the number of replicas, because the optimizers sum gradients over replicas, and
   multiplies by the optimizer's loss scale (mixed_float16); ``replica_mean`` averages a value such as
   the GB/LB task weights over the replicas so that every replica applies the same weights.
+* ``synchronize_batchnorm(networks)`` (``--sync_batchnorm``): BatchNorm statistics of the global
+  batch instead of each replica's slice.
 * ``set_precision(mixed)``: ``mixed_float16`` on GPU, ``mixed_bfloat16`` on CPU and TPU, else
   float32. Variables stay float32; the networks return float32 (``as_float32``); optimizers made
   with ``optimizer(...)`` get dynamic loss scaling under mixed_float16.
@@ -137,6 +139,23 @@ def replica_mean(value):
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return value
     return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
+def synchronize_batchnorm(networks) -> int:
+    """Make every ``keras.layers.BatchNormalization`` (and subclass) inside ``networks`` compute its
+    batch statistics over all replicas (``--sync_batchnorm``): Keras reads the layer's
+    ``synchronized`` attribute when it is called, so the layers of a built network switch too. The
+    statistics of R replicas of B/R examples are then those of the global batch of B (mean and
+    variance from all-reduced sums); without it each replica normalises with its own slice's and the
+    moving averages keep the first replica's values. Nothing in the checkpoints
+    changes. Returns the number of layers switched (0: the networks have no BatchNorm)."""
+    count = 0
+    for network in networks:
+        for layer in network._flatten_layers(include_self=True, recursive=True):  # (Keras has no public walk)
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+                count += 1
+    return count
 
 
 def as_float32(x):

@@ -406,6 +406,11 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     with strategy.scope():
         trainer.build_networks()
         backup = StateBackup(trainer) if on_nan == "skip_batch" else None
+    if record.run.sync_batchnorm:
+        synced = distribute.synchronize_batchnorm(trainer.networks().values())
+        if verbose and strategy.num_replicas_in_sync > 1:
+            print(f"--sync_batchnorm: {synced} BatchNorm layer(s) use the statistics of the global batch"
+                  if synced else "--sync_batchnorm: the networks have no BatchNorm layer (no effect)", flush=True)
     # (the stage/step counters live on the host: made outside the scope)
     run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau, chief=chief)
     restored, initialised = _resume_or_initialise(run, trainer, init_from, verbose)

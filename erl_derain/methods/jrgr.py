@@ -129,6 +129,9 @@ class TorchBatchNorm(layers.BatchNormalization):
         x = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         mean, variance = self._moments(x, None)
         n = keras.ops.cast(keras.ops.size(x) // keras.ops.shape(x)[self.axis], x.dtype)
+        context = tf.distribute.get_replica_context()
+        if self.synchronized and context is not None:  # (--sync_batchnorm) the global batch's count
+            n = n * context.num_replicas_in_sync
         unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
         m = self.momentum
         self.moving_mean.assign(keras.ops.cast(self.moving_mean, x.dtype) * m + mean * (1.0 - m))

@@ -4,12 +4,15 @@ scaling of losses before their gradients.
 * ``make_strategy(name)``: ``default`` (one device), ``mirrored`` (every local GPU, else the CPU's
   logical devices), ``multi_worker`` (``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``) or ``tpu``.
 * ``--batch_size`` is per replica: the global batch is ``batch_size * replicas``. Each global batch is
-  cut into consecutive per-replica slices (``distribute_batches``), so a run on R replicas sees the
+  cut into consecutive per-replica slices (``distribute_batches``; each worker of a multi-worker run
+  reads only its replicas' rows, ``worker_rows``), so a run on R replicas sees the
   same examples in the same order as a single-device run with R times the batch.
 * Inside a replica, ``for_gradients(loss, optimizer)`` divides a loss (a mean over the replica's
   examples) by the number of replicas, because the optimizers sum gradients over replicas, and
   multiplies by the optimizer's loss scale (mixed_float16); ``replica_mean`` averages a value such as
   the GB/LB task weights over the replicas so that every replica applies the same weights.
+* ``synchronize_batchnorm(networks)`` (``--sync_batchnorm``): BatchNorm statistics of the global
+  batch instead of each replica's slice.
 * ``set_precision(mixed)``: ``mixed_float16`` on GPU, ``mixed_bfloat16`` on CPU and TPU, else
   float32. Variables stay float32; the networks return float32 (``as_float32``); optimizers made
   with ``optimizer(...)`` get dynamic loss scaling under mixed_float16.
@@ -17,6 +20,7 @@ scaling of losses before their gradients.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -139,31 +143,75 @@ def replica_mean(value):
     return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, value)
 
 
+def synchronize_batchnorm(networks) -> int:
+    """Make every ``keras.layers.BatchNormalization`` (and subclass) inside ``networks`` compute its
+    batch statistics over all replicas (``--sync_batchnorm``): Keras reads the layer's
+    ``synchronized`` attribute when it is called, so the layers of a built network switch too. The
+    statistics of R replicas of B/R examples are then those of the global batch of B (mean and
+    variance from all-reduced sums); without it each replica normalises with its own slice's and the
+    moving averages keep the first replica's values. Nothing in the checkpoints
+    changes. Returns the number of layers switched (0: the networks have no BatchNorm)."""
+    count = 0
+    for network in networks:
+        for layer in network._flatten_layers(include_self=True, recursive=True):  # (Keras has no public walk)
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+                count += 1
+    return count
+
+
 def as_float32(x):
     """A network output in float32 (mixed precision computes in float16/bfloat16)."""
     return tf.cast(x, tf.float32) if x.dtype != tf.float32 else x
 
 
+def worker_rows(strategy: tf.distribute.Strategy, global_batch: int, pipeline_id: int, num_pipelines: int):
+    """The rows of each global batch that input pipeline ``pipeline_id`` (a worker) reads, as a
+    ``data.streams.Rows``; None when one pipeline reads everything (one worker)."""
+    from erl_derain.data.streams import Rows
+
+    if num_pipelines <= 1:
+        return None
+    local = strategy.num_replicas_in_sync // num_pipelines
+    per_replica = global_batch // strategy.num_replicas_in_sync
+    return Rows(pipeline_id * local * per_replica, local * per_replica, global_batch)
+
+
 def distribute_batches(strategy: tf.distribute.Strategy, make_dataset, global_batch: int):
-    """``make_dataset()`` yields global batches of ``global_batch`` examples; the result is a
-    distributed dataset whose replica r (of R) gets rows ``[r * B/R, (r + 1) * B/R)`` of each batch.
-    Every worker reads the whole stream and keeps its replicas' rows (cheap next to a training step,
-    and the order stays exactly that of a single-device run, also after a resume)."""
+    """A distributed dataset whose replica r (of R) gets rows ``[r * B/R, (r + 1) * B/R)`` of each
+    global batch of ``B = global_batch`` examples, so the order is exactly that of a single-device run,
+    also after a resume.
+
+    ``make_dataset(rows)``: with ``rows`` None, the global batches; with ``rows`` (``worker_rows``: a
+    worker's rows of each global batch, under ``MultiWorkerMirroredStrategy``), batches of those rows
+    only. The data functions of ``erl_derain.data`` keep a worker's positions before they decode
+    anything, so each of W workers reads and decodes 1/W of the examples (of a folder: of the
+    files; of TFDS records: every record is read from its file, or the in-memory cache, and skipped
+    undecoded). A ``make_dataset`` that takes no argument gets the global batches on every worker,
+    which keeps its replicas' rows."""
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
         raise DistributeError(f"the global batch {global_batch} is not divisible by the {replicas} replicas")
     per_replica = global_batch // replicas
+    try:
+        takes_rows = bool(inspect.signature(make_dataset).parameters)
+    except (TypeError, ValueError):
+        takes_rows = False
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         local = replicas // ctx.num_input_pipelines
-        first = ctx.input_pipeline_id * local * per_replica
+        rows = worker_rows(strategy, global_batch, ctx.input_pipeline_id, ctx.num_input_pipelines)
+        if takes_rows:
+            ds, first = make_dataset(rows), 0  # (batches of this worker's rows)
+        else:
+            ds, first = make_dataset(), ctx.input_pipeline_id * local * per_replica
 
         def mine(batch):
             return tf.nest.map_structure(
                 lambda t: tf.reshape(t[first:first + local * per_replica],
                                      tf.concat([[local, per_replica], tf.shape(t)[1:]], 0)), batch)
 
-        return make_dataset().map(mine).unbatch()
+        return ds.map(mine).unbatch()
 
     options = tf.distribute.InputOptions(experimental_replication_mode=tf.distribute.InputReplicationMode.PER_WORKER)
     return strategy.distribute_datasets_from_function(dataset_fn, options)

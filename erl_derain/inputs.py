@@ -129,8 +129,10 @@ def merge_streams(paired: tf.data.Dataset, others: dict) -> tf.data.Dataset:
 
 def training_stream(record, *, global_batch: int, split: str = "train", shuffle_buffer: int = 256,
                     cache_limit_bytes: int | None = None, check: bool = True):
-    """``dataset_fn(start_index)`` of a run: the paired stream and the method's own streams, merged;
-    with ``check`` each source is opened once first, so a bad dataset fails before training starts."""
+    """``dataset_fn(start_index, rows=None)`` of a run: the paired stream and the method's own streams,
+    merged; with ``check`` each source is opened once first, so a bad dataset fails before training
+    starts. ``rows`` (``data.streams.Rows``): one worker's rows of each global batch, the only examples
+    it reads and decodes (``distribute.distribute_batches``)."""
     run, spec, cfg = record.run, record.spec, record.method_config
     source = dataset_source(run.dataset, run.clean_dir, run.data_dir)
     stream = dict(batch_size=global_batch, crop_size=run.crop_size, training=True, seed=run.seed,
@@ -138,22 +140,23 @@ def training_stream(record, *, global_batch: int, split: str = "train", shuffle_
                   crop_mode=run.crop_mode, cache_limit_bytes=cache_limit_bytes, exclude=excluded(record),
                   extra_features=paired_features(record))
 
-    def paired_fn(start_index: int) -> tf.data.Dataset:
-        ds = pipelines.paired_dataset(source, split, start_index=start_index, **stream)
+    def paired_fn(start_index: int, rows=None) -> tf.data.Dataset:
+        ds = pipelines.paired_dataset(source, split, start_index=start_index, rows=rows, **stream)
         if run.channel_shuffle:
-            ds = pipelines.shuffle_channels(ds, seed=run.seed, start_index=start_index, batch_size=global_batch)
+            ds = pipelines.shuffle_channels(ds, seed=run.seed, start_index=start_index, batch_size=global_batch,
+                                            rows=rows)
         return ds
 
-    def extra_fn(start_index: int) -> dict:
+    def extra_fn(start_index: int, rows=None) -> dict:
         return {s.key: s.build(cfg, record, start_index=start_index, batch_size=global_batch,
-                               cache_limit_bytes=cache_limit_bytes) for s in spec.streams}
+                               cache_limit_bytes=cache_limit_bytes, rows=rows) for s in spec.streams}
 
     if check:
         paired_fn(0)
         extra_fn(0)
 
-    def dataset_fn(start_index: int) -> tf.data.Dataset:
-        return merge_streams(paired_fn(start_index), extra_fn(start_index))
+    def dataset_fn(start_index: int, rows=None) -> tf.data.Dataset:
+        return merge_streams(paired_fn(start_index, rows), extra_fn(start_index, rows))
 
     return dataset_fn
 

@@ -82,6 +82,9 @@ class RunConfig:
     strategy: str = option("default", "tf.distribute strategy: default (one device), mirrored (all local GPUs), "
                            "multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu (--tpu). --batch_size is "
                            "per replica: the global batch is batch_size x replicas.", choices=STRATEGIES)
+    sync_batchnorm: bool = option(False, "BatchNorm statistics over the global batch, all replicas together "
+                                  "(Keras BatchNormalization(synchronized=True)), instead of each replica's "
+                                  "slice; no effect on one replica or on networks without BatchNorm.")
 
 
 @dataclass(frozen=True)

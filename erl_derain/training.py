@@ -17,6 +17,7 @@ position where the last run stopped.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import shutil
@@ -416,7 +417,9 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
           strategy: tf.distribute.Strategy | None = None, stop_after: int = 0,
           init_from: str | None = None, hooks: list | None = None, force_new_config: bool = False) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
-    stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
+    stream from example ``start_index`` on (deterministic, so a resumed run sees the same data). A
+    ``dataset_fn(start_index, rows=None)`` (``inputs.training_stream``) is given each worker's rows
+    of a multi-worker run (``distribute.worker_rows``), so that a worker reads only its share.
 
     ``config``: the run's :class:`erl_derain.run_config.RunRecord` (or a flat dict of settings),
     written to ``model_dir``. ``strategy``: a tf.distribute strategy in whose scope ``trainer`` was
@@ -462,6 +465,11 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     with strategy.scope():
         trainer.build_networks()
         backup = StateBackup(trainer) if on_nan == "skip_batch" else None
+    if record.run.sync_batchnorm:
+        synced = distribute.synchronize_batchnorm(trainer.networks().values())
+        if verbose and strategy.num_replicas_in_sync > 1:
+            print(f"--sync_batchnorm: {synced} BatchNorm layer(s) use the statistics of the global batch"
+                  if synced else "--sync_batchnorm: the networks have no BatchNorm layer (no effect)", flush=True)
     # (the stage/step counters live on the host: made outside the scope)
     run = Run(model_dir, trainer, keep_checkpoints=keep_checkpoints, plateau=plateau, chief=chief)
     try:
@@ -514,7 +522,7 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
         if start_step < target:
             start = int(run.global_step) * batch_size
             iterator = iter(distribute.distribute_batches(
-                strategy, lambda: dataset_fn(start).map(_step_inputs), batch_size))
+                strategy, _worker_stream(dataset_fn, start), batch_size))
             for step in range(start_step + 1, target + 1):
                 batch = next(iterator)
                 for hook in all_hooks:
@@ -588,6 +596,26 @@ def _resume_or_initialise(run, trainer, init_from: str | None, verbose: int):
             print(f"Resuming {run.model_dir} at stage {stages[min(int(run.stage), len(stages) - 1)].name} "
                   f"(#{int(run.stage) + 1}/{len(stages)}), step {int(run.step)}", flush=True)
     return restored, initialised
+
+
+def _worker_stream(dataset_fn, start: int):
+    """``make_dataset(rows)`` for ``distribute.distribute_batches``: the run's stream from ``start``, of
+    a worker's rows when it is sharded (a ``dataset_fn`` of one argument gets no ``rows``)."""
+    try:
+        takes_rows = "rows" in inspect.signature(dataset_fn).parameters
+    except (TypeError, ValueError):
+        takes_rows = False
+    if not takes_rows:
+        return lambda: dataset_fn(start).map(_step_inputs)
+
+    def make_dataset(rows):
+        if rows is None:
+            return dataset_fn(start).map(_step_inputs)
+        print(f"This worker reads rows {rows.first}-{rows.first + rows.count - 1} of each global batch of "
+              f"{rows.period} (its replicas' examples only)", flush=True)
+        return dataset_fn(start, rows=rows).map(_step_inputs)
+
+    return make_dataset
 
 
 def _batch_names(dataset_fn, position: int, batch_size: int) -> list[str]:

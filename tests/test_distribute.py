@@ -100,7 +100,8 @@ def _free_port() -> int:
 
 def test_multi_worker_on_loopback_equals_one_worker(data, single, tmp_path):
     """Two worker processes (TF_CONFIG on 127.0.0.1), per-replica batch 2: the global batch of 4 of
-    the one-device run. Only the chief (worker 0) writes the config, logs and checkpoints."""
+    the one-device run, each worker reading only its two rows of it. Only the chief (worker 0) writes
+    the config, logs and checkpoints."""
     ports = [_free_port(), _free_port()]
     model_dir = tmp_path / "multi"
     procs = []
@@ -116,6 +117,9 @@ def test_multi_worker_on_loopback_equals_one_worker(data, single, tmp_path):
         outs.append(out)
     assert f"checkpoints in {model_dir / 'checkpoints'}" in outs[0]
     assert "checkpoints in" not in outs[1] and "the chief (worker 0) writes the checkpoints" in outs[1]
+    # each worker reads only its replica's half of every global batch (tests/test_input_sharding.py)
+    assert "This worker reads rows 0-1 of each global batch of 4" in outs[0]
+    assert "This worker reads rows 2-3 of each global batch of 4" in outs[1]
     assert _max_diff(single, _weights(model_dir)) < TOLERANCE
     assert run_settings(model_dir)["strategy"] == "multi_worker"
     assert sorted(os.listdir(model_dir)) == ["checkpoints", "config.json", "flags.txt", "logs"]

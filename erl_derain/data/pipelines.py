@@ -212,7 +212,7 @@ def diagnose_folder(path: str, split: str | None = None, crop_size: int | None =
 
 
 def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start_index, flip, crop_mode="random",
-                    min_size=None):
+                    min_size=None, rows=None):
     scale_rotate = crop_mode == "scale_rotate"
     pairs = list_folder_pairs(path, split)
     headers = st.scan_headers([p for pair in pairs for p in pair[:2]])
@@ -249,7 +249,7 @@ def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start
                                                         flip=flip, scale_rotate=scale_rotate)
             return {"rainy": rainy, "clean": clean, "name": name}
 
-        ds = st.training_positions(per_epoch, start_index, st.permuted_epochs(per_epoch, seed))
+        ds = st.training_positions(per_epoch, start_index, st.permuted_epochs(per_epoch, seed), rows)
     else:
         def load(index):
             rainy, clean, name = read(index)
@@ -259,7 +259,7 @@ def _folder_dataset(path, split, *, batch_size, crop_size, training, seed, start
 
         ds = tf.data.Dataset.range(start_index, num)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return st.finish(ds, training=training, batch_size=batch_size)
+    return st.finish(ds, training=training, batch_size=batch_size, rows=rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,7 +326,8 @@ def _static_size_check(builder, crop_size: int | None) -> None:
                                f"smaller than the {crop_size}x{crop_size} crop (crop_size={crop_size})")
 
 
-def _ten_crop_stream(records, num: int, *, in_memory: bool, buffer: int, seed: int, start_index: int, cut):
+def _ten_crop_stream(records, num: int, *, in_memory: bool, buffer: int, seed: int, start_index: int, cut,
+                     rows=None):
     """(positions dataset, load function) of the TFDS ten-crop training stream: ``10 N`` examples per
     epoch, every (image, crop) exactly once, the crops of one image spread over the epoch as in the
     authors' h5 file (SumiHui/MENET ``heavy/build_h5_dataset.py`` shuffles all ``10 N`` crops, and
@@ -352,7 +353,7 @@ def _ten_crop_stream(records, num: int, *, in_memory: bool, buffer: int, seed: i
             i = index // TEN_CROPS
             return cut({k: v[i] for k, v in columns.items()}, index % TEN_CROPS)
 
-        return st.training_positions(per_epoch, start_index, st.permuted_epochs(per_epoch, seed)), load
+        return st.training_positions(per_epoch, start_index, st.permuted_epochs(per_epoch, seed), rows), load
 
     indexed = records.enumerate()  # (index of the image in file order, record)
 
@@ -371,11 +372,12 @@ def _ten_crop_stream(records, num: int, *, in_memory: bool, buffer: int, seed: i
         record, k = element
         return cut(record, k)
 
-    return st.training_positions(per_epoch, start_index, epoch_tenths), load_streamed
+    return st.training_positions(per_epoch, start_index, epoch_tenths, rows), load_streamed
 
 
 def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, seed, start_index, flip,
-                   shuffle_buffer, cache_limit_bytes, crop_mode="random", exclude=None, extra_features=None):
+                   shuffle_buffer, cache_limit_bytes, crop_mode="random", exclude=None, extra_features=None,
+                   rows=None):
     """The paired pipeline over a prepared TFDS builder (see `paired_dataset`)."""
     scale_rotate = crop_mode == "scale_rotate"
     st.require_features(builder, ("rainy", "clean"), "paired pipelines need 'rainy' and 'clean' images")
@@ -414,7 +416,7 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
             # Every (image, crop) once per epoch, spread over the epoch as the authors' shuffled h5 file
             # (see _ten_crop_stream); positions count crops and are skipped before any decoding.
             ds, load = _ten_crop_stream(records, num, in_memory=st.fits_in_memory(num_bytes, cache_limit_bytes),
-                                        buffer=buffer, seed=seed, start_index=start_index, cut=cut)
+                                        buffer=buffer, seed=seed, start_index=start_index, cut=cut, rows=rows)
         else:
             def load(position, record):
                 example = decode(record)
@@ -425,7 +427,8 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
                 example.update(zip(maps, cut_maps))
                 return example
 
-            ds = st.training_positions(num, start_index, lambda epoch: st.seeded_shuffle(records, buffer, seed, epoch))
+            ds = st.training_positions(num, start_index, lambda epoch: st.seeded_shuffle(records, buffer, seed, epoch),
+                                       rows)
     else:
         def load(record):
             example = decode(record)
@@ -436,7 +439,7 @@ def _tfds_pipeline(builder, split, *, dataset, batch_size, crop_size, training, 
 
         ds = records.skip(start_index)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return st.finish(ds, training=training, batch_size=batch_size)
+    return st.finish(ds, training=training, batch_size=batch_size, rows=rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,7 +461,8 @@ def paired_dataset(dataset, split: str = "train", *, batch_size: int = 1, crop_s
                    data_dir: str | None = None, shuffle_buffer: int = 256,
                    cache_limit_bytes: int | None = None, manual_dir: str | None = None,
                    crop_mode: str = "random", exclude: dict | None = None,
-                   extra_features: Sequence[str] | None = None, min_size: int | None = None) -> tf.data.Dataset:
+                   extra_features: Sequence[str] | None = None, min_size: int | None = None,
+                   rows: st.Rows | None = None) -> tf.data.Dataset:
     """A `tf.data.Dataset` of paired rainy/clean batches.
 
     Args:
@@ -501,6 +505,8 @@ def paired_dataset(dataset, split: str = "train", *, batch_size: int = 1, crop_s
       min_size: images must be at least this many pixels on each side (e.g. what a metric needs); a
         folder's smaller pairs are named in one DatasetError before any TF work (TFDS splits are not
         scanned: their images are checked by the caller as they come).
+      rows: a training stream's shard (``streams.Rows``; ``batch_size`` is the global batch): batches
+        of the rows of each global batch one worker reads; nothing else is decoded.
 
     Returns:
       Batches ``{'rainy': float32 [B,h,w,3] in [0,1], 'clean': same, 'name': tf.string [B]}`` plus
@@ -520,6 +526,8 @@ def paired_dataset(dataset, split: str = "train", *, batch_size: int = 1, crop_s
         raise DatasetError(f"dataset must be a TFDS name or '{FOLDER_PREFIX}/path', got {dataset!r}")
     flip = bool(flip) and training
     seed = int(seed)
+    if rows is not None and not training:
+        raise DatasetError("rows (a worker's shard) are for training streams; evaluation reads whole splits")
 
     if _is_folder(dataset):
         if exclude:
@@ -527,12 +535,13 @@ def paired_dataset(dataset, split: str = "train", *, batch_size: int = 1, crop_s
         if extra_features:
             raise _no_folder_features(dataset, f"give extra_features {list(_feature_names(extra_features))}")
         return _folder_dataset(dataset, split, batch_size=batch_size, crop_size=crop_size, training=training,
-                               seed=seed, start_index=start_index, flip=flip, crop_mode=crop_mode, min_size=min_size)
+                               seed=seed, start_index=start_index, flip=flip, crop_mode=crop_mode, min_size=min_size,
+                               rows=rows)
     builder = st.prepared_builder(dataset, data_dir, manual_dir)
     return _tfds_pipeline(
         builder, split, dataset=dataset if isinstance(dataset, str) else builder.name, batch_size=batch_size,
         crop_size=crop_size, training=training, seed=seed, start_index=start_index, flip=flip,
-        shuffle_buffer=shuffle_buffer, crop_mode=crop_mode, exclude=exclude, extra_features=extra_features,
+        shuffle_buffer=shuffle_buffer, crop_mode=crop_mode, exclude=exclude, extra_features=extra_features, rows=rows,
         cache_limit_bytes=DEFAULT_CACHE_LIMIT_BYTES if cache_limit_bytes is None else cache_limit_bytes)
 
 
@@ -549,20 +558,26 @@ def dataset_features(dataset, *, data_dir: str | None = None) -> dict[str, str]:
     return st.feature_kinds(st.resolve_builder(dataset, data_dir))
 
 
-def shuffle_channels(ds: tf.data.Dataset, *, seed: int, start_index: int, batch_size: int) -> tf.data.Dataset:
+def shuffle_channels(ds: tf.data.Dataset, *, seed: int, start_index: int, batch_size: int,
+                     rows: st.Rows | None = None) -> tf.data.Dataset:
     """A colour augmentation for achromatic rain: the RGB channels of each example's rainy and clean
     images are permuted alike, by one of the six permutations, drawn from (seed, the batch's first
     example position). Rain added equally to R, G and B (``rain_synthesis``, and the veil model with
     a grey atmospheric light) stays a valid pair, while a few photos give greens and blues that their
     own colours lack. ``ds`` is a training stream of `paired_dataset` that starts at example
-    ``start_index`` with batches of ``batch_size`` (deterministic, so a resumed run sees the same)."""
+    ``start_index`` with batches of ``batch_size`` (deterministic, so a resumed run sees the same);
+    with ``rows``, a worker's shard of that stream (the draws are the global batch's, sliced)."""
     perms = tf.constant(RGB_PERMUTATIONS, tf.int32)
 
     def permute(index, batch):
         first = tf.cast(start_index, tf.int64) + index * batch_size
         size = tf.shape(batch["rainy"])[0]
-        k = tf.random.stateless_uniform([size], st.op_seed(seed, st.STREAM_COLOR, first), minval=0, maxval=6,
-                                        dtype=tf.int32)
+        if rows is None:
+            k = tf.random.stateless_uniform([size], st.op_seed(seed, st.STREAM_COLOR, first), minval=0, maxval=6,
+                                            dtype=tf.int32)
+        else:  # the global batch's draws (training batches are full), this worker's rows of them
+            k = tf.random.stateless_uniform([batch_size], st.op_seed(seed, st.STREAM_COLOR, first), minval=0,
+                                            maxval=6, dtype=tf.int32)[rows.first:rows.first + rows.count]
         order = tf.gather(perms, k)  # [B, 3]
         out = dict(batch)
         for key in ("rainy", "clean"):

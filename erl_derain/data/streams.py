@@ -34,6 +34,12 @@ Augmentation
     scale and half-turn), :func:`center_crop`, :func:`ten_crop`.
 Batching
     :func:`finish`.
+Sharding
+    :class:`Rows`: the rows of every global batch that one input pipeline (one worker of a
+    multi-worker run) reads. Given to :func:`training_positions` and :func:`finish`, the stream keeps
+    only the positions of those rows, before anything is decoded, and batches them: each worker
+    reads and decodes only the examples its replicas train on, and the rows of all workers put side
+    by side are the global batch of the unsharded stream (same order, same crops, same resume).
 TFDS records
     :func:`tfds_builder` (a builder, or a name that TFDS already knows: this module imports no
     builder package; the erl_derain catalog is :mod:`erl_derain.datasets`), :func:`resolve_builder`,
@@ -68,7 +74,7 @@ __all__ = [
     "check_stream_arguments", "crop_flip", "decode_bytes", "decode_file", "decode_map", "exclude_records",
     "excluded_examples", "fallback_decode", "feature_kinds", "finish", "fits_in_memory", "folder_images",
     "folder_path", "format_list", "native_at", "native_table", "natural_key", "op_seed", "permuted_epochs",
-    "prepare", "prepared_builder", "random_crop_flip", "read_header", "require_features", "resolve_builder",
+    "prepare", "prepared_builder", "Rows", "random_crop_flip", "read_header", "require_features", "resolve_builder",
     "scan_headers",
     "seeded_shuffle", "split_size", "ten_crop", "tfds_builder", "tfds_records", "training_positions",
 ]
@@ -350,16 +356,45 @@ def op_seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(seed * NUM_STREAMS + stream, tf.int64), tf.cast(index, tf.int64)])
 
 
-def training_positions(num_examples: int, start_index: int, epoch_fn) -> tf.data.Dataset:
+@dataclass(frozen=True)
+class Rows:
+    """Rows ``first .. first + count - 1`` of every global batch of ``period`` examples: the positions
+    ``p`` with ``first <= p % period < first + count`` (the examples of one worker's replicas)."""
+    first: int
+    count: int
+    period: int
+
+    def __post_init__(self):
+        if not (0 <= self.first and 1 <= self.count and self.first + self.count <= self.period):
+            raise DatasetError(f"rows {self.first}..{self.first + self.count - 1} are not rows of a global batch of "
+                               f"{self.period}")
+
+    def keeps(self, position):
+        """True where ``position`` (an int64 tensor) is one of these rows."""
+        row = position % self.period
+        return tf.logical_and(row >= self.first, row < self.first + self.count)
+
+    def check_start(self, start_index: int) -> None:
+        if start_index % self.period:
+            raise DatasetError(f"a sharded stream starts at a global batch: start_index={start_index} is not a "
+                               f"multiple of {self.period}")
+
+
+def training_positions(num_examples: int, start_index: int, epoch_fn, rows: Rows | None = None) -> tf.data.Dataset:
     """``(position, element)`` for positions start_index, start_index+1, ... of the epoch stream.
 
     `epoch_fn(epoch)` returns the dataset of one epoch (`num_examples` elements, cheap: indices or
     serialized records). The stream restarts at epoch ``start_index // N`` and skips the remainder,
-    so nothing before `start_index` is read or decoded.
+    so nothing before `start_index` is read or decoded. ``rows``: only the positions of those rows
+    of each global batch are kept (before the caller decodes anything).
     """
     start_epoch, offset = divmod(start_index, num_examples)
     ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch_fn)
-    return ds.skip(offset).enumerate(start=start_index)
+    ds = ds.skip(offset).enumerate(start=start_index)
+    if rows is not None:
+        rows.check_start(start_index)
+        ds = ds.filter(lambda position, element: rows.keeps(position))
+    return ds
 
 
 def permuted_epochs(num: int, seed: int) -> Callable[[tf.Tensor], tf.data.Dataset]:
@@ -490,9 +525,15 @@ def ten_crop(parts: Sequence[tf.Tensor], k, crop_size: int) -> list[tf.Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 
-def finish(ds: tf.data.Dataset, *, training: bool, batch_size: int) -> tf.data.Dataset:
+def finish(ds: tf.data.Dataset, *, training: bool, batch_size: int, rows: Rows | None = None) -> tf.data.Dataset:
     """Batch and prefetch. Training streams never end and drop the remainder (static batch shapes);
-    evaluation keeps a last partial batch."""
+    evaluation keeps a last partial batch. ``rows`` (a training stream of `training_positions` with
+    the same rows): batches of ``rows.count``, the rows of each global batch of ``batch_size``."""
+    if rows is not None:
+        if not training or rows.period != batch_size:
+            raise DatasetError(f"rows of a global batch of {rows.period} are for a training stream of that batch size "
+                               f"(got batch_size={batch_size}, training={training})")
+        batch_size = rows.count
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -85,7 +85,8 @@ def _fit_to_crop(image, crop_size: int | None, small_images: str, name, source: 
     return tf.cond(short < crop_size, upscale, lambda: image)
 
 
-def _folder_pipeline(source, split, *, batch_size, crop_size, training, seed, start_index, flip, small_images):
+def _folder_pipeline(source, split, *, batch_size, crop_size, training, seed, start_index, flip, small_images,
+                     rows=None):
     files = list_unpaired_folder(source, split)
     headers = st.scan_headers([p for p, _ in files])
     if crop_size is not None and small_images == "error":
@@ -112,7 +113,7 @@ def _folder_pipeline(source, split, *, batch_size, crop_size, training, seed, st
             return {"rainy": st.crop_flip(image, position, seed=seed, crop_size=crop_size, flip=flip),
                     "name": name}
 
-        ds = st.training_positions(num, start_index, st.permuted_epochs(num, seed))
+        ds = st.training_positions(num, start_index, st.permuted_epochs(num, seed), rows)
     else:
         def load(index):
             image, name = read(index)
@@ -123,11 +124,11 @@ def _folder_pipeline(source, split, *, batch_size, crop_size, training, seed, st
 
         ds = tf.data.Dataset.range(start_index, num)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return st.finish(ds, training=training, batch_size=batch_size)
+    return st.finish(ds, training=training, batch_size=batch_size, rows=rows)
 
 
 def _tfds_pipeline(source, split, *, batch_size, crop_size, training, seed, start_index, flip, small_images,
-                   data_dir, manual_dir, shuffle_buffer, cache_limit_bytes):
+                   data_dir, manual_dir, shuffle_buffer, cache_limit_bytes, rows=None):
     builder = st.prepared_builder(source, data_dir, manual_dir)
     st.require_features(builder, ("rainy",), "the real-rain pipeline needs 'rainy' images")
     # Sub-splits carry no size and are not estimated here: they stream through the shuffle buffer.
@@ -143,7 +144,8 @@ def _tfds_pipeline(source, split, *, batch_size, crop_size, training, seed, star
     if training:
         records, buffer = st.cache_or_buffer(records, num, num_bytes, cache_limit_bytes=cache_limit_bytes,
                                              shuffle_buffer=shuffle_buffer)
-        ds = st.training_positions(num, start_index, lambda epoch: st.seeded_shuffle(records, buffer, seed, epoch))
+        ds = st.training_positions(num, start_index, lambda epoch: st.seeded_shuffle(records, buffer, seed, epoch),
+                                   rows)
 
         def load(position, record):
             image, name = decode(record)
@@ -158,13 +160,14 @@ def _tfds_pipeline(source, split, *, batch_size, crop_size, training, seed, star
                 image = st.center_crop(image, crop_size)
             return {"rainy": image, "name": name}
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return st.finish(ds, training=training, batch_size=batch_size)
+    return st.finish(ds, training=training, batch_size=batch_size, rows=rows)
 
 
 def unpaired_dataset(source: str, split: str = "train", *, batch_size: int = 1, crop_size: int | None = None,
                      seed: int = 0, start_index: int = 0, flip: bool = True, training: bool = True,
                      data_dir: str | None = None, manual_dir: str | None = None, small_images: str = "upscale",
-                     shuffle_buffer: int = 256, cache_limit_bytes: int | None = None) -> tf.data.Dataset:
+                     shuffle_buffer: int = 256, cache_limit_bytes: int | None = None,
+                     rows: st.Rows | None = None) -> tf.data.Dataset:
     """Batches ``{'rainy': float32 [B, c, c, 3] in [0, 1], 'name': tf.string [B]}`` of real rainy crops.
 
     Args:
@@ -174,6 +177,7 @@ def unpaired_dataset(source: str, split: str = "train", *, batch_size: int = 1, 
       batch_size, crop_size, seed, start_index, flip, training: as ``paired_dataset`` (training: an
         endless stream of random crops and flips, full batches; else one pass, centre crops).
       small_images: ``'upscale'`` (default) or ``'error'`` for images smaller than the crop.
+      rows: a training stream's shard, as ``paired_dataset``.
 
     Raises:
       DatasetError: bad arguments, an unknown dataset, or a bad folder/file (named in the message).
@@ -184,7 +188,9 @@ def unpaired_dataset(source: str, split: str = "train", *, batch_size: int = 1, 
     if not source:
         raise DatasetError(f"the real-rain source must be a TFDS name, '{FOLDER_PREFIX}/path' or a directory")
     kwargs = dict(batch_size=batch_size, crop_size=crop_size, training=training, seed=int(seed) + _SEED_OFFSET,
-                  start_index=start_index, flip=bool(flip) and training, small_images=small_images)
+                  start_index=start_index, flip=bool(flip) and training, small_images=small_images, rows=rows)
+    if rows is not None and not training:
+        raise DatasetError("rows (a worker's shard) are for training streams")
     if _is_folder(source):
         return _folder_pipeline(source, split, **kwargs)
     return _tfds_pipeline(source, split, data_dir=data_dir, manual_dir=manual_dir, shuffle_buffer=shuffle_buffer,

@@ -22,8 +22,10 @@ from erl_derain.methods.base import MethodError, Stage, Trainer  # noqa: F401  (
 class StreamSpec:
     """An input stream a method trains on besides the paired one, merged into each batch under
     ``key`` (its tensors) and ``<key>_name`` (file names). ``build(method_config, run_record, start_index=...,
-    batch_size=..., cache_limit_bytes=...)`` returns batches of ``{key: [B, H, W, 3] float32, key + "_name": [B] string}``,
-    deterministic and resumable at example ``start_index``; it raises a clear error for a bad source."""
+    batch_size=..., cache_limit_bytes=..., rows=...)`` returns batches of ``{key: [B, H, W, 3] float32, key + "_name": [B] string}``,
+    deterministic and resumable at example ``start_index``; it raises a clear error for a bad source.
+    ``rows`` (None, or a ``data.streams.Rows``: one worker's shard of a multi-worker run) goes to the
+    stream functions of ``erl_derain.data``, which then batch that worker's rows of each global batch."""
     key: str
     build: Callable
     description: str = ""

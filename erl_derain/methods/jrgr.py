@@ -129,6 +129,9 @@ class TorchBatchNorm(layers.BatchNormalization):
         x = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         mean, variance = self._moments(x, None)
         n = keras.ops.cast(keras.ops.size(x) // keras.ops.shape(x)[self.axis], x.dtype)
+        context = tf.distribute.get_replica_context()
+        if self.synchronized and context is not None:  # (--sync_batchnorm) the global batch's count
+            n = n * context.num_replicas_in_sync
         unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
         m = self.momentum
         self.moving_mean.assign(keras.ops.cast(self.moving_mean, x.dtype) * m + mean * (1.0 - m))
@@ -914,7 +917,7 @@ def build_trainer(cfg: JRGRConfig, record) -> JRGRTrainer:
     return JRGRTrainer(cfg, learning_rate=record.lr, crop_size=record.run.crop_size, seed=record.run.seed)
 
 
-def real_stream(cfg: JRGRConfig, record, *, start_index: int, batch_size: int, cache_limit_bytes=None):
+def real_stream(cfg: JRGRConfig, record, *, start_index: int, batch_size: int, cache_limit_bytes=None, rows=None):
     """The unpaired real rainy crops the joint stage trains on (``--jrgr_real_dataset``)."""
     from erl_derain.data import unpaired
 
@@ -924,7 +927,7 @@ def real_stream(cfg: JRGRConfig, record, *, start_index: int, batch_size: int, c
     ds = unpaired.unpaired_dataset(cfg.real_dataset, cfg.real_split, batch_size=batch_size, crop_size=run.crop_size,
                                    seed=run.seed, start_index=start_index, flip=run.flip, data_dir=run.data_dir,
                                    manual_dir=cfg.real_manual_dir, small_images=cfg.real_small_images,
-                                   cache_limit_bytes=cache_limit_bytes)
+                                   cache_limit_bytes=cache_limit_bytes, rows=rows)
     return ds.map(lambda b: {"real": b["rainy"], "real_name": b["name"]})
 
 

@@ -70,6 +70,11 @@ flags.DEFINE_enum("output_format", "png", ["png", "same", "jpg", "webp", "tif"],
 flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs; export: replace an existing --version.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
 flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir.")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "litert"], "export: a TF Serving SavedModel, or "
+                  "<export_base>/<version>/model.onnx or model.tflite with erl_derain.json beside it (pip install "
+                  "'erl_derain[export]').")
+flags.DEFINE_string("export_size", None, "export --format=onnx|litert: fix the input to 1 x N x N (or HxW) x 3 pixels; "
+                    "default: any batch, height and width.")
 flags.DEFINE_integer("version", None, "export: version number (default: next integer); derain --server: the "
                      "served version to query (default: the server's latest).")
 flags.DEFINE_string("server", None, "derain: host:port of a TF Serving server (REST 8501 / gRPC 8500) to de-rain on "
@@ -137,8 +142,8 @@ VERB_HELP = {
     "derain": ("de-rain photos of any size (the bundled model without --model_dir, or via TF Serving)",
                ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
                 "version")),
-    "export": ("a TF Serving SavedModel of a run's (or the bundled) inference network",
-               ("model_dir", "pretrained", "export_base", "version", "overwrite")),
+    "export": ("a TF Serving SavedModel (or an ONNX / LiteRT file) of a run's (or the bundled) inference network",
+               ("model_dir", "pretrained", "export_base", "format", "export_size", "version", "overwrite")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
                 ("dataset", "manual_dir", "data_dir", "clean_dir")),
     "synthesize": ("rainy/clean pairs from your clean photos with the package's rain model",
@@ -564,10 +569,13 @@ def cmd_derain(args: list[str]):
 
 
 def cmd_export():
-    from erl_derain.serving import export_saved_model, server_command_lines
+    from erl_derain.serving import export_saved_model, formats, server_command_lines
     from erl_derain.training import load_trainer
 
     export_base = _require("export_base")
+    size = formats.parse_export_size(FLAGS.export_size, FLAGS.format)  # before any work: errors name the flag
+    if FLAGS.format != "saved_model":
+        formats.require_packages(FLAGS.format)
     if FLAGS.pretrained:
         from erl_derain.pretrained import load_pretrained_trainer
 
@@ -575,6 +583,11 @@ def cmd_export():
         record = info["record"]
     else:
         trainer, record = load_trainer(_require("model_dir"))
+    if FLAGS.format != "saved_model":
+        print(formats.describe(formats.export_file(
+            trainer.inference_model(), export_base, FLAGS.format, size=size, version=FLAGS.version,
+            metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite)))
+        return
     path = export_saved_model(trainer.inference_model(), export_base, version=FLAGS.version,
                               metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite)
     lines = server_command_lines(export_base)

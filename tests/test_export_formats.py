@@ -215,3 +215,35 @@ def test_versions_and_overwrite_of_a_file_export(tiny):
         formats.export_file(tiny["model"], base, "onnx", version=1)
     assert formats.describe(tiny["onnx"]).startswith(f"Exported onnx file {tiny['onnx']['path']}")
     assert "fixed at --export_size=48x60" in formats.describe(tiny["onnx"])
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmarks/export_formats.py's section of docs/benchmarks.md (pure helpers, no measurement)
+# --------------------------------------------------------------------------------------------------
+
+def test_benchmark_section_is_replaced_in_place_and_survives_the_suite_page(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "export_formats.py"
+    spec = importlib.util.spec_from_file_location("export_formats_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import timing  # put on sys.path by the script
+
+    rows = [{"format": "onnx", "mib": 3.5, "export_s": 20.0, "median_s": 0.5, "min_s": 0.4, "first_s": 1.0,
+             "max_abs_diff": 6e-7, "note": "dynamic; onnxruntime 1"}]
+    machine = {"cpu": "CPU", "cores": 2, "load_average": (1.0, 1.0, 1.0), "threads": 2, "tensorflow": "2",
+               "size": 512, "reps": 5}
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nthe suite's tables\n")
+    timing.write_section(str(page), bench.section(rows, machine, "python benchmarks/export_formats.py"))
+    first = page.read_text()
+    assert first.startswith("# Benchmarks\n\nthe suite's tables\n") and "| onnx | 3.50 | 0.500 | 0.400 |" in first
+    rows[0]["median_s"] = 0.25
+    timing.write_section(str(page), bench.section(rows, machine, "python benchmarks/export_formats.py"))
+    second = page.read_text()
+    assert second.count(bench.BEGIN) == 1 and "| onnx | 3.50 | 0.250 |" in second and "0.500" not in second
+    timing.write_page(str(page), "# Benchmarks\n\nnew tables\n")  # what benchmarks/suite.py --markdown does
+    third = page.read_text()
+    assert third.startswith("# Benchmarks\n\nnew tables\n") and third.count(bench.BEGIN) == 1 and "0.250" in third

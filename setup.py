@@ -34,6 +34,10 @@ setup(
         "test": ["pytest", "pytest-xdist", "dill", "tensorflow-serving-api", "hypothesis"],
         "gpu": ["tensorflow[and-cuda]>=2.20"],
         "serving": ["tensorflow-serving-api"],
+        # erl-derain export --format=onnx|litert: tf2onnx + onnx convert (1.17: the first tf2onnx without
+        # protobuf~=3.20, which TensorFlow 2.20+ cannot use); onnxruntime and ai-edge-litert run and check the
+        # files (the LiteRT converter is TensorFlow's own)
+        "export": ["tf2onnx>=1.17", "onnx>=1.14", "onnxruntime", "ai-edge-litert"],
     },
     entry_points={"console_scripts": ["erl-derain=erl_derain.cli:run"]},
 )

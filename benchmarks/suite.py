@@ -51,7 +51,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import peak_rss_mib, time_calls  # noqa: E402
+from timing import peak_rss_mib, time_calls, write_page  # noqa: E402
 
 KINDS = ("train", "inference", "data", "scaling")
 MARKER = "BENCH_RESULT "
@@ -927,9 +927,7 @@ def render(args) -> int:
                 settings.get("note") or [])
     print(text)
     if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, "w") as f:
-            f.write(text)
+        write_page(args.markdown, text)  # keeps other scripts' marked sections (export_formats.py's)
     return 0
 
 
@@ -972,9 +970,7 @@ def main(argv=None) -> int:
                        "paper_settings": {m: {"crop": c, "batch": b, "source": s} for m, (c, b, s) in PAPER.items()},
                        "results": rows}, f, indent=1)
     if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, "w") as f:
-            f.write(text)
+        write_page(args.markdown, text)  # keeps other scripts' marked sections (export_formats.py's)
     failed = [r for r in rows if r.get("status") in ("error", "timeout")]
     print(f"[suite] done in {machine['duration_s']:.0f} s; {len(failed)} failed row(s)", file=sys.stderr, flush=True)
     return 0

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import time
+
+# A section of a generated page that another script writes: <!-- NAME: begin (script) --> ... <!-- NAME: end -->
+_SECTION = re.compile(r"<!-- ([\w-]+): begin \([^)]*\) -->.*?<!-- \1: end -->", re.S)
 
 
 def peak_rss_mib() -> float:
@@ -46,3 +51,31 @@ def time_calls(fn, steps: int, warmup: int = 1) -> dict:
     median = ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
     return {"first_s": times[0] if first is None else first, "times": times,
             "mean_s": sum(times) / len(times), "median_s": median, "min_s": ordered[0]}
+
+
+def write_page(path: str, text: str) -> None:
+    """Write the generated markdown page ``text`` to ``path``, keeping the marked sections of the page
+    already there that ``text`` lacks (another script's, e.g. ``export_formats.py``'s), at its end."""
+    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    have = {m.group(1) for m in _SECTION.finditer(text)}
+    kept = [m.group(0) for m in _SECTION.finditer(old) if m.group(1) not in have]
+    if kept:
+        text = text.rstrip() + "\n\n" + "\n\n".join(kept) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_section(path: str, section: str) -> None:
+    """Replace the marked ``section`` (``_SECTION``'s form) of the page ``path``, or append it; the
+    rest of the page is kept."""
+    match = _SECTION.fullmatch(section.strip())
+    if match is None:
+        raise ValueError("section must be one <!-- NAME: begin (script) --> ... <!-- NAME: end --> block")
+    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    same = [m for m in _SECTION.finditer(old) if m.group(1) == match.group(1)]
+    if same:
+        text = old[:same[0].start()] + section.strip() + old[same[0].end():]
+    else:
+        text = old.rstrip() + "\n\n" + section.strip() + "\n"
+    write_page(path, text)

@@ -90,6 +90,11 @@ flags.DEFINE_string("serving_root", None, "export: the server's model root, a fo
                     "models.config, models.docker.config, batching_parameters.txt and their lock file go there and "
                     "nowhere else, and the printed Docker command mounts it (default: --export_base's parent).")
 flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir (not both).")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "litert"], "export: a TF Serving SavedModel, or "
+                  "<export_base>/<version>/model.onnx or model.tflite with erl_derain.json beside it (pip install "
+                  "'erl_derain[export]').")
+flags.DEFINE_string("export_size", None, "export --format=onnx|litert: fix the input to 1 x N x N (or HxW) x 3 pixels; "
+                    "default: any batch, height and width.")
 flags.DEFINE_integer("version", None, "export: version number (default: next integer); derain --server: the "
                      "served version to query (default: the server's latest).")
 flags.DEFINE_string("server", None, "derain: host:port of a TF Serving server (REST 8501 / gRPC 8500) to de-rain on "
@@ -168,8 +173,9 @@ VERB_HELP = {
     "derain": ("de-rain photos of any size (the bundled model without --model_dir, or via TF Serving)",
                ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
                 "version", "max_pixels")),
-    "export": ("a TF Serving SavedModel of a run's (or the bundled) inference network",
-               ("model_dir", "pretrained", "export_base", "serving_root", "version", "overwrite", "max_pixels")),
+    "export": ("a TF Serving SavedModel (or an ONNX / LiteRT file) of a run's (or the bundled) inference network",
+               ("model_dir", "pretrained", "export_base", "serving_root", "format", "export_size", "version",
+                "overwrite", "max_pixels")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
                 ("dataset", "manual_dir", "data_dir", "clean_dir", "max_pixels")),
     "synthesize": ("rainy/clean pairs from your clean photos with the package's rain model",
@@ -439,6 +445,14 @@ def validate_flags(verb: str) -> None:
             _run_dir("model_dir", FLAGS.model_dir)
     elif verb == "export":
         export_base = _require("export_base")
+        from erl_derain.serving import formats
+
+        try:
+            formats.parse_export_size(FLAGS.export_size, FLAGS.format)
+            if FLAGS.format != "saved_model":
+                formats.require_packages(FLAGS.format)
+        except formats.ExportFormatError as e:
+            raise UsageError(str(e)) from None
         if FLAGS.pretrained and FLAGS.model_dir:
             raise UsageError(f"--pretrained exports the bundled model, --model_dir={FLAGS.model_dir} a run: give one "
                              "of them, not both")
@@ -905,10 +919,16 @@ def cmd_derain(args: list[str]):
 
 
 def cmd_export():
-    from erl_derain.serving import export_saved_model, server_command_lines
+    from erl_derain.serving import export_saved_model, formats, server_command_lines
 
     export_base = _require("export_base")
+    size = formats.parse_export_size(FLAGS.export_size, FLAGS.format)  # (checked by validate_flags)
     trainer, record = _load_run(None if FLAGS.pretrained else FLAGS.model_dir)
+    if FLAGS.format != "saved_model":
+        print(formats.describe(formats.export_file(
+            trainer.inference_model(), export_base, FLAGS.format, size=size, version=FLAGS.version,
+            metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite)))
+        return
     path = export_saved_model(trainer.inference_model(), export_base, version=FLAGS.version,
                               metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite,
                               serving_root=FLAGS.serving_root, max_pixels=FLAGS.max_pixels)

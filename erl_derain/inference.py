@@ -48,17 +48,29 @@ SELF_ENSEMBLE_VIEWS = (1, 2, 4)
 _VIEW_AXES = ([], [2], [1], [1, 2])  # identity, left-right, upside-down, both (NHWC axes)
 
 
+def _padded_indices(n: tf.Tensor, pad: tf.Tensor) -> tf.Tensor:
+    """Source index of each of the ``n + pad`` rows (or columns) of ``pad_to_multiple``'s output:
+    ``i`` itself, then the reflection ``2 (n - 1) - i``, then row 0 (the last row the reflection
+    reaches, replicated) once the reflection runs out on a side shorter than the pad."""
+    i = tf.range(n + pad)
+    return tf.where(i < n, i, tf.maximum(2 * (n - 1) - i, 0))
+
+
 def pad_to_multiple(x: tf.Tensor, multiple: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Pad an NHWC batch at the bottom/right to a multiple of ``multiple``; works in graphs with
     unknown sizes. Reflect padding needs the pad to be smaller than the side, so sides shorter than
-    the multiple are padded by edge replication in a second step."""
+    the multiple continue by edge replication of the reflected part (what ``tf.pad(mode="REFLECT")``
+    followed by replicating the last row and column gives).
+
+    Written as two gathers with non-negative integer arithmetic, so that the ONNX and LiteRT
+    converters (``serving.formats``) take it with dynamic sizes: ``tf.pad`` with computed paddings
+    loses the static channel count (LiteRT's converter then keeps the first convolution as a
+    TensorFlow op), a ``tf.repeat`` by zero becomes a failing ONNX Reshape, and ``(-h) % m`` is
+    truncated, not floored, by ONNX Runtime."""
     h, w = tf.shape(x)[1], tf.shape(x)[2]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    rh, rw = tf.minimum(ph, h - 1), tf.minimum(pw, w - 1)
-    x = tf.pad(x, [[0, 0], [0, rh], [0, rw], [0, 0]], mode="REFLECT")
-    eh, ew = ph - rh, pw - rw
-    x = tf.concat([x, tf.repeat(x[:, -1:], eh, axis=1)], axis=1)
-    x = tf.concat([x, tf.repeat(x[:, :, -1:], ew, axis=2)], axis=2)
+    ph, pw = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
+    x = tf.gather(x, _padded_indices(h, ph), axis=1)
+    x = tf.gather(x, _padded_indices(w, pw), axis=2)
     return x, h, w
 
 

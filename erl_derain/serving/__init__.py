@@ -4,7 +4,8 @@ The package: ``export`` (``export_saved_model``: the SavedModel and its three si
 TensorFlow), ``server_config`` (models.config / models.docker.config / batching parameters, no
 TensorFlow), ``client`` (REST and gRPC clients, ``derain_files_via_server``; no TensorFlow: the
 tiles of large photos are blended in NumPy) and ``layout`` (the signature and file names,
-``next_version``, ``read_export_info``). Every public name is importable from here;
+``next_version``, ``read_export_info``); ``formats`` writes the other export formats (ONNX and LiteRT
+files, ``export_file``: ``erl-derain export --format=onnx|litert``). Every public name is importable from here;
 ``import erl_derain.serving`` does not import TensorFlow (the export names load it on first use).
 
 Layout written by ``export_saved_model`` (``erl-derain export --model_dir=... --export_base=exports/erlnet``)::

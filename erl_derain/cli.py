@@ -15,7 +15,8 @@ import textwrap
 
 from absl import app, flags, logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines drown the progress bar
+if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):  # --verbosity=N: TF's C++ lines too
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines drown the progress bar
 
 FLAGS = flags.FLAGS
 
@@ -26,6 +27,8 @@ flags.DEFINE_string("split", None, "Split: 'train' for training, 'test' for eval
 # -- the training job (not part of a run's configuration) --------------------------------------------
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (one is also written at each stage end).")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
+flags.DEFINE_string("progress_every", "30s", "When stdout is not a terminal (a file, a pipe, CI): one plain progress "
+                    "line every this many seconds ('30s') or steps ('200') instead of a bar redrawn at every step.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_integer("stop_after", 0, "Stop after this many steps with a checkpoint (a job slot shorter than the "
                      "run; the same command resumes); 0: train to the end.")
@@ -124,7 +127,7 @@ def _require(name: str):
 
 _DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "split")
 _INFER = ("tile", "tile_overlap", "self_ensemble", "jit_compile")
-_TRAIN_JOB = ("model_dir", "checkpoint_every", "log_every", "keep_checkpoints", "stop_after", "shuffle_buffer",
+_TRAIN_JOB = ("model_dir", "checkpoint_every", "log_every", "progress_every", "keep_checkpoints", "stop_after", "shuffle_buffer",
               "cache_mb", "tpu", "logical_cpus", "on_nan", "evaluate_after", "eval_split", "split")
 _EVAL = ("y_rounding", "crop_border", "eval_protocol", "eval_crop_size", "output", "max_images")
 VERB_HELP = {
@@ -268,7 +271,8 @@ def cmd_train():
                              checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every,
                              keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
                              lr_schedule=inputs.lr_schedule(record, global_batch, split), on_nan=FLAGS.on_nan,
-                             strategy=strategy, stop_after=FLAGS.stop_after, init_from=run.init_from)
+                             strategy=strategy, stop_after=FLAGS.stop_after, init_from=run.init_from,
+                             progress_every=FLAGS.progress_every)
     if summary.get("skipped_batches"):
         print(f"Skipped {len(summary['skipped_batches'])} batch(es) with a non-finite loss: "
               f"{summary['skipped_batches'][:10]}", flush=True)

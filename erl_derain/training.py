@@ -17,9 +17,11 @@ position where the last run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -283,6 +285,7 @@ class Hook:
     def before_step(self, loop, step: int) -> None: ...
     def after_step(self, loop, step: int, logs: dict) -> None: ...
     def on_stage_end(self, loop, stage_index: int) -> None: ...
+    def on_train_end(self, loop) -> None: ...
 
 
 class LearningRateHook(Hook):
@@ -306,19 +309,37 @@ class LearningRateHook(Hook):
 
 
 class ProgressHook(Hook):
-    def __init__(self):
-        self.progbar = None
+    """The stage's progress (:mod:`erl_derain.progress`): a bar redrawn in place on a terminal, one
+    plain line every ``every`` (``"30s"``, or a number of steps) when stdout is a file or a pipe."""
+
+    def __init__(self, every=None, stream=None, mode: str = "auto"):
+        from erl_derain.progress import DEFAULT_EVERY, parse_every
+
+        self.every = DEFAULT_EVERY if every is None else every
+        parse_every(self.every)  # a bad --progress_every fails before any step
+        self.stream, self.mode = stream, mode
+        self.progress = None
 
     def on_stage_start(self, loop, stage_index, start_step, target):
+        from erl_derain.progress import Progress
+
         stage = loop.trainer.stages[stage_index]
         if start_step < target:
             print(f"Stage {stage.name} ({stage_index + 1}/{len(loop.trainer.stages)}): training "
-                  f"{', '.join(stage.train)}; steps {start_step}->{target}", flush=True)
-        self.progbar = keras.utils.Progbar(target, verbose=1, stateful_metrics=["lr"])
+                  f"{', '.join(stage.train)}; steps {start_step}->{target}", file=self.stream or sys.stdout,
+                  flush=True)
+        self.progress = Progress(target, initial=start_step, unit="step", every=self.every, stream=self.stream,
+                                 mode=self.mode, prefix=f"  {stage.name} ")
 
     def after_step(self, loop, step, logs):
-        self.progbar.update(step, [(k, v) for k, v in logs.items()]
-                            + [("lr", learning_rate_of(loop.trainer.current_optimizer))])
+        self.progress.update(step, {**logs, "lr": learning_rate_of(loop.trainer.current_optimizer)})
+
+    def on_stage_end(self, loop, stage_index):
+        if self.progress is not None:
+            self.progress.close()
+
+    def on_train_end(self, loop):
+        self.on_stage_end(loop, loop.stage_index)
 
 
 class SummaryHook(Hook):
@@ -368,7 +389,7 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
           on_nan: str = "stop", max_skipped: int = 10,
           on_step_end: Callable[[int, int, dict], None] | None = None,
           strategy: tf.distribute.Strategy | None = None, stop_after: int = 0,
-          init_from: str | None = None, hooks: list | None = None) -> dict:
+          init_from: str | None = None, hooks: list | None = None, progress_every=None) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
 
@@ -388,7 +409,9 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     weights of that run's latest checkpoint (another ``--model_dir`` of the same method and sizes); the
     optimisers and the step counters start afresh. Stages given 0 steps are passed over, so
     ``stage_steps=[0, 0, n]`` fine-tunes with the last stage only. A run that already has a checkpoint
-    resumes from it instead. ``hooks``: more :class:`Hook` s. Returns a summary dict (final losses,
+    resumes from it instead. ``hooks``: more :class:`Hook` s. ``progress_every``: when stdout is not a
+    terminal, one progress line every that many seconds (``"30s"``, the default) or steps (``"200"``;
+    :mod:`erl_derain.progress`). Returns a summary dict (final losses,
     steps, wall time, skipped batches)."""
     if on_nan not in ("stop", "skip_batch"):
         raise TrainingError(f"--on_nan must be stop or skip_batch, got {on_nan!r}")
@@ -416,7 +439,7 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     loop = _Loop(trainer, run)
     all_hooks = [LearningRateHook(lr_schedule)]
     if verbose:
-        all_hooks.append(ProgressHook())
+        all_hooks.append(ProgressHook(progress_every))
     all_hooks += [SummaryHook(writer, log_every), CheckpointHook(checkpoint_every)]
     if on_step_end is not None:
         all_hooks.append(CallbackHook(on_step_end))
@@ -425,68 +448,93 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     t_start = time.time()
     last_logs: dict = {}
     steps_done = 0
-    while int(run.stage) < len(stages):
-        si = int(run.stage)
-        stage = stages[si]
-        target = int(stage_steps[si])
-        trainer.set_stage(si)
-        step_fn = _step_function(trainer, strategy, jit)  # traced per stage: the stage is Python state
-        loop.stage_index, loop.target = si, target
-        start_step = int(run.step)
-        for hook in all_hooks:
-            hook.on_stage_start(loop, si, start_step, target)
-        t_stage = time.time()
-        if start_step < target:
-            start = int(run.global_step) * batch_size
-            iterator = iter(distribute.distribute_batches(
-                strategy, lambda: dataset_fn(start).map(_step_inputs), batch_size))
-            for step in range(start_step + 1, target + 1):
-                batch = next(iterator)
-                for hook in all_hooks:
-                    hook.before_step(loop, step)
-                if backup is not None:
-                    backup.save()
-                logs = step_fn(batch)
-                values = {k: float(v) for k, v in logs.items()}
-                if not all(math.isfinite(v) for v in values.values()):
-                    names = _batch_names(dataset_fn, int(run.global_step) * batch_size, batch_size)
-                    where = (f"stage {stage.name} step {step} (global step {int(run.global_step) + 1}) on batch "
-                             f"{names}: {values}")
-                    if backup is None or in_a_row >= max_skipped:
-                        raise TrainingError(
-                            f"non-finite loss at {where}; the last good checkpoint ({run.manager.latest_checkpoint})"
-                            f" is kept" + (f" ({in_a_row} batches in a row were skipped before)" if in_a_row else ""))
-                    backup.restore()  # the step never happened; its batch is consumed
-                    skipped.append(names)
-                    in_a_row += 1
-                    logging.warning("non-finite loss at %s: batch skipped", where)
+    with cpu_training_graph_options():  # no grappler error lines on CPU (the function's docstring)
+        while int(run.stage) < len(stages):
+            si = int(run.stage)
+            stage = stages[si]
+            target = int(stage_steps[si])
+            trainer.set_stage(si)
+            step_fn = _step_function(trainer, strategy, jit)  # traced per stage: the stage is Python state
+            loop.stage_index, loop.target = si, target
+            start_step = int(run.step)
+            for hook in all_hooks:
+                hook.on_stage_start(loop, si, start_step, target)
+            t_stage = time.time()
+            if start_step < target:
+                start = int(run.global_step) * batch_size
+                iterator = iter(distribute.distribute_batches(
+                    strategy, lambda: dataset_fn(start).map(_step_inputs), batch_size))
+                for step in range(start_step + 1, target + 1):
+                    batch = next(iterator)
+                    for hook in all_hooks:
+                        hook.before_step(loop, step)
+                    if backup is not None:
+                        backup.save()
+                    logs = step_fn(batch)
+                    values = {k: float(v) for k, v in logs.items()}
+                    if not all(math.isfinite(v) for v in values.values()):
+                        names = _batch_names(dataset_fn, int(run.global_step) * batch_size, batch_size)
+                        where = (f"stage {stage.name} step {step} (global step {int(run.global_step) + 1}) on batch "
+                                 f"{names}: {values}")
+                        if backup is None or in_a_row >= max_skipped:
+                            raise TrainingError(
+                                f"non-finite loss at {where}; the last good checkpoint ({run.manager.latest_checkpoint})"
+                                f" is kept" + (f" ({in_a_row} batches in a row were skipped before)" if in_a_row else ""))
+                        backup.restore()  # the step never happened; its batch is consumed
+                        skipped.append(names)
+                        in_a_row += 1
+                        logging.warning("non-finite loss at %s: batch skipped", where)
+                        run.step.assign(step)
+                        run.global_step.assign_add(1)
+                        continue
+                    in_a_row = 0
                     run.step.assign(step)
                     run.global_step.assign_add(1)
-                    continue
-                in_a_row = 0
-                run.step.assign(step)
-                run.global_step.assign_add(1)
-                for hook in all_hooks:
-                    hook.after_step(loop, step, values)
-                last_logs = values
-                steps_done += 1
-                if stop_after and steps_done >= stop_after and step != target:
-                    run.save()
-                    summary.update(stopped_early=True, seconds=time.time() - t_start, skipped_batches=skipped,
-                                   global_step=int(run.global_step))
-                    return summary
-        for hook in all_hooks:
-            hook.on_stage_end(loop, si)
-        summary["stages"][stage.name] = {"steps": target, "seconds": time.time() - t_stage, "final": last_logs}
-        run.stage.assign_add(1)
-        run.step.assign(0)
-        run.plateau.reset()
-        run.save()
+                    for hook in all_hooks:
+                        hook.after_step(loop, step, values)
+                    last_logs = values
+                    steps_done += 1
+                    if stop_after and steps_done >= stop_after and step != target:
+                        run.save()
+                        for hook in all_hooks:
+                            hook.on_train_end(loop)
+                        summary.update(stopped_early=True, seconds=time.time() - t_start, skipped_batches=skipped,
+                                       global_step=int(run.global_step))
+                        return summary
+            for hook in all_hooks:
+                hook.on_stage_end(loop, si)
+            summary["stages"][stage.name] = {"steps": target, "seconds": time.time() - t_stage, "final": last_logs}
+            run.stage.assign_add(1)
+            run.step.assign(0)
+            run.plateau.reset()
+            run.save()
+    for hook in all_hooks:
+        hook.on_train_end(loop)
     writer.flush()
     summary["seconds"] = time.time() - t_start
     summary["skipped_batches"] = skipped
     summary["global_step"] = int(run.global_step)
     return summary
+
+
+@contextlib.contextmanager
+def cpu_training_graph_options():
+    """Grappler's options for the training step on CPU (no GPU/TPU): its ``remapping`` pass off there.
+    On the gradient graphs of the networks here that pass fails (TF 2.21, oneDNN: "remapper failed:
+    INVALID_ARGUMENT: Mutation::Apply error: fanout '.../LeakyReluGrad' exist for missing node
+    '.../BiasAdd'", one error line per traced step) and grappler then keeps the graph as it was, so
+    turning it off changes no result and no speed (the same losses, measured: 1.47 vs 1.41 steps/s on
+    the quickstart), only the error lines go. Functions first run after the loop (evaluation,
+    inference) get TensorFlow's default again."""
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        yield
+        return
+    before = tf.config.optimizer.get_experimental_options().get("remapping", True)
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": before})
 
 
 def _resume_or_initialise(run, trainer, init_from: str | None, verbose: int):

@@ -55,7 +55,8 @@ flags.DEFINE_string("output", None, "evaluate / compare: output folder (per_imag
                     "the cross-dataset table when evaluate gets several model_dirs or datasets).")
 flags.DEFINE_string("baseline", None, "compare: model_dir of the baseline (e.g. MEMD).")
 flags.DEFINE_string("candidate", None, "compare: model_dir of the candidate (e.g. ERL-Net).")
-flags.DEFINE_integer("figures", 4, "compare: images shown in the before/after grid and RIM overlays (0: none).")
+flags.DEFINE_integer("figures", 4, "compare: images shown in the before/after grid and RIM overlays (0: none); "
+                     "evaluate on photos without clean images: in its rainy/de-rained grid.")
 flags.DEFINE_integer("max_images", None, "evaluate: only the first N images.")
 flags.DEFINE_list("network", ["derain"], "evaluate: the network(s) scored, side by side: derain (default) or one the "
                   "method offers besides, fed the input it translates (ERL-Net: clean_autoencoder, the clean-to-clean "
@@ -133,7 +134,7 @@ _EVAL = ("y_rounding", "crop_border", "eval_protocol", "eval_crop_size", "output
 VERB_HELP = {
     "train": ("train a method on a dataset through its stages (resumes where it stopped)", None),
     "evaluate": ("Y-channel PSNR/SSIM of trained runs on test sets (several: the cross-dataset table)",
-                 ("model_dir", *_DATA, *_EVAL, "network", *_INFER)),
+                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER)),
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
                  *_INFER)),
@@ -345,8 +346,19 @@ def _safe_name(dataset: str) -> str:
 
 def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, network="derain",
               input_key="rainy"):
-    from erl_derain import evaluation
+    from erl_derain import evaluation, inputs
 
+    files = inputs.no_reference_images(dataset, split)
+    if files is not None:  # photos without clean images (real rain): no-reference NIQE / BRISQUE
+        if FLAGS.eval_protocol != "full_y" or input_key != "rainy":
+            raise UsageError(f"--dataset={dataset} has no clean images: it is scored with no-reference metrics on "
+                             "the de-raining network's output only (no --eval_protocol, no other --network)")
+        print(f"Evaluating {model_dir or 'the model'} on {dataset} ({len(files)} photos without clean images: "
+              "no-reference NIQE and BRISQUE of the photo and of the output):", flush=True)
+        return evaluation.no_reference_evaluation(
+            _predict_fn(model), files, output or os.path.join(model_dir, f"eval_{_safe_name(dataset)}"),
+            extra={**_eval_settings(dataset, split), "model_dir": model_dir}, tile=_eval_tile(),
+            tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, figures=FLAGS.figures)
     ds = _eval_dataset(dataset, split, clean_dir)
     what = "" if network == "derain" else f" network {network} (fed the {input_key} images)"
     ten_crop = FLAGS.eval_protocol == "ten_crop_rgb"
@@ -420,6 +432,12 @@ def cmd_evaluate():
                 print(f"{name:<19} {offered[name][1]:<7} {s['psnr_' + key]:7.2f}   {s['ssim_' + key]:.4f}")
         return 0
     # Cross-dataset evaluation: every model on every dataset (default: each model's own training set).
+    from erl_derain.inputs import no_reference_images
+
+    unpaired = [d for d in datasets if no_reference_images(d, split) is not None]
+    if unpaired:
+        raise UsageError(f"--dataset={','.join(unpaired)} has no clean images: the cross-dataset table is of PSNR/SSIM; "
+                         "evaluate one model on it (no-reference NIQE/BRISQUE), or compare two")
     runs = [(m, *load_trainer(m)) for m in model_dirs]
     if not datasets:
         datasets = list(dict.fromkeys(record.run.dataset for _, _, record in runs))
@@ -454,6 +472,21 @@ def cmd_compare():
     else:
         dataset, clean_dir = cand_record.run.dataset, FLAGS.clean_dir or cand_record.run.clean_dir
     split = FLAGS.split or "test"
+    out_dir = FLAGS.output or os.path.join(
+        candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}_{split}")
+    extra = {**_eval_settings(dataset, split), "baseline": baseline_dir, "candidate": candidate_dir,
+             "baseline_method": base_record.method, "candidate_method": cand_record.method}
+    from erl_derain.inputs import no_reference_images
+
+    files = no_reference_images(dataset, split)
+    if files is not None:  # photos without clean images (real rain): no-reference NIQE / BRISQUE
+        print(f"Comparing candidate {candidate_dir} with baseline {baseline_dir} on {dataset} ({len(files)} photos "
+              "without clean images: no-reference NIQE and BRISQUE):", flush=True)
+        evaluation.no_reference_comparison(
+            _predict_fn(base_trainer.inference_model()), _predict_fn(cand_trainer.inference_model()), files, out_dir,
+            extra=extra, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images,
+            figures=FLAGS.figures)
+        return 0
     ds = _eval_dataset(dataset, split, clean_dir)
     print(f"Comparing candidate {candidate_dir} with baseline {baseline_dir} on {dataset} [{split}]:", flush=True)
     rows, kept = evaluation.compare(
@@ -461,12 +494,7 @@ def cmd_compare():
         rounded=FLAGS.y_rounding == "rounded", crop_border=FLAGS.crop_border, tile=_eval_tile(),
         tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, keep_images=FLAGS.figures)
     summary = evaluation.summarize_comparison(rows)
-    out_dir = FLAGS.output or os.path.join(
-        candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}_{split}")
-    csv_path, json_path = evaluation.write_results(
-        rows, summary, out_dir, extra={**_eval_settings(dataset, split), "baseline": baseline_dir,
-                                       "candidate": candidate_dir, "baseline_method": base_record.method,
-                                       "candidate_method": cand_record.method})
+    csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra=extra)
     figures = evaluation.comparison_figures(rows, kept, summary, out_dir, dataset=dataset)
     print(f"Candidate improves {summary['num_all_improved']}/{summary['num_all']} images "
           f"({summary['improved_proportion']:.1%}); hard {summary['num_hard_improved']}/{summary['num_hard']}, "

@@ -38,6 +38,29 @@ def _is_folder(source) -> bool:
     return isinstance(source, str) and source.startswith(pipelines.FOLDER_PREFIX)
 
 
+def no_reference_images(dataset: str, split: str | None = None) -> list[str] | None:
+    """The photos of a ``folder:`` dataset without clean images (real rain: scored by no-reference
+    quality, :mod:`erl_derain.quality`), or None for a paired folder or any other dataset. The folder
+    (or its ``<split>/`` sub-folder) holds the photos directly, or a ``rainy/`` sub-folder and no
+    ``clean/``. Anything else is left to the paired reader (and its errors)."""
+    from erl_derain.data.image_io import IMAGE_EXTENSIONS, list_images
+
+    if not _is_folder(dataset):
+        return None
+    root = os.path.expanduser(dataset[len(pipelines.FOLDER_PREFIX):])
+    if not os.path.isdir(root):
+        return None
+    for base in ([os.path.join(root, split)] if split else []) + [root]:
+        if not os.path.isdir(base):
+            continue
+        rainy, clean = os.path.join(base, "rainy"), os.path.join(base, "clean")
+        if os.path.isdir(rainy):
+            return None if os.path.isdir(clean) else list_images(rainy)
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(base)):
+            return list_images(base)
+    return None
+
+
 def excluded(record) -> dict | None:
     """``--exclude_rain_sizes`` as the training stream's ``exclude`` (None when unset)."""
     run = record.run

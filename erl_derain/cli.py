@@ -27,6 +27,8 @@ flags.DEFINE_string("split", None, "Split: 'train' for training, 'test' for eval
 # -- the training job (not part of a run's configuration) --------------------------------------------
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (one is also written at each stage end).")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
+flags.DEFINE_integer("image_summary_every", 500, "Steps between TensorBoard pictures of the rainy input, the output "
+                     "and the clean target of a fixed validation batch (the first 3 images of --eval_split; 0: none).")
 flags.DEFINE_string("progress_every", "30s", "When stdout is not a terminal (a file, a pipe, CI): one plain progress "
                     "line every this many seconds ('30s') or steps ('200') instead of a bar redrawn at every step.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
@@ -128,7 +130,8 @@ def _require(name: str):
 
 _DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "split")
 _INFER = ("tile", "tile_overlap", "self_ensemble", "jit_compile")
-_TRAIN_JOB = ("model_dir", "checkpoint_every", "log_every", "progress_every", "keep_checkpoints", "stop_after", "shuffle_buffer",
+_TRAIN_JOB = ("model_dir", "checkpoint_every", "log_every", "image_summary_every", "progress_every", "keep_checkpoints",
+              "stop_after", "shuffle_buffer",
               "cache_mb", "tpu", "logical_cpus", "on_nan", "evaluate_after", "eval_split", "split")
 _EVAL = ("y_rounding", "crop_border", "eval_protocol", "eval_crop_size", "output", "max_images")
 VERB_HELP = {
@@ -273,7 +276,8 @@ def cmd_train():
                              keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
                              lr_schedule=inputs.lr_schedule(record, global_batch, split), on_nan=FLAGS.on_nan,
                              strategy=strategy, stop_after=FLAGS.stop_after, init_from=run.init_from,
-                             progress_every=FLAGS.progress_every)
+                             progress_every=FLAGS.progress_every, image_summary_every=FLAGS.image_summary_every,
+                             image_batch=_image_summary_batch(record, dataset_fn))
     if summary.get("skipped_batches"):
         print(f"Skipped {len(summary['skipped_batches'])} batch(es) with a non-finite loss: "
               f"{summary['skipped_batches'][:10]}", flush=True)
@@ -291,6 +295,16 @@ def cmd_train():
         _evaluate(trainer.inference_model(), model_dir, run.dataset, FLAGS.eval_split,
                   run.clean_dir)
     return 0
+
+
+def _image_summary_batch(record, dataset_fn):
+    """--image_summary_every's validation batch: --eval_split's first images, else the first training batch."""
+    from erl_derain import inputs
+
+    if FLAGS.image_summary_every <= 0:
+        return None
+    return inputs.image_summary_batch(record, FLAGS.eval_split,
+                                      fallback=lambda: {k: v.numpy() for k, v in next(iter(dataset_fn(0))).items()})
 
 
 def keras_seed(seed: int):

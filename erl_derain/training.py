@@ -357,6 +357,48 @@ class SummaryHook(Hook):
                 tf.summary.scalar(f"{stage}/learning_rate", learning_rate_of(loop.trainer.current_optimizer))
 
 
+class ImageSummaryHook(Hook):
+    """TensorBoard images every ``every`` steps and at each stage's last step, so that training can be
+    watched: for each example of a fixed validation batch (``batch``: ``rainy`` and ``clean``, float
+    [N, H, W, 3] in [0, 1]) one picture of the rainy input, the output of the network as trained so
+    far (``trainer.inference_model()``) and the clean target side by side, under ``images/<stage>``
+    (uint8, rounded). A failure to draw it is a warning, never a stop of training."""
+
+    def __init__(self, writer, every: int, batch: dict):
+        self.writer, self.every = writer, int(every)
+        self.rainy = np.asarray(batch["rainy"], np.float32)
+        self.clean = np.asarray(batch["clean"], np.float32)
+        self.names = [str(n) for n in batch.get("name", [])]
+        self.warned = False
+
+    def pictures(self, trainer, stage_index: int, step: int) -> np.ndarray:
+        """uint8 [N, H, 3 W, 3]: rainy | output | clean."""
+        before = trainer.progress
+        trainer.set_progress(stage_index, step)  # the network as trained so far (e.g. ERL-Net's REN or not)
+        try:
+            out = np.asarray(trainer.inference_model()(tf.constant(self.rainy)), np.float32)
+        finally:
+            trainer.progress = before
+        strip = np.concatenate([self.rainy, out, self.clean], axis=2)
+        return np.floor(np.clip(strip, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def after_step(self, loop, step, logs):
+        if not (step % self.every == 0 or step == loop.target):
+            return
+        try:
+            pictures = self.pictures(loop.trainer, loop.stage_index, step)
+        except Exception as e:  # pylint: disable=broad-except  (a picture must not stop training)
+            if not self.warned:
+                logging.warning("TensorBoard images (--image_summary_every) not written: %s", e)
+                self.warned = True
+            return
+        names = f" ({', '.join(self.names)})" if self.names else ""
+        with self.writer.as_default(step=int(loop.run.global_step)):
+            tf.summary.image(f"images/{loop.trainer.stage.name}", pictures, max_outputs=len(pictures),
+                             description=f"rainy input | output | clean target of the validation images{names}, "
+                                         f"stage {loop.trainer.stage.name} step {step}")
+
+
 class CheckpointHook(Hook):
     def __init__(self, every: int):
         self.every = int(every)
@@ -389,7 +431,8 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
           on_nan: str = "stop", max_skipped: int = 10,
           on_step_end: Callable[[int, int, dict], None] | None = None,
           strategy: tf.distribute.Strategy | None = None, stop_after: int = 0,
-          init_from: str | None = None, hooks: list | None = None, progress_every=None) -> dict:
+          init_from: str | None = None, hooks: list | None = None, progress_every=None,
+          image_summary_every: int = 0, image_batch: dict | None = None) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data).
 
@@ -411,7 +454,9 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     ``stage_steps=[0, 0, n]`` fine-tunes with the last stage only. A run that already has a checkpoint
     resumes from it instead. ``hooks``: more :class:`Hook` s. ``progress_every``: when stdout is not a
     terminal, one progress line every that many seconds (``"30s"``, the default) or steps (``"200"``;
-    :mod:`erl_derain.progress`). Returns a summary dict (final losses,
+    :mod:`erl_derain.progress`). ``image_summary_every`` > 0 with ``image_batch`` (``rainy``, ``clean``
+    [N, H, W, 3]): TensorBoard pictures of input, output and target every that many steps
+    (:class:`ImageSummaryHook`). Returns a summary dict (final losses,
     steps, wall time, skipped batches)."""
     if on_nan not in ("stop", "skip_batch"):
         raise TrainingError(f"--on_nan must be stop or skip_batch, got {on_nan!r}")
@@ -441,6 +486,8 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     if verbose:
         all_hooks.append(ProgressHook(progress_every))
     all_hooks += [SummaryHook(writer, log_every), CheckpointHook(checkpoint_every)]
+    if chief and image_summary_every and image_batch is not None:
+        all_hooks.append(ImageSummaryHook(writer, image_summary_every, image_batch))
     if on_step_end is not None:
         all_hooks.append(CallbackHook(on_step_end))
     all_hooks += list(hooks or [])

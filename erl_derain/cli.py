@@ -29,8 +29,9 @@ flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (one is
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
 flags.DEFINE_integer("image_summary_every", 500, "Steps between TensorBoard pictures of the rainy input, the output "
                      "and the clean target of a fixed validation batch (the first 3 images of --eval_split; 0: none).")
-flags.DEFINE_string("progress_every", "30s", "When stdout is not a terminal (a file, a pipe, CI): one plain progress "
-                    "line every this many seconds ('30s') or steps ('200') instead of a bar redrawn at every step.")
+flags.DEFINE_string("progress_every", "30s", "train / derain videos: when stdout is not a terminal (a file, a pipe, "
+                    "CI), one plain progress line every this many seconds ('30s') or steps / frames ('200') instead of "
+                    "a bar redrawn in place.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_integer("stop_after", 0, "Stop after this many steps with a checkpoint (a job slot shorter than the "
                      "run; the same command resumes); 0: train to the end.")
@@ -73,6 +74,12 @@ flags.DEFINE_integer("self_ensemble", 1, "derain / evaluate / compare: average t
 flags.DEFINE_enum("output_format", "png", ["png", "same", "jpg", "webp", "tif"],
                   "derain: output file type; png keeps alpha and 16-bit, 'same' keeps each input's extension "
                   "(an input whose alpha or bit depth the format cannot hold is refused, not degraded).")
+flags.DEFINE_integer("every_nth", 1, "derain, videos: keep every n-th frame (a preview, at the frame rate / n).")
+flags.DEFINE_integer("max_frames", 0, "derain, videos: read only the first N frames (0: the whole clip).")
+flags.DEFINE_integer("temporal", 1, "derain, videos: each output frame is the mean of the network's outputs over this "
+                     "many frames centred on it (odd; 1: off); less flicker, some ghosting where things move.")
+flags.DEFINE_string("video_codec", None, "derain, videos: the output's FourCC (default: mp4v for .mp4/.mov/.m4v/.mkv, "
+                    "MJPG for .avi; FFV1 is lossless in .mkv/.avi).")
 flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs; export: replace an existing --version.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
 flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir.")
@@ -141,9 +148,9 @@ VERB_HELP = {
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
                  *_INFER)),
-    "derain": ("de-rain photos of any size (the bundled model without --model_dir, or via TF Serving)",
+    "derain": ("de-rain photos of any size and videos (the bundled model without --model_dir, or via TF Serving)",
                ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
-                "version")),
+                "version", "every_nth", "max_frames", "temporal", "video_codec", "progress_every")),
     "export": ("a TF Serving SavedModel of a run's (or the bundled) inference network",
                ("model_dir", "pretrained", "export_base", "version", "overwrite")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
@@ -581,19 +588,28 @@ def _derain_via_server(args: list[str]):
 
 
 def cmd_derain(args: list[str]):
-    from erl_derain import photos
+    from erl_derain import photos, video
     from erl_derain.training import load_trainer
 
+    clips = [a for a in args if video.is_video(a) and not os.path.isdir(a)]  # video files: erl_derain/video.py
+    if clips:
+        video.check_settings(FLAGS.every_nth, FLAGS.max_frames, FLAGS.temporal, FLAGS.video_codec)
+        missing = [c for c in clips if not os.path.isfile(c)]
+        if missing:
+            raise UsageError(f"{missing[0]}: no such file")
+        if FLAGS.server:
+            raise UsageError(f"{clips[0]}: videos are de-rained with a local model, not via --server")
+        args = [a for a in args if a not in clips]
     if FLAGS.server:
         if FLAGS.self_ensemble != 1:
             raise UsageError("--self_ensemble runs the network several times per image here; with --server the "
                              "model runs in TF Serving, once per image: leave --self_ensemble at 1")
         return _derain_via_server(args)
     output_dir = FLAGS.output_dir or "derained"
-    if not args:
-        raise UsageError("give the photos or folders to de-rain: erl-derain derain [--model_dir=...] "
-                         "[--output_dir=derained] photo.jpg folder/")
-    files = _expand_inputs(args)
+    if not args and not clips:
+        raise UsageError("give the photos, folders or videos to de-rain: erl-derain derain [--model_dir=...] "
+                         "[--output_dir=derained] photo.jpg folder/ clip.mp4")
+    files = _expand_inputs(args) if args else []
     if FLAGS.model_dir:
         trainer, _ = load_trainer(FLAGS.model_dir)
     else:  # the bundled model
@@ -603,10 +619,19 @@ def cmd_derain(args: list[str]):
         print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
               flush=True)
     model = _predict_fn(trainer.inference_model())
-    run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
-    written, skipped, failures = photos.derain_photos(files, output_dir, run, output_format=FLAGS.output_format,
-                                                      overwrite=FLAGS.overwrite)
-    return photos.report(written, skipped, failures, output_dir)
+    status = 0
+    if files:
+        run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
+        written, skipped, failures = photos.derain_photos(files, output_dir, run, output_format=FLAGS.output_format,
+                                                          overwrite=FLAGS.overwrite)
+        status = photos.report(written, skipped, failures, output_dir)
+    if clips:
+        written, skipped, failures = video.derain_videos(
+            clips, output_dir, video.local_frame_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap),
+            overwrite=FLAGS.overwrite, video_codec=FLAGS.video_codec, every_nth=FLAGS.every_nth,
+            max_frames=FLAGS.max_frames, temporal=FLAGS.temporal, progress_every=FLAGS.progress_every)
+        status = max(status, video.report(written, skipped, failures, output_dir))
+    return status
 
 
 def cmd_export():

@@ -571,7 +571,8 @@ def cpu_training_graph_options():
     INVALID_ARGUMENT: Mutation::Apply error: fanout '.../LeakyReluGrad' exist for missing node
     '.../BiasAdd'", one error line per traced step) and grappler then keeps the graph as it was, so
     turning it off changes no result and no speed (the same losses, measured: 1.47 vs 1.41 steps/s on
-    the quickstart), only the error lines go. Functions first run after the loop (evaluation,
+    the quickstart), only the error lines go. Where the pass does not fail (MENET, PReNet: no error
+    line) their CPU steps took as long without it (within the noise of a shared machine). Functions first run after the loop (evaluation,
     inference) get TensorFlow's default again."""
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         yield

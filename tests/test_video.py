@@ -172,3 +172,12 @@ def test_derain_cli_clips_and_photos(run_cli, tmp_path):
     assert code == 1 and "--temporal=4" in err
     code, _, err = run_cli("derain", f"--model_dir={tmp_path / 'run'}", str(tmp_path / "nope.mp4"))
     assert code == 1 and "nope.mp4: no such file" in err
+
+
+def test_the_video_loop_progress_and_metrics_import_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; import erl_derain.video, erl_derain.progress, erl_derain.quality; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

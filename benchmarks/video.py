@@ -21,8 +21,9 @@
 Measured on the 2-core development machine (no GPU), TF 2.21, the bundled model, 640x360, 24 frames,
 clips 24 dB Y-PSNR (as the shared sirr_val20 pairs), pan 2 px/frame:
 
-* speed: 0.34 frames/s (2.98 s/frame; two tiles of 336x360 with the default --tile=512), measured
-  while the machine was shared (load average 8.5 on its 2 CPUs); 0.23 frames/s at load 10.
+* speed: 0.59 frames/s (1.70 s/frame; two tiles of 336x360 with the default --tile=512; whole frames,
+  --tile=0: 0.57 frames/s), the machine shared with other jobs (load average 3.4 on its 2 CPUs);
+  0.34 frames/s at load 8.5, 0.23 at load 10.
 * flicker (mean |Y_t - Y_t-1|, grey levels) and Y-PSNR against the clean frames:
 
   | clip | --temporal | flicker input | flicker output | flicker clean | Y-PSNR input / output (dB) |

@@ -493,14 +493,14 @@ def cmd_compare():
     else:
         dataset, clean_dir = cand_record.run.dataset, FLAGS.clean_dir or cand_record.run.clean_dir
     split = FLAGS.split or "test"
-    out_dir = FLAGS.output or os.path.join(
-        candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}_{split}")
-    extra = {**_eval_settings(dataset, split), "baseline": baseline_dir, "candidate": candidate_dir,
-             "baseline_method": base_record.method, "candidate_method": cand_record.method}
     from erl_derain.inputs import no_reference_images
 
     files = no_reference_images(dataset, split)
     if files is not None:  # photos without clean images (real rain): no-reference NIQE / BRISQUE
+        out_dir = FLAGS.output or os.path.join(
+            candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}")
+        extra = {**_eval_settings(dataset, split), "baseline": baseline_dir, "candidate": candidate_dir,
+                 "baseline_method": base_record.method, "candidate_method": cand_record.method}
         print(f"Comparing candidate {candidate_dir} with baseline {baseline_dir} on {dataset} ({len(files)} photos "
               "without clean images: no-reference NIQE and BRISQUE):", flush=True)
         evaluation.no_reference_comparison(
@@ -515,7 +515,12 @@ def cmd_compare():
         rounded=FLAGS.y_rounding == "rounded", crop_border=FLAGS.crop_border, tile=_eval_tile(),
         tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, keep_images=FLAGS.figures)
     summary = evaluation.summarize_comparison(rows)
-    csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra=extra)
+    out_dir = FLAGS.output or os.path.join(
+        candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}_{split}")
+    csv_path, json_path = evaluation.write_results(
+        rows, summary, out_dir, extra={**_eval_settings(dataset, split), "baseline": baseline_dir,
+                                       "candidate": candidate_dir, "baseline_method": base_record.method,
+                                       "candidate_method": cand_record.method})
     figures = evaluation.comparison_figures(rows, kept, summary, out_dir, dataset=dataset)
     print(f"Candidate improves {summary['num_all_improved']}/{summary['num_all']} images "
           f"({summary['improved_proportion']:.1%}); hard {summary['num_hard_improved']}/{summary['num_hard']}, "

@@ -11,7 +11,8 @@ setup(
     packages=find_packages(include=["erl_derain", "erl_derain.*", "tfds_builders", "tfds_builders.*"]),
     package_data={
         "tfds_builders": ["*/README.md", "*/CITATIONS.bib", "*/checksums.tsv", "*/dummy_data/**/*"],
-        "erl_derain": ["pretrained/*.npz", "pretrained/*.json", "pretrained/README.md", "pretrained/*.png"],
+        "erl_derain": ["pretrained/*.npz", "pretrained/*.json", "pretrained/README.md", "pretrained/*.png",
+                       "quality_models/*.npz", "quality_models/README.md"],
     },
     include_package_data=True,
     install_requires=[

@@ -22,7 +22,8 @@ import textwrap
 
 from absl import app, flags, logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines drown the progress bar
+if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):  # --verbosity=N: TF's C++ lines too
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO/WARNING lines drown the progress bar
 
 FLAGS = flags.FLAGS
 
@@ -34,6 +35,11 @@ flags.DEFINE_string("split", None, "Split: 'train' for training, 'test' for eval
 # -- the training job (not part of a run's configuration) --------------------------------------------
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (one is also written at each stage end).")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard summaries.")
+flags.DEFINE_integer("image_summary_every", 500, "Steps between TensorBoard pictures of the rainy input, the output "
+                     "and the clean target of a fixed validation batch (the first 3 images of --eval_split; 0: none).")
+flags.DEFINE_string("progress_every", "30s", "train / derain videos: when stdout is not a terminal (a file, a pipe, "
+                    "CI), one plain progress line every this many seconds ('30s') or steps / frames ('200') instead of "
+                    "a bar redrawn in place.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
 flags.DEFINE_boolean("force_new_config", False, "train: when the settings differ from the run already in --model_dir, "
                      "start a new run there (without it, settings that do not fit its checkpoint are refused and "
@@ -64,7 +70,8 @@ flags.DEFINE_string("output", None, "evaluate / compare: output folder (per_imag
                     "the cross-dataset table when evaluate gets several model_dirs or datasets).")
 flags.DEFINE_string("baseline", None, "compare: model_dir of the baseline (e.g. MEMD).")
 flags.DEFINE_string("candidate", None, "compare: model_dir of the candidate (e.g. ERL-Net).")
-flags.DEFINE_integer("figures", 4, "compare: images shown in the before/after grid and RIM overlays (0: none).")
+flags.DEFINE_integer("figures", 4, "compare: images shown in the before/after grid and RIM overlays (0: none); "
+                     "evaluate on photos without clean images: in its rainy/de-rained grid.")
 flags.DEFINE_integer("max_images", None, "evaluate: only the first N images.")
 flags.DEFINE_list("network", ["derain"], "evaluate: the network(s) scored, side by side: derain (default) or one the "
                   "method offers besides, fed the input it translates (ERL-Net: clean_autoencoder, the clean-to-clean "
@@ -84,6 +91,12 @@ flags.DEFINE_integer("self_ensemble", 1, "derain / evaluate / compare: average t
 flags.DEFINE_enum("output_format", "png", ["png", "same", "jpg", "webp", "tif"],
                   "derain: output file type; png keeps alpha and 16-bit, 'same' keeps each input's extension "
                   "(an input whose alpha or bit depth the format cannot hold is refused, not degraded).")
+flags.DEFINE_integer("every_nth", 1, "derain, videos: keep every n-th frame (a preview, at the frame rate / n).")
+flags.DEFINE_integer("max_frames", 0, "derain, videos: read only the first N frames (0: the whole clip).")
+flags.DEFINE_integer("temporal", 1, "derain, videos: each output frame is the mean of the network's outputs over this "
+                     "many frames centred on it (odd; 1: off); less flicker, some ghosting where things move.")
+flags.DEFINE_string("video_codec", None, "derain, videos: the output's FourCC (default: mp4v for .mp4/.mov/.m4v/.mkv, "
+                    "MJPG for .avi; FFV1 is lossless in .mkv/.avi).")
 flags.DEFINE_boolean("overwrite", False, "derain: overwrite existing outputs; export: replace an existing --version.")
 flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (TF Serving layout).")
 flags.DEFINE_string("serving_root", None, "export: the server's model root, a folder holding --export_base: "
@@ -159,20 +172,21 @@ def _require(name: str):
 
 _DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "split")
 _INFER = ("tile", "tile_overlap", "self_ensemble", "jit_compile")
-_TRAIN_JOB = ("model_dir", "force_new_config", "checkpoint_every", "log_every", "keep_checkpoints", "stop_after",
-              "shuffle_buffer", "cache_mb", "tpu", "logical_cpus", "on_nan", "evaluate_after", "eval_split", "split",
-              "max_pixels")
+_TRAIN_JOB = ("model_dir", "force_new_config", "checkpoint_every", "log_every", "image_summary_every",
+              "progress_every", "keep_checkpoints", "stop_after", "shuffle_buffer", "cache_mb", "tpu", "logical_cpus",
+              "on_nan", "evaluate_after", "eval_split", "split", "max_pixels")
 _EVAL = ("y_rounding", "crop_border", "eval_protocol", "eval_crop_size", "output", "max_images")
 VERB_HELP = {
     "train": ("train a method on a dataset through its stages (resumes where it stopped)", None),
     "evaluate": ("Y-channel PSNR/SSIM of trained runs (or the bundled model) on test sets (several: the "
-                 "cross-dataset table)", ("model_dir", *_DATA, *_EVAL, "network", *_INFER, "max_pixels")),
+                 "cross-dataset table; a folder without clean images: no-reference NIQE / BRISQUE)",
+                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER, "max_pixels")),
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
                  *_INFER, "max_pixels")),
-    "derain": ("de-rain photos of any size (the bundled model without --model_dir, or via TF Serving)",
+    "derain": ("de-rain photos of any size and videos (the bundled model without --model_dir, or via TF Serving)",
                ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
-                "version", "max_pixels")),
+                "version", "max_pixels", "every_nth", "max_frames", "temporal", "video_codec", "progress_every")),
     "export": ("a TF Serving SavedModel (or an ONNX / LiteRT file) of a run's (or the bundled) inference network",
                ("model_dir", "pretrained", "export_base", "serving_root", "format", "export_size", "version",
                 "overwrite", "max_pixels")),
@@ -266,7 +280,7 @@ def _record_from_flags():
 # -- flag validation (right after parsing: before any model is loaded or any data is read) -------------
 
 # Integer flags and their lower bounds (None: the flag may be unset).
-_AT_LEAST = {"checkpoint_every": 1, "log_every": 1, "keep_checkpoints": 1, "stop_after": 0, "shuffle_buffer": 1,
+_AT_LEAST = {"checkpoint_every": 1, "log_every": 1, "image_summary_every": 0, "keep_checkpoints": 1, "stop_after": 0, "shuffle_buffer": 1,
              "cache_mb": 0, "logical_cpus": 0, "crop_border": 0, "eval_crop_size": 1, "max_images": 1, "figures": 0,
              "tile": 0, "tile_overlap": 0, "version": 0, "renders_per_image": 1, "rain_layers": 1, "max_pixels": 1,
              "seed": 0}
@@ -407,6 +421,20 @@ def validate_flags(verb: str) -> None:
         value = getattr(FLAGS, name) if name in names else None
         if value is not None and value > high:
             raise UsageError(f"--{name}={value} must be at most {high}")
+    if "progress_every" in names:
+        from erl_derain.progress import parse_every
+
+        try:
+            parse_every(FLAGS.progress_every)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if "every_nth" in names:
+        from erl_derain import video
+
+        try:
+            video.check_settings(FLAGS.every_nth, FLAGS.max_frames, FLAGS.temporal, FLAGS.video_codec)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if names >= set(_INFER):
         _check_tiles(verb)
     if verb in ("train", "evaluate", "compare", "prepare"):
@@ -551,7 +579,9 @@ def cmd_train():
                                  keep_checkpoints=FLAGS.keep_checkpoints, plateau=plateau,
                                  lr_schedule=inputs.lr_schedule(record, global_batch, split), on_nan=FLAGS.on_nan,
                                  strategy=strategy, stop_after=FLAGS.stop_after, init_from=run.init_from,
-                                 force_new_config=FLAGS.force_new_config)
+                                 force_new_config=FLAGS.force_new_config, progress_every=FLAGS.progress_every,
+                                 image_summary_every=FLAGS.image_summary_every,
+                                 image_batch=_image_summary_batch(record, dataset_fn))
     except BaseException:  # Ctrl-C or a data error: say which checkpoint is kept (main reports the error)
         import tensorflow as tf
 
@@ -576,6 +606,16 @@ def cmd_train():
         _evaluate(trainer.inference_model(), model_dir, run.dataset, FLAGS.eval_split,
                   run.clean_dir)
     return 0
+
+
+def _image_summary_batch(record, dataset_fn):
+    """--image_summary_every's validation batch: --eval_split's first images, else the first training batch."""
+    from erl_derain import inputs
+
+    if FLAGS.image_summary_every <= 0:
+        return None
+    return inputs.image_summary_batch(record, FLAGS.eval_split,
+                                      fallback=lambda: {k: v.numpy() for k, v in next(iter(dataset_fn(0))).items()})
 
 
 def keras_seed(seed: int):
@@ -659,9 +699,23 @@ def _load_run(model_dir: str | None):
 def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, network="derain",
               input_key="rainy", failures=None):
     """Evaluate one model on one dataset; rows are written to per_image.csv as they finish, pairs that
-    cannot be scored go to ``failures`` (named, the others go on). Returns the summary."""
-    from erl_derain import evaluation
+    cannot be scored go to ``failures`` (named, the others go on). Returns the summary. A folder of
+    photos without clean images is scored with no-reference metrics instead (NIQE / BRISQUE)."""
+    from erl_derain import evaluation, inputs
 
+    files = inputs.no_reference_images(dataset, split)
+    if files is not None:  # photos without clean images (real rain): no-reference NIQE / BRISQUE
+        if FLAGS.eval_protocol != "full_y" or input_key != "rainy":
+            raise UsageError(f"--dataset={dataset} has no clean images: it is scored with no-reference metrics on "
+                             "the de-raining network's output only (no --eval_protocol, no other --network)")
+        print(f"Evaluating {model_dir or 'the bundled model'} on {dataset} ({len(files)} photos without clean "
+              "images: no-reference NIQE and BRISQUE of the photo and of the output):", flush=True)
+        out_dir = output or (os.path.join(model_dir, f"eval_{_safe_name(dataset)}") if model_dir else
+                             f"eval_pretrained_{_safe_name(dataset)}")
+        return evaluation.no_reference_evaluation(
+            _predict_fn(model), files, out_dir,
+            extra={**_eval_settings(dataset, split), "model_dir": os.path.abspath(model_dir) if model_dir else None},
+            tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, figures=FLAGS.figures)
     ten_crop = FLAGS.eval_protocol == "ten_crop_rgb"
     min_size = max(FLAGS.eval_crop_size, evaluation.SSIM_WINDOW) if ten_crop else evaluation.min_side(FLAGS.crop_border)
     suffix = "" if network == "derain" else f"_{network}"
@@ -763,6 +817,12 @@ def cmd_evaluate():
                 print(f"{name:<19} {offered[name][1]:<7} {s['psnr_' + key]:7.2f}   {s['ssim_' + key]:.4f}")
         return EXIT_FAILED if failures else EXIT_OK
     # Cross-dataset evaluation: every model on every dataset (default: each model's own training set).
+    from erl_derain.inputs import no_reference_images
+
+    unpaired = [d for d in datasets if no_reference_images(d, split) is not None]
+    if unpaired:
+        raise UsageError(f"--dataset={','.join(unpaired)} has no clean images: the cross-dataset table is of PSNR/SSIM; "
+                         "evaluate one model on it (no-reference NIQE/BRISQUE), or compare two")
     runs = [(m, *_load_run(m)) for m in model_dirs]
     if not datasets:
         datasets = list(dict.fromkeys(record.run.dataset for _, _, record in runs))
@@ -794,6 +854,21 @@ def cmd_compare():
     else:
         dataset, clean_dir = cand_record.run.dataset, FLAGS.clean_dir or cand_record.run.clean_dir
     split = FLAGS.split or "test"
+    from erl_derain.inputs import no_reference_images
+
+    files = no_reference_images(dataset, split)
+    if files is not None:  # photos without clean images (real rain): no-reference NIQE / BRISQUE
+        out_dir = FLAGS.output or os.path.join(
+            candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}")
+        extra = {**_eval_settings(dataset, split), "baseline": baseline_dir, "candidate": candidate_dir,
+                 "baseline_method": base_record.method, "candidate_method": cand_record.method}
+        print(f"Comparing candidate {candidate_dir} with baseline {baseline_dir} on {dataset} ({len(files)} photos "
+              "without clean images: no-reference NIQE and BRISQUE):", flush=True)
+        evaluation.no_reference_comparison(
+            _predict_fn(base_trainer.inference_model()), _predict_fn(cand_trainer.inference_model()), files, out_dir,
+            extra=extra, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images,
+            figures=FLAGS.figures)
+        return 0
     ds = _eval_dataset(dataset, split, clean_dir)
     print(f"Comparing candidate {candidate_dir} with baseline {baseline_dir} on {dataset} [{split}]:", flush=True)
     rows, kept = evaluation.compare(
@@ -903,19 +978,44 @@ def _derain_via_server(args: list[str]):
 
 
 def cmd_derain(args: list[str]):
-    from erl_derain import photos
+    from erl_derain import photos, video
 
+    clips = [a for a in args if video.is_video(a) and not os.path.isdir(a)]  # video files: erl_derain/video.py
+    if clips:
+        video.check_settings(FLAGS.every_nth, FLAGS.max_frames, FLAGS.temporal, FLAGS.video_codec)
+        missing = [c for c in clips if not os.path.isfile(c)]
+        if missing:
+            raise UsageError(f"{missing[0]}: no such file")
+        if FLAGS.server:
+            raise UsageError(f"{clips[0]}: videos are de-rained with a local model, not via --server")
+        args = [a for a in args if a not in clips]
     if FLAGS.server:
         return _derain_via_server(args)
     output_dir = FLAGS.output_dir or "derained"
-    jobs, failures = _photo_jobs(args, output_dir)  # refusals come before the model is loaded
-    if not photos.pending(jobs, FLAGS.overwrite):
+    jobs, failures = _photo_jobs(args, output_dir) if args or not clips else ([], [])
+    for clip in clips:  # a video never replaces its input
+        target, _ = video.output_path(clip, output_dir, FLAGS.video_codec)
+        if os.path.realpath(target) == os.path.realpath(clip):
+            raise UsageError(f"{clip}: its output would replace it (--output_dir={output_dir} holds it): choose "
+                             "another --output_dir")
+    if not photos.pending(jobs, FLAGS.overwrite) and not clips:
         return photos.report(0, len(jobs), failures, output_dir)
     trainer, _ = _load_run(FLAGS.model_dir)
     model = _predict_fn(trainer.inference_model())
-    run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
-    return _run_photos(jobs, failures, output_dir, lambda jobs: photos.derain_photos(
-        None, output_dir, run, output_format=FLAGS.output_format, overwrite=FLAGS.overwrite, jobs=jobs))
+    status = EXIT_OK
+    if jobs or failures:
+        run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
+        status = _run_photos(jobs, failures, output_dir, lambda jobs: photos.derain_photos(
+            None, output_dir, run, output_format=FLAGS.output_format, overwrite=FLAGS.overwrite, jobs=jobs))
+        if status == EXIT_INTERRUPTED:
+            return status
+    if clips:
+        written, skipped, failed = video.derain_videos(
+            clips, output_dir, video.local_frame_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap),
+            overwrite=FLAGS.overwrite, video_codec=FLAGS.video_codec, every_nth=FLAGS.every_nth,
+            max_frames=FLAGS.max_frames, temporal=FLAGS.temporal, progress_every=FLAGS.progress_every)
+        status = max(status, video.report(written, skipped, failed, output_dir))
+    return status
 
 
 def cmd_export():

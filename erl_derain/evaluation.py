@@ -412,3 +412,160 @@ def comparison_figures(rows: list[dict], kept: list[dict], summary: dict, output
                 k["clean"], k["rim"], os.path.join(output_dir, f"rim_{safe}.png"), rain_map=k["rain_map"],
                 title=f"{k['name']}: IoR {k['row']['ior']:.3f}, IoB {k['row']['iob']:.3f}"))
     return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# Real rain: no clean images, no-reference quality (NIQE, BRISQUE) of the input and the output
+# --------------------------------------------------------------------------------------------------
+
+def _photos(files, max_images: int | None):
+    from erl_derain.data.image_io import load_rgb
+
+    for i, path in enumerate(files):
+        if max_images is not None and i >= max_images:
+            break
+        yield os.path.splitext(os.path.basename(path))[0], load_rgb(path)
+
+
+def _quality_text(row: dict, prefix: str, names) -> str:
+    return ", ".join(f"{n.upper()} {row[prefix + n]:.3f}" for n in names)
+
+
+def evaluate_no_reference(model, files, *, tile: int = 0, tile_overlap: int = 32, max_images: int | None = None,
+                          keep_images: int = 0, names=None, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """De-rain each photo of ``files`` (no clean images: real rain) with ``model`` (an InferenceModel)
+    and score the photo and the output with the no-reference metrics ``names`` (default NIQE and
+    BRISQUE, :mod:`erl_derain.quality`; lower is better), both as the uint8 image a saved PNG holds.
+    Returns ``(rows, kept)``: one row per photo (``input_<metric>``, ``<metric>``, sizes, seconds) and
+    the arrays of the first ``keep_images`` for the before/after grid."""
+    from erl_derain import quality
+
+    names = tuple(names or quality.METRICS)
+    model = as_inference_model(model)
+    rows, kept = [], []
+    for name, rainy in _photos(files, max_images):
+        t0 = time.time()
+        out = derain_image(model, rainy, tile=tile, overlap=tile_overlap)
+        seconds = time.time() - t0
+        row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "seconds": seconds}
+        for prefix, img in (("input_", rainy), ("", out)):
+            row.update({prefix + k: v for k, v in quality.score(img, names).items()})
+        rows.append(row)
+        if len(kept) < keep_images:
+            kept.append({"name": name, "rainy": rainy, "derained": out, "row": row})
+        if progress:
+            print(f"  {name}: {_quality_text(row, 'input_', names)} -> {_quality_text(row, '', names)}", flush=True)
+    if not rows:
+        raise ValueError("the folder holds no images")
+    return rows, kept
+
+
+def summarize_no_reference(rows: list[dict], prefixes=("input_", "")) -> dict:
+    """Means over the photos (finite values only) of every metric column, for each prefix, and the
+    gains ``gain_<metric> = input - output`` (positive: the output scores better, as lower is better)."""
+    from erl_derain import quality
+
+    means = metrics.summarize(rows)
+    out = {"num_images": means["num_images"], "seconds_per_image": means.get("seconds", float("nan"))}
+    present = [k for k in quality.METRICS if any(p + k in rows[0] for p in prefixes)]
+    for k in present:
+        for p in prefixes:
+            if p + k in means:
+                out[p + k] = means[p + k]
+                out[f"{p}{k}_num_finite"] = sum(1 for r in rows if math.isfinite(r.get(p + k, float("nan"))))
+        for p in prefixes:
+            if p != "input_" and p + k in out and "input_" + k in out:
+                out[f"gain_{p}{k}"] = out["input_" + k] - out[p + k]
+    out["metrics"] = present
+    return out
+
+
+def compare_no_reference(baseline, candidate, files, *, tile: int = 0, tile_overlap: int = 32,
+                         max_images: int | None = None, keep_images: int = 4, names=None,
+                         progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Both networks on each photo of ``files`` (no clean images): the no-reference scores of the photo
+    (``input_``), the baseline's and the candidate's output (``baseline_``, ``candidate_``) and, per
+    metric, whether the candidate scores better (``<metric>_improved``: lower). Returns ``(rows, kept)``
+    as :func:`evaluate_no_reference` (kept: rainy, baseline, candidate)."""
+    from erl_derain import quality
+
+    names = tuple(names or quality.METRICS)
+    baseline, candidate = as_inference_model(baseline), as_inference_model(candidate)
+    rows, kept = [], []
+    for name, rainy in _photos(files, max_images):
+        base = derain_image(baseline, rainy, tile=tile, overlap=tile_overlap)
+        cand = derain_image(candidate, rainy, tile=tile, overlap=tile_overlap)
+        row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1]}
+        for prefix, img in (("input_", rainy), ("baseline_", base), ("candidate_", cand)):
+            row.update({prefix + k: v for k, v in quality.score(img, names).items()})
+        for k in names:
+            row[f"{k}_improved"] = bool(row["candidate_" + k] < row["baseline_" + k])
+        rows.append(row)
+        if len(kept) < keep_images:
+            kept.append({"name": name, "rainy": rainy, "baseline": base, "candidate": cand, "row": row})
+        if progress:
+            print(f"  {name}: input {_quality_text(row, 'input_', names)}; baseline "
+                  f"{_quality_text(row, 'baseline_', names)}; candidate {_quality_text(row, 'candidate_', names)}",
+                  flush=True)
+    if not rows:
+        raise ValueError("the folder holds no images")
+    return rows, kept
+
+
+def summarize_no_reference_comparison(rows: list[dict]) -> dict:
+    """Means of the three versions, and per metric the share of photos the candidate scores better on."""
+    out = summarize_no_reference(rows, prefixes=("input_", "baseline_", "candidate_"))
+    for k in out["metrics"]:
+        finite = [r for r in rows if math.isfinite(r["baseline_" + k]) and math.isfinite(r["candidate_" + k])]
+        out[f"{k}_improved_proportion"] = (sum(r[f"{k}_improved"] for r in finite) / len(finite)) if finite else float("nan")
+        out[f"num_{k}_improved"] = sum(r[f"{k}_improved"] for r in finite)
+    return out
+
+
+def no_reference_grid(kept: list[dict], path: str, columns: dict, names=None, title: str | None = None) -> str:
+    """The before/after grid of photos without clean images: one row per kept photo, one column per
+    ``columns`` entry (``{label: (key in kept, score prefix)}``), each cell captioned with its scores."""
+    from erl_derain import plots, quality
+
+    names = tuple(names or quality.METRICS)
+    grid = [(k["name"], {label: k[key] for label, (key, _) in columns.items()}) for k in kept]
+    captions = {k["name"]: {label: ", ".join(f"{n.upper()} {k['row'][prefix + n]:.2f}" for n in names)
+                            for label, (_, prefix) in columns.items()} for k in kept}
+    return plots.comparison_grid(grid, path, captions=captions, title=title)
+
+
+def no_reference_evaluation(model, files, out_dir: str, *, extra: dict | None = None, tile: int = 0,
+                            tile_overlap: int = 32, max_images: int | None = None, figures: int = 4) -> dict:
+    """``evaluate`` on photos without clean images: :func:`evaluate_no_reference`, then ``per_image.csv``,
+    ``metrics.json`` and the rainy/de-rained grid of the first ``figures`` photos (``grid.png``) in
+    ``out_dir``; prints the means. Returns the summary."""
+    rows, kept = evaluate_no_reference(model, files, tile=tile, tile_overlap=tile_overlap, max_images=max_images,
+                                       keep_images=figures)
+    summary = summarize_no_reference(rows)
+    csv_path, json_path = write_results(rows, summary, out_dir, extra={**(extra or {}), "reference": "none"})
+    paths = [no_reference_grid(kept, os.path.join(out_dir, "grid.png"),
+                               {"rainy": ("rainy", "input_"), "derained": ("derained", "")})] if kept else []
+    scores = "; ".join(f"{k.upper()} {summary['input_' + k]:.3f} (rainy) -> {summary[k]:.3f}" for k in summary["metrics"])
+    print(f"Mean over {summary['num_images']} images without clean images (no-reference, lower is better): {scores}")
+    print(f"Per-image results: {csv_path}; summary: {json_path}" + (f"; grid: {paths[0]}" if paths else ""), flush=True)
+    return summary
+
+
+def no_reference_comparison(baseline, candidate, files, out_dir: str, *, extra: dict | None = None, tile: int = 0,
+                            tile_overlap: int = 32, max_images: int | None = None, figures: int = 4) -> dict:
+    """``compare`` on photos without clean images: :func:`compare_no_reference`, then ``per_image.csv``,
+    ``metrics.json`` and the rainy/baseline/candidate grid (``grid.png``) in ``out_dir``; prints the means
+    and the share of photos the candidate scores better on. Returns the summary."""
+    rows, kept = compare_no_reference(baseline, candidate, files, tile=tile, tile_overlap=tile_overlap,
+                                      max_images=max_images, keep_images=figures)
+    summary = summarize_no_reference_comparison(rows)
+    csv_path, json_path = write_results(rows, summary, out_dir, extra={**(extra or {}), "reference": "none"})
+    paths = [no_reference_grid(kept, os.path.join(out_dir, "grid.png"),
+                               {"rainy": ("rainy", "input_"), "baseline": ("baseline", "baseline_"),
+                                "candidate": ("candidate", "candidate_")})] if kept else []
+    for k in summary["metrics"]:
+        print(f"{k.upper()} (lower is better): rainy {summary['input_' + k]:.3f}, baseline {summary['baseline_' + k]:.3f}, "
+              f"candidate {summary['candidate_' + k]:.3f}; the candidate scores better on {summary[f'num_{k}_improved']}/"
+              f"{summary['num_images']} images ({summary[f'{k}_improved_proportion']:.1%})")
+    print(f"Per-image results: {csv_path}; summary: {json_path}" + (f"; grid: {paths[0]}" if paths else ""), flush=True)
+    return summary

@@ -38,6 +38,29 @@ def _is_folder(source) -> bool:
     return isinstance(source, str) and source.startswith(pipelines.FOLDER_PREFIX)
 
 
+def no_reference_images(dataset: str, split: str | None = None) -> list[str] | None:
+    """The photos of a ``folder:`` dataset without clean images (real rain: scored by no-reference
+    quality, :mod:`erl_derain.quality`), or None for a paired folder or any other dataset. The folder
+    (or its ``<split>/`` sub-folder) holds the photos directly, or a ``rainy/`` sub-folder and no
+    ``clean/``. Anything else is left to the paired reader (and its errors)."""
+    from erl_derain.data.image_io import IMAGE_EXTENSIONS, list_images
+
+    if not _is_folder(dataset):
+        return None
+    root = os.path.expanduser(dataset[len(pipelines.FOLDER_PREFIX):])
+    if not os.path.isdir(root):
+        return None
+    for base in ([os.path.join(root, split)] if split else []) + [root]:
+        if not os.path.isdir(base):
+            continue
+        rainy, clean = os.path.join(base, "rainy"), os.path.join(base, "clean")
+        if os.path.isdir(rainy):
+            return None if os.path.isdir(clean) else list_images(rainy)
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(base)):
+            return list_images(base)
+    return None
+
+
 def excluded(record) -> dict | None:
     """``--exclude_rain_sizes`` as the training stream's ``exclude`` (None when unset)."""
     run = record.run
@@ -171,3 +194,39 @@ def evaluation_dataset(dataset: str, split: str, *, clean_dir: str | None = None
     extras = tuple(k for k in ("rain_mask", "has_rain_mask") if k in have)
     return pipelines.paired_dataset(source, split, batch_size=1, crop_size=None, training=False, data_dir=data_dir,
                                     manual_dir=manual_dir, extra_features=extras, min_size=min_size)
+
+
+def image_summary_batch(record, split: str, *, count: int = 3, max_side: int = 256, fallback=None) -> dict | None:
+    """The fixed validation batch of ``--image_summary_every``: the first ``count`` pairs of ``split``
+    of the run's dataset, each centre-cropped to one square side (the smallest side among them, at most
+    ``max_side``) so that they stack; ``{"rainy", "clean": float32 [N, s, s, 3], "name": [...]}``. A
+    dataset without that split falls back to ``fallback()`` (e.g. the first training batch) with a
+    warning; None when neither is available."""
+    import numpy as np
+    from absl import logging
+
+    run = record.run
+    try:
+        ds = evaluation_dataset(run.dataset, split, clean_dir=run.clean_dir, data_dir=run.data_dir)
+        examples = [(ex["rainy"].numpy()[0], ex["clean"].numpy()[0],
+                     ex["name"].numpy()[0].decode() if "name" in ex else str(i)) for i, ex in enumerate(ds.take(count))]
+    except Exception as e:  # pylint: disable=broad-except  (pictures are optional; the run goes on)
+        logging.warning("--image_summary_every: no %r split of %s (%s); using the first training batch", split,
+                        run.dataset, str(e)[:200])
+        examples = []
+    if not examples:
+        batch = fallback() if fallback is not None else None
+        if batch is None:
+            return None
+        rainy, clean = (np.asarray(batch[k], np.float32)[:count] for k in ("rainy", "clean"))
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(batch.get("name", []))[:count]]
+        examples = list(zip(rainy, clean, names or [str(i) for i in range(len(rainy))]))
+    side = min(max_side, *(min(r.shape[:2]) for r, _, _ in examples))
+
+    def centre(a):
+        top, left = (a.shape[0] - side) // 2, (a.shape[1] - side) // 2
+        return a[top:top + side, left:left + side]
+
+    return {"rainy": np.stack([centre(r) for r, _, _ in examples]).astype(np.float32),
+            "clean": np.stack([centre(c) for _, c, _ in examples]).astype(np.float32),
+            "name": [n for _, _, n in examples]}

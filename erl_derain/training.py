@@ -17,10 +17,12 @@ position where the last run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -330,6 +332,7 @@ class Hook:
     def before_step(self, loop, step: int) -> None: ...
     def after_step(self, loop, step: int, logs: dict) -> None: ...
     def on_stage_end(self, loop, stage_index: int) -> None: ...
+    def on_train_end(self, loop) -> None: ...
 
 
 class LearningRateHook(Hook):
@@ -353,19 +356,37 @@ class LearningRateHook(Hook):
 
 
 class ProgressHook(Hook):
-    def __init__(self):
-        self.progbar = None
+    """The stage's progress (:mod:`erl_derain.progress`): a bar redrawn in place on a terminal, one
+    plain line every ``every`` (``"30s"``, or a number of steps) when stdout is a file or a pipe."""
+
+    def __init__(self, every=None, stream=None, mode: str = "auto"):
+        from erl_derain.progress import DEFAULT_EVERY, parse_every
+
+        self.every = DEFAULT_EVERY if every is None else every
+        parse_every(self.every)  # a bad --progress_every fails before any step
+        self.stream, self.mode = stream, mode
+        self.progress = None
 
     def on_stage_start(self, loop, stage_index, start_step, target):
+        from erl_derain.progress import Progress
+
         stage = loop.trainer.stages[stage_index]
         if start_step < target:
             print(f"Stage {stage.name} ({stage_index + 1}/{len(loop.trainer.stages)}): training "
-                  f"{', '.join(stage.train)}; steps {start_step}->{target}", flush=True)
-        self.progbar = keras.utils.Progbar(target, verbose=1, stateful_metrics=["lr"])
+                  f"{', '.join(stage.train)}; steps {start_step}->{target}", file=self.stream or sys.stdout,
+                  flush=True)
+        self.progress = Progress(target, initial=start_step, unit="step", every=self.every, stream=self.stream,
+                                 mode=self.mode, prefix=f"  {stage.name} ")
 
     def after_step(self, loop, step, logs):
-        self.progbar.update(step, [(k, v) for k, v in logs.items()]
-                            + [("lr", learning_rate_of(loop.trainer.current_optimizer))])
+        self.progress.update(step, {**logs, "lr": learning_rate_of(loop.trainer.current_optimizer)})
+
+    def on_stage_end(self, loop, stage_index):
+        if self.progress is not None:
+            self.progress.close()
+
+    def on_train_end(self, loop):
+        self.on_stage_end(loop, loop.stage_index)
 
 
 class SummaryHook(Hook):
@@ -381,6 +402,48 @@ class SummaryHook(Hook):
                 for k, v in logs.items():
                     tf.summary.scalar(f"{stage}/{k}", v)
                 tf.summary.scalar(f"{stage}/learning_rate", learning_rate_of(loop.trainer.current_optimizer))
+
+
+class ImageSummaryHook(Hook):
+    """TensorBoard images every ``every`` steps and at each stage's last step, so that training can be
+    watched: for each example of a fixed validation batch (``batch``: ``rainy`` and ``clean``, float
+    [N, H, W, 3] in [0, 1]) one picture of the rainy input, the output of the network as trained so
+    far (``trainer.inference_model()``) and the clean target side by side, under ``images/<stage>``
+    (uint8, rounded). A failure to draw it is a warning, never a stop of training."""
+
+    def __init__(self, writer, every: int, batch: dict):
+        self.writer, self.every = writer, int(every)
+        self.rainy = np.asarray(batch["rainy"], np.float32)
+        self.clean = np.asarray(batch["clean"], np.float32)
+        self.names = [str(n) for n in batch.get("name", [])]
+        self.warned = False
+
+    def pictures(self, trainer, stage_index: int, step: int) -> np.ndarray:
+        """uint8 [N, H, 3 W, 3]: rainy | output | clean."""
+        before = trainer.progress
+        trainer.set_progress(stage_index, step)  # the network as trained so far (e.g. ERL-Net's REN or not)
+        try:
+            out = np.asarray(trainer.inference_model()(tf.constant(self.rainy)), np.float32)
+        finally:
+            trainer.progress = before
+        strip = np.concatenate([self.rainy, out, self.clean], axis=2)
+        return np.floor(np.clip(strip, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def after_step(self, loop, step, logs):
+        if not (step % self.every == 0 or step == loop.target):
+            return
+        try:
+            pictures = self.pictures(loop.trainer, loop.stage_index, step)
+        except Exception as e:  # pylint: disable=broad-except  (a picture must not stop training)
+            if not self.warned:
+                logging.warning("TensorBoard images (--image_summary_every) not written: %s", e)
+                self.warned = True
+            return
+        names = f" ({', '.join(self.names)})" if self.names else ""
+        with self.writer.as_default(step=int(loop.run.global_step)):
+            tf.summary.image(f"images/{loop.trainer.stage.name}", pictures, max_outputs=len(pictures),
+                             description=f"rainy input | output | clean target of the validation images{names}, "
+                                         f"stage {loop.trainer.stage.name} step {step}")
 
 
 class CheckpointHook(Hook):
@@ -415,7 +478,8 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
           on_nan: str = "stop", max_skipped: int = 10,
           on_step_end: Callable[[int, int, dict], None] | None = None,
           strategy: tf.distribute.Strategy | None = None, stop_after: int = 0,
-          init_from: str | None = None, hooks: list | None = None, force_new_config: bool = False) -> dict:
+          init_from: str | None = None, hooks: list | None = None, progress_every=None,
+          image_summary_every: int = 0, image_batch: dict | None = None, force_new_config: bool = False) -> dict:
     """Train ``trainer`` through its stages; ``dataset_fn(start_index)`` returns the batched training
     stream from example ``start_index`` on (deterministic, so a resumed run sees the same data). A
     ``dataset_fn(start_index, rows=None)`` (``inputs.training_stream``) is given each worker's rows
@@ -437,7 +501,11 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     weights of that run's latest checkpoint (another ``--model_dir`` of the same method and sizes); the
     optimisers and the step counters start afresh. Stages given 0 steps are passed over, so
     ``stage_steps=[0, 0, n]`` fine-tunes with the last stage only. A run that already has a checkpoint
-    resumes from it instead. ``hooks``: more :class:`Hook` s. Returns a summary dict (final losses,
+    resumes from it instead. ``hooks``: more :class:`Hook` s. ``progress_every``: when stdout is not a
+    terminal, one progress line every that many seconds (``"30s"``, the default) or steps (``"200"``;
+    :mod:`erl_derain.progress`). ``image_summary_every`` > 0 with ``image_batch`` (``rainy``, ``clean``
+    [N, H, W, 3]): TensorBoard pictures of input, output and target every that many steps
+    (:class:`ImageSummaryHook`). Returns a summary dict (final losses,
     steps, wall time, skipped batches).
 
     A ``model_dir`` holding a run is left untouched until the new settings are known to fit its
@@ -499,8 +567,10 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     loop = _Loop(trainer, run)
     all_hooks = [LearningRateHook(lr_schedule)]
     if verbose:
-        all_hooks.append(ProgressHook())
+        all_hooks.append(ProgressHook(progress_every))
     all_hooks += [SummaryHook(writer, log_every), CheckpointHook(checkpoint_every)]
+    if chief and image_summary_every and image_batch is not None:
+        all_hooks.append(ImageSummaryHook(writer, image_summary_every, image_batch))
     if on_step_end is not None:
         all_hooks.append(CallbackHook(on_step_end))
     all_hooks += list(hooks or [])
@@ -508,68 +578,94 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
     t_start = time.time()
     last_logs: dict = {}
     steps_done = 0
-    while int(run.stage) < len(stages):
-        si = int(run.stage)
-        stage = stages[si]
-        target = int(stage_steps[si])
-        trainer.set_stage(si)
-        step_fn = _step_function(trainer, strategy, jit)  # traced per stage: the stage is Python state
-        loop.stage_index, loop.target = si, target
-        start_step = int(run.step)
-        for hook in all_hooks:
-            hook.on_stage_start(loop, si, start_step, target)
-        t_stage = time.time()
-        if start_step < target:
-            start = int(run.global_step) * batch_size
-            iterator = iter(distribute.distribute_batches(
-                strategy, _worker_stream(dataset_fn, start), batch_size))
-            for step in range(start_step + 1, target + 1):
-                batch = next(iterator)
-                for hook in all_hooks:
-                    hook.before_step(loop, step)
-                if backup is not None:
-                    backup.save()
-                logs = step_fn(batch)
-                values = {k: float(v) for k, v in logs.items()}
-                if not all(math.isfinite(v) for v in values.values()):
-                    names = _batch_names(dataset_fn, int(run.global_step) * batch_size, batch_size)
-                    where = (f"stage {stage.name} step {step} (global step {int(run.global_step) + 1}) on batch "
-                             f"{names}: {values}")
-                    if backup is None or in_a_row >= max_skipped:
-                        raise TrainingError(
-                            f"non-finite loss at {where}; the last good checkpoint ({run.manager.latest_checkpoint})"
-                            f" is kept" + (f" ({in_a_row} batches in a row were skipped before)" if in_a_row else ""))
-                    backup.restore()  # the step never happened; its batch is consumed
-                    skipped.append(names)
-                    in_a_row += 1
-                    logging.warning("non-finite loss at %s: batch skipped", where)
+    with cpu_training_graph_options():  # no grappler error lines on CPU (the function's docstring)
+        while int(run.stage) < len(stages):
+            si = int(run.stage)
+            stage = stages[si]
+            target = int(stage_steps[si])
+            trainer.set_stage(si)
+            step_fn = _step_function(trainer, strategy, jit)  # traced per stage: the stage is Python state
+            loop.stage_index, loop.target = si, target
+            start_step = int(run.step)
+            for hook in all_hooks:
+                hook.on_stage_start(loop, si, start_step, target)
+            t_stage = time.time()
+            if start_step < target:
+                start = int(run.global_step) * batch_size
+                iterator = iter(distribute.distribute_batches(
+                    strategy, _worker_stream(dataset_fn, start), batch_size))
+                for step in range(start_step + 1, target + 1):
+                    batch = next(iterator)
+                    for hook in all_hooks:
+                        hook.before_step(loop, step)
+                    if backup is not None:
+                        backup.save()
+                    logs = step_fn(batch)
+                    values = {k: float(v) for k, v in logs.items()}
+                    if not all(math.isfinite(v) for v in values.values()):
+                        names = _batch_names(dataset_fn, int(run.global_step) * batch_size, batch_size)
+                        where = (f"stage {stage.name} step {step} (global step {int(run.global_step) + 1}) on batch "
+                                 f"{names}: {values}")
+                        if backup is None or in_a_row >= max_skipped:
+                            raise TrainingError(
+                                f"non-finite loss at {where}; the last good checkpoint ({run.manager.latest_checkpoint})"
+                                f" is kept" + (f" ({in_a_row} batches in a row were skipped before)" if in_a_row else ""))
+                        backup.restore()  # the step never happened; its batch is consumed
+                        skipped.append(names)
+                        in_a_row += 1
+                        logging.warning("non-finite loss at %s: batch skipped", where)
+                        run.step.assign(step)
+                        run.global_step.assign_add(1)
+                        continue
+                    in_a_row = 0
                     run.step.assign(step)
                     run.global_step.assign_add(1)
-                    continue
-                in_a_row = 0
-                run.step.assign(step)
-                run.global_step.assign_add(1)
-                for hook in all_hooks:
-                    hook.after_step(loop, step, values)
-                last_logs = values
-                steps_done += 1
-                if stop_after and steps_done >= stop_after and step != target:
-                    run.save()
-                    summary.update(stopped_early=True, seconds=time.time() - t_start, skipped_batches=skipped,
-                                   global_step=int(run.global_step))
-                    return summary
-        for hook in all_hooks:
-            hook.on_stage_end(loop, si)
-        summary["stages"][stage.name] = {"steps": target, "seconds": time.time() - t_stage, "final": last_logs}
-        run.stage.assign_add(1)
-        run.step.assign(0)
-        run.plateau.reset()
-        run.save()
+                    for hook in all_hooks:
+                        hook.after_step(loop, step, values)
+                    last_logs = values
+                    steps_done += 1
+                    if stop_after and steps_done >= stop_after and step != target:
+                        run.save()
+                        for hook in all_hooks:
+                            hook.on_train_end(loop)
+                        summary.update(stopped_early=True, seconds=time.time() - t_start, skipped_batches=skipped,
+                                       global_step=int(run.global_step))
+                        return summary
+            for hook in all_hooks:
+                hook.on_stage_end(loop, si)
+            summary["stages"][stage.name] = {"steps": target, "seconds": time.time() - t_stage, "final": last_logs}
+            run.stage.assign_add(1)
+            run.step.assign(0)
+            run.plateau.reset()
+            run.save()
+    for hook in all_hooks:
+        hook.on_train_end(loop)
     writer.flush()
     summary["seconds"] = time.time() - t_start
     summary["skipped_batches"] = skipped
     summary["global_step"] = int(run.global_step)
     return summary
+
+
+@contextlib.contextmanager
+def cpu_training_graph_options():
+    """Grappler's options for the training step on CPU (no GPU/TPU): its ``remapping`` pass off there.
+    On the gradient graphs of the networks here that pass fails (TF 2.21, oneDNN: "remapper failed:
+    INVALID_ARGUMENT: Mutation::Apply error: fanout '.../LeakyReluGrad' exist for missing node
+    '.../BiasAdd'", one error line per traced step) and grappler then keeps the graph as it was, so
+    turning it off changes no result and no speed (the same losses, measured: 1.47 vs 1.41 steps/s on
+    the quickstart), only the error lines go. Where the pass does not fail (MENET, PReNet: no error
+    line) their CPU steps took as long without it (within the noise of a shared machine). Functions first run after the loop (evaluation,
+    inference) get TensorFlow's default again."""
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        yield
+        return
+    before = tf.config.optimizer.get_experimental_options().get("remapping", True)
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": before})
 
 
 def _resume_or_initialise(run, trainer, init_from: str | None, verbose: int):

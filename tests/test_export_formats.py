@@ -106,7 +106,7 @@ def test_cli_refuses_a_bad_size_before_any_work(run_cli, tmp_path):
                                ("saved_model", "512", "--export_size='512' fixes the input size")):
         code, out, err = run_cli("export", "--pretrained", f"--export_base={base}", f"--format={fmt}",
                                  f"--export_size={size}")
-        assert code == 1 and message in err and "Traceback" not in err, (fmt, size, err)
+        assert code == 2 and message in err and "Traceback" not in err, (fmt, size, err)
         assert "Using the bundled" not in out and not base.exists()  # nothing loaded, nothing written
 
 
@@ -114,7 +114,7 @@ def test_cli_names_the_missing_package(run_cli, tmp_path, monkeypatch):
     real = formats.importlib.util.find_spec
     monkeypatch.setattr(formats.importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a))
     code, _, err = run_cli("export", "--pretrained", f"--export_base={tmp_path / 'm'}", "--format=onnx")
-    assert code == 1 and "--format=onnx needs tf2onnx" in err and 'pip install "erl_derain[export]"' in err
+    assert code == 2 and "--format=onnx needs tf2onnx" in err and 'pip install "erl_derain[export]"' in err
     assert not (tmp_path / "m").exists()
 
 

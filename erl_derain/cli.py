@@ -981,14 +981,17 @@ def cmd_derain(args: list[str]):
     from erl_derain import photos, video
 
     clips = [a for a in args if video.is_video(a) and not os.path.isdir(a)]  # video files: erl_derain/video.py
+    missing = []  # a missing clip is a failure of its own (the other inputs go on)
     if clips:
-        video.check_settings(FLAGS.every_nth, FLAGS.max_frames, FLAGS.temporal, FLAGS.video_codec)
-        missing = [c for c in clips if not os.path.isfile(c)]
-        if missing:
-            raise UsageError(f"{missing[0]}: no such file")
         if FLAGS.server:
             raise UsageError(f"{clips[0]}: videos are de-rained with a local model, not via --server")
         args = [a for a in args if a not in clips]
+        missing = [(c, "no such file") for c in clips if not os.path.isfile(c)]
+        for clip, message in missing:
+            photos.print_failure(clip, message)
+        clips = [c for c in clips if os.path.isfile(c)]
+        if not clips and not args:
+            return photos.report(0, 0, missing, FLAGS.output_dir or "derained")
     if FLAGS.server:
         return _derain_via_server(args)
     output_dir = FLAGS.output_dir or "derained"
@@ -1015,7 +1018,7 @@ def cmd_derain(args: list[str]):
             overwrite=FLAGS.overwrite, video_codec=FLAGS.video_codec, every_nth=FLAGS.every_nth,
             max_frames=FLAGS.max_frames, temporal=FLAGS.temporal, progress_every=FLAGS.progress_every)
         status = max(status, video.report(written, skipped, failed, output_dir))
-    return status
+    return max(status, EXIT_FAILED) if missing else status
 
 
 def cmd_export():

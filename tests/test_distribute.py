@@ -243,7 +243,7 @@ def test_cli_mixed_precision_and_bad_strategy(run_cli, tmp_path):
     assert run_settings(tmp_path / "run")["mixed_precision"] is True
     code, out, err = run_cli("train", f"--model_dir={tmp_path / 'run2'}", f"--dataset=folder:{data}",
                              "--strategy=tpu", "--stage_steps=1", *TINY_FLAGS)
-    assert code == 1 and "--strategy=tpu needs --tpu" in err
+    assert code == 2 and "--strategy=tpu needs --tpu" in err
 
 
 def test_xla_under_a_strategy_on_cpu_is_refused_clearly(data, tmp_path):

@@ -135,4 +135,4 @@ def test_evaluate_scores_the_clean_to_clean_autoencoder_on_clean_inputs(run_cli,
         psnrs.append(metrics.evaluate_pair(output, clean)["psnr_y"])
     np.testing.assert_allclose(ae["psnr_y"], np.mean(psnrs), atol=1e-3)
     code, _, err = run_cli("evaluate", f"--model_dir={model_dir}", f"--dataset=folder:{data}", "--network=segmenter")
-    assert code == 1 and "--network=segmenter" in err and "clean_autoencoder" in err
+    assert code == 2 and "--network=segmenter" in err and "clean_autoencoder" in err

@@ -404,4 +404,4 @@ def test_cli_trains_both_stages_then_derains_exports_and_generates(run_cli, tmp_
         assert cv2.imread(str(out_dir / "img0.png")).shape == (24, 32, 3)
     code, _, err = run_cli("train", "--method=jrgr", f"--model_dir={tmp_path / 'r2'}", f"--dataset=folder:{data}",
                            "--crop_size=16", "--stage_steps=1,1", *tiny)
-    assert code == 1 and "--jrgr_real_dataset" in err
+    assert code == 2 and "--jrgr_real_dataset" in err

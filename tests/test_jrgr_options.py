@@ -66,7 +66,7 @@ def test_linear_decay_flag_builds_the_schedule_and_refuses_bad_values(parse, run
     code, _, err = run_cli(*base, "--lr_linear_decay_epochs=100")
     assert code == 1 and "--lr_linear_decay_epochs must be two whole numbers >= 0, N,D" in err and "got 100" in err
     code, _, err = run_cli(*base, "--lr_linear_decay_epochs=1,x")
-    assert code == 1 and "--lr_linear_decay_epochs" in err and "'x'" in err
+    assert code == 2 and "--lr_linear_decay_epochs" in err and "'x'" in err
 
 
 def _flagfile(name) -> dict:

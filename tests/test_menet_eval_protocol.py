@@ -134,4 +134,4 @@ def test_cli_evaluate_records_the_protocol_and_scores_menet_on_ten_crops(run_cli
     assert full["eval_protocol"] == "full_y" and "eval_crop_size" not in full and "psnr_y" in full
     code, _, err = run_cli("compare", f"--baseline={model_dir}", f"--candidate={model_dir}",
                            f"--dataset=folder:{data}", "--eval_protocol=ten_crop_rgb")
-    assert code == 1 and "--eval_protocol" in err
+    assert code == 2 and "--eval_protocol" in err

@@ -190,4 +190,4 @@ def test_evaluate_and_compare_on_a_folder_without_clean_images(run_cli, tmp_path
 
     # The cross-dataset table is of PSNR: a folder without clean images is refused there, by name.
     code, _, err = run_cli("evaluate", f"--model_dir={tmp_path / 'a'},{tmp_path / 'b'}", f"--dataset=folder:{photos}")
-    assert code == 1 and f"--dataset=folder:{photos} has no clean images" in err
+    assert code == 2 and f"--dataset=folder:{photos} has no clean images" in err

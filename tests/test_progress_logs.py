@@ -127,5 +127,5 @@ def test_bad_progress_every_is_refused_before_training(run_cli, tiny_run):
     code, out, err = run_cli("train", f"--model_dir={model_dir}", f"--dataset=folder:{data}", "--crop_size=16",
                              "--batch_size=2", "--jit_compile=false", "--noevaluate_after", *TINY_FLAGS,
                              "--stage_steps=1,1,1", "--progress_every=soon")
-    assert code == 1 and "--progress_every='soon'" in err
+    assert code == 2 and "--progress_every='soon'" in err
     assert not (model_dir / "checkpoints").exists()

@@ -169,7 +169,7 @@ def test_derain_cli_clips_and_photos(run_cli, tmp_path):
     # bad flags and missing clips stop before any work, naming them
     code, _, err = run_cli("derain", f"--model_dir={tmp_path / 'run'}", f"--output_dir={out_dir}", "--temporal=4",
                            str(tmp_path / "clip.mp4"))
-    assert code == 1 and "--temporal=4" in err
+    assert code == 2 and "--temporal=4" in err
     code, _, err = run_cli("derain", f"--model_dir={tmp_path / 'run'}", str(tmp_path / "nope.mp4"))
     assert code == 1 and "nope.mp4: no such file" in err
 

@@ -9,7 +9,8 @@ into a temporary folder. Then, per format, one ``size`` x ``size`` image (float3
 photo-like image) through the exported model in its own runtime: the SavedModel's
 ``serving_default`` (``tf.saved_model.load``), onnxruntime (CPU provider), the ``ai_edge_litert``
 interpreter; and the Keras ``InferenceModel`` under ``tf.function`` for reference. Latency is the
-median (and min) of ``--reps`` calls after one warm-up call, in this process, one format at a time;
+median (and min) of ``--reps`` calls after one warm-up call, in this process, in rounds that call
+each format once (so that a change of the machine's load touches every format alike);
 ``--threads``: the runtimes' thread count (0: every core, as TensorFlow uses). Also printed: each
 output's largest difference from the Keras model's.
 
@@ -29,7 +30,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import time_calls, write_section  # noqa: E402
+from timing import write_section  # noqa: E402
 
 BEGIN, END = "<!-- export-formats: begin (benchmarks/export_formats.py) -->", "<!-- export-formats: end -->"
 
@@ -73,15 +74,11 @@ def measure(args) -> tuple[list[dict], dict]:
     image = test_image(args.size)[None]
     keras_fn = tf.function(lambda t: model(t), autograph=False)
     want = keras_fn(tf.constant(image)).numpy()
-    rows = []
+    entries = []  # measured after every export, interleaved (below)
 
     def add(name, size_bytes, export_s, fn, note=""):
-        timing = time_calls(lambda: np.asarray(fn(image)), args.reps, warmup=1)
-        diff = float(np.max(np.abs(np.asarray(fn(image)) - want)))
-        rows.append({"format": name, "mib": None if size_bytes is None else size_bytes / 2**20,
-                     "export_s": export_s, "median_s": timing["median_s"], "min_s": timing["min_s"],
-                     "first_s": timing["first_s"], "max_abs_diff": diff, "note": note})
-        print(f"[export_formats] {name}: {rows[-1]}", file=sys.stderr, flush=True)
+        entries.append({"format": name, "mib": None if size_bytes is None else size_bytes / 2**20,
+                        "export_s": export_s, "fn": fn, "note": note})
 
     params = int(sum(int(np.prod(v.shape)) for v in model.weights))
     add("Keras InferenceModel (tf.function)", None, None, lambda x: keras_fn(tf.constant(x)).numpy(),
@@ -104,6 +101,23 @@ def measure(args) -> tuple[list[dict], dict]:
                 runtime = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}[fmt]
                 add(f"{fmt}" + ("" if size is None else f" (--export_size={args.size})"), result["bytes"], export_s,
                     run, f"{'dynamic' if size is None else 'fixed'}; {runtime} {formats._version(runtime)}")
+        # One warm-up call each, then rounds that call every format once, so that a change of the
+        # machine's load while measuring affects the formats alike.
+        for e in entries:
+            t0 = time.perf_counter()
+            got = np.asarray(e["fn"](image))
+            e["first_s"], e["max_abs_diff"], e["times"] = time.perf_counter() - t0, float(np.max(np.abs(got - want))), []
+        for _ in range(args.reps):
+            for e in entries:
+                t0 = time.perf_counter()
+                np.asarray(e["fn"](image))
+                e["times"].append(time.perf_counter() - t0)
+    rows = []
+    for e in entries:
+        times = e.pop("times")
+        e.pop("fn")
+        rows.append({**e, "median_s": float(np.median(times)), "min_s": float(np.min(times))})
+        print(f"[export_formats] {rows[-1]}", file=sys.stderr, flush=True)
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average": os.getloadavg(),
                "load_average_start": load_start, "threads": threads, "model": info.get("name", "bundled"),
                "method": info["record"].method, "parameters": params,
@@ -134,14 +148,14 @@ def section(rows: list[dict], machine: dict, command: str) -> str:
         f"({machine.get('model', '?')}: {machine.get('method', '?')}, {machine.get('parameters', 0) / 1e6:.2f} M "
         f"parameters), one {machine['size']}x{machine['size']} image (float32, batch 1) through each exported "
         f"file in its own runtime, {machine['threads']} thread(s), median and min of {machine['reps']} calls after "
-        "one warm-up (*first call s*: that warm-up: graph set-up, memory planning). *dynamic* files take any "
+        "one warm-up, in rounds calling each format once (*first call s*: that warm-up: graph set-up, memory planning). *dynamic* files take any "
         f"size; *fixed* ones were exported with `--export_size={machine['size']}`. Measured with",
         "",
         f"    {command}",
         "",
         f"on {machine['cpu']}, {machine['cores']} cores, no GPU, TensorFlow {machine['tensorflow']}. The machine was "
         f"shared with other work (load average {load}, for {machine['cores']} cores), so the latencies are "
-        "upper bounds and their ratios are rough.",
+        "upper bounds and their ratios are rough; the *min* column is the closest to an idle machine.",
         "",
         table(rows, machine),
         END,

@@ -221,27 +221,24 @@ def derain_videos(files: Iterable, output_dir: str, run_frame: RunFrame, *, over
     """Each clip of ``files`` into ``output_dir`` (as ``photos.derain_photos``: an existing output is
     skipped unless ``overwrite``; a failing clip is reported and the others go on); returns
     ``(written, skipped, failures)``."""
+    from erl_derain import photos
+
     check_settings(every_nth, max_frames, temporal, video_codec)
     os.makedirs(output_dir, exist_ok=True)
-    written, skipped, failures = 0, 0, []
+    codecs = {}
+    jobs = []
     for path in map(os.fspath, files):
-        out_path, codec = output_path(path, output_dir, video_codec)
-        if os.path.exists(out_path) and not overwrite:
-            skipped += 1
-            continue
+        out_path, codecs[path] = output_path(path, output_dir, video_codec)
+        jobs.append((path, out_path))
+
+    def run_clip(path: str, out_path: str) -> str:
         print(f"  {path} -> {out_path} (the audio track, if any, is not kept: OpenCV writes pictures only)",
               flush=True)
-        try:
-            info = derain_video(path, out_path, run_frame, video_codec=codec, every_nth=every_nth,
-                                max_frames=max_frames, temporal=temporal, progress_every=progress_every)
-            written += 1
-            print(f"  {path} ({describe(info)}) -> {out_path}", flush=True)
-        except fatal:
-            raise
-        except Exception as e:  # one bad clip must not stop the others
-            failures.append((path, str(e)))
-            print(f"  FAILED {path}: {e}", file=sys.stderr, flush=True)
-    return written, skipped, failures
+        return describe(derain_video(path, out_path, run_frame, video_codec=codecs[path], every_nth=every_nth,
+                                     max_frames=max_frames, temporal=temporal, progress_every=progress_every))
+
+    # the photo loop: skip existing outputs, one line per clip, a failing clip does not stop the others
+    return photos.derain_photos(None, output_dir, run_clip, overwrite=overwrite, fatal=fatal, jobs=jobs)
 
 
 def local_frame_runner(model, *, tile: int = 512, overlap: int = 32) -> RunFrame:

@@ -23,7 +23,7 @@ import tensorflow as tf
 from erl_derain.data import image_io
 from erl_derain.inference import InferenceModel, as_inference_model
 from erl_derain.serving.layout import (DERAIN_IMAGE, DERAINED, DERAINED_PNG_BYTES, EXPORT_INFO, IMAGE_BYTES, IMAGES,
-                                       METADATA, SERVING_DEFAULT, SIGNATURE_IO, next_version)
+                                       METADATA, SERVING_DEFAULT, SIGNATURE_IO, version_folder)
 from erl_derain.serving.server_config import serving_root as model_root
 from erl_derain.serving.server_config import write_server_config
 
@@ -207,13 +207,7 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
         serving_root, _ = model_root(export_base, serving_root)  # refused before any work
     export_base = os.path.abspath(os.fspath(export_base))
     model_name = model_name or os.path.basename(export_base)
-    version = next_version(export_base) if version is None else int(version)
-    if version < 0:
-        raise ValueError(f"version must be a non-negative integer, got {version}")
-    path = os.path.join(export_base, str(version))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists: choose another --version, or leave it out for the next one "
-                              f"({next_version(export_base)})")
+    version, path = version_folder(export_base, version, overwrite=overwrite)
     metadata = dict(metadata or {})
     method = str(metadata.get("method", ""))
     flags_json = json.dumps(metadata.get("config", {}), sort_keys=True, default=str)

@@ -43,7 +43,7 @@ import shutil
 import uuid
 import warnings
 
-from erl_derain.serving.layout import DERAINED, IMAGES, next_version
+from erl_derain.serving.layout import DERAINED, IMAGES, version_folder
 
 FORMATS = ("saved_model", "onnx", "litert")
 DEFAULT_FORMAT = "saved_model"
@@ -235,13 +235,7 @@ def export_file(model, export_base: str, fmt: str, *, size: tuple[int, int] | No
     require_packages(fmt)
     model = as_inference_model(model)
     export_base = os.path.abspath(os.fspath(export_base))
-    version = next_version(export_base) if version is None else int(version)
-    if version < 0:
-        raise ValueError(f"version must be a non-negative integer, got {version}")
-    folder = os.path.join(export_base, str(version))
-    if os.path.exists(folder) and not overwrite:
-        raise FileExistsError(f"{folder} exists: choose another --version, or leave it out for the next one "
-                              f"({next_version(export_base)})")
+    version, folder = version_folder(export_base, version, overwrite=overwrite)
     metadata = dict(metadata or {})
     os.makedirs(export_base, exist_ok=True)
     tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")

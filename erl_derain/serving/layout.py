@@ -40,6 +40,21 @@ def next_version(export_base: str) -> int:
     return max(versions, default=0) + 1
 
 
+def version_folder(export_base: str, version: int | None = None, *, overwrite: bool = False) -> tuple[int, str]:
+    """``(version, <export_base>/<version>)`` of a new export: ``version`` (default ``next_version``)
+    must be a non-negative integer, and an existing folder is refused (``FileExistsError``) unless
+    ``overwrite``. ``export_base`` is made absolute."""
+    export_base = os.path.abspath(os.fspath(export_base))
+    version = next_version(export_base) if version is None else int(version)
+    if version < 0:
+        raise ValueError(f"version must be a non-negative integer, got {version}")
+    folder = os.path.join(export_base, str(version))
+    if os.path.exists(folder) and not overwrite:
+        raise FileExistsError(f"{folder} exists: choose another --version, or leave it out for the next one "
+                              f"({next_version(export_base)})")
+    return version, folder
+
+
 def read_export_info(export_dir: str) -> dict:
     """``assets.extra/erl_derain.json`` of one exported version: method, config (training flags),
     version, pad_multiple, model_name, signatures. Plain JSON: no TensorFlow needed."""

@@ -205,19 +205,22 @@ def record_from_dict(data: dict, where: str = "config.json") -> RunRecord:
 
 
 def read_record(model_dir: str) -> RunRecord:
+    """The RunRecord of ``model_dir``'s config.json (a local folder or a file-system URL: ``fileio``)."""
+    from erl_derain import fileio
+
     path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: --model_dir={model_dir} does not hold a training run "
                                 "of erl_derain (expected config.json and checkpoints/)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    try:
+        data = json.loads(fileio.read_text(path))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
     return record_from_dict(data, where=path)
 
 
 def write_record(model_dir: str, record: RunRecord) -> None:
+    """config.json and flags.txt of ``model_dir``, each replaced atomically (``fileio``)."""
     from erl_derain.fileio import atomic_write_text
 
     atomic_write_text(os.path.join(model_dir, "config.json"),

@@ -13,6 +13,10 @@ position where the last run stopped.
     flags.txt          the same as an absl flagfile (``erl-derain train --flagfile=<model_dir>/flags.txt``)
     checkpoints/       tf.train.Checkpoint: networks, one optimizer per stage, stage, step, LR-plateau state
     logs/              TensorBoard event files (losses, learning rate)
+
+The folder may be local or a file-system URL (``gs://bucket/run``; ``ram://`` in the tests): the
+checkpoints and summaries are TensorFlow's own (``tf.io.gfile`` underneath), everything else goes
+through :mod:`erl_derain.fileio` (what is atomic on which file system is said there).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from erl_derain import distribute
+from erl_derain import distribute, fileio
 
 
 class TrainingError(RuntimeError):
@@ -221,6 +225,7 @@ class Run:
                                               **{k: _checkpointable(v) for k, v in trainer.checkpoint_items().items()})
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, "checkpoints"),
                                                   max_to_keep=keep_checkpoints, checkpoint_name="ckpt")
+        self._saved_at = None  # (stage, step, global step) of the last checkpoint this Run wrote
 
     def restore(self, networks_only: bool = False, built_from: str | None = None) -> str | None:
         """Restore the newest readable checkpoint. A checkpoint whose files are torn or missing (a
@@ -249,15 +254,25 @@ class Run:
 
     def save(self) -> str | None:
         """Write a checkpoint (the chief), or under multi-worker training on another worker take part in
-        the save (it may run collective ops) into a private temporary folder that is then removed."""
+        the save (it may run collective ops) into a private temporary folder that is then removed.
+        A checkpoint this Run just wrote at the same stage, step and global step is not written again
+        (--stop_after on a --checkpoint_every step): a checkpoint is never rewritten under its own
+        name, which TensorFlow's ram:// file system would corrupt (it appends to a file written
+        again instead of replacing it). Every worker decides alike (the counters are the same)."""
+        at = (int(self.stage), int(self.step), int(self.global_step))
+        if at == self._saved_at:
+            return self.manager.latest_checkpoint if self.chief else None
+        path = None
         if self.chief:
-            return self.manager.save(checkpoint_number=int(self.global_step))
-        tmp = tempfile.mkdtemp(prefix="erl_derain_worker_ckpt_")
-        try:
-            self.checkpoint.write(os.path.join(tmp, "ckpt"))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return None
+            path = self.manager.save(checkpoint_number=int(self.global_step))
+        else:
+            tmp = tempfile.mkdtemp(prefix="erl_derain_worker_ckpt_")
+            try:
+                self.checkpoint.write(os.path.join(tmp, "ckpt"))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._saved_at = at
+        return path
 
 
 class SettingsMismatch(TrainingError):
@@ -294,7 +309,7 @@ def prepare_model_dir(model_dir: str, record, *, force_new_config: bool = False)
     (``write_record``) once the checkpoint is known to fit the new settings; with
     ``force_new_config`` the run found there is first moved aside (``set_aside_run``)."""
     config = os.path.join(model_dir, "config.json")
-    if not os.path.exists(config):
+    if not fileio.exists(config):
         return {}
     old = read_config(model_dir)
     if old.method != record.method and not force_new_config:
@@ -307,19 +322,23 @@ def prepare_model_dir(model_dir: str, record, *, force_new_config: bool = False)
 def set_aside_run(model_dir: str) -> str | None:
     """Move the run in ``model_dir`` (everything but earlier set-aside runs) into
     ``<model_dir>/previous_run_<n>/``, a run folder of its own (evaluate / export / resume it there);
-    returns that folder, or None when there was nothing to move."""
-    if not os.path.isdir(model_dir):
+    returns that folder, or None when there was nothing to move. Each entry is moved with one rename
+    on a local disk; on a file-system URL file by file (``fileio.move``)."""
+    if not fileio.isdir(model_dir):
         return None
-    entries = [e for e in os.listdir(model_dir) if not e.startswith("previous_run_")]
+    entries = [e for e in fileio.listdir(model_dir) if not e.startswith("previous_run_")]
     if not entries:
         return None
     n = 1
-    while os.path.exists(os.path.join(model_dir, f"previous_run_{n}")):
+    while fileio.exists(os.path.join(model_dir, f"previous_run_{n}")):
         n += 1
     target = os.path.join(model_dir, f"previous_run_{n}")
-    os.makedirs(target)
+    if fileio.is_remote(target):
+        fileio.makedirs(target)
+    else:
+        os.makedirs(target)  # (refuses a folder that appeared meanwhile)
     for entry in entries:
-        os.rename(os.path.join(model_dir, entry), os.path.join(target, entry))
+        fileio.move(os.path.join(model_dir, entry), os.path.join(target, entry))
     return target
 
 
@@ -556,7 +575,7 @@ def train(trainer, config, dataset_fn: Callable[[int], tf.data.Dataset], *, mode
             logging.warning("resuming %s with changed settings: %s", model_dir, changes)
             if verbose:
                 print(f"Resuming {model_dir} with changed settings:\n{_format_changes(changes)}", flush=True)
-        os.makedirs(model_dir, exist_ok=True)
+        fileio.makedirs(model_dir)
         from erl_derain.run_config import write_record
 
         write_record(model_dir, record)

@@ -310,10 +310,17 @@ def verb_flags(verb: str) -> tuple[str, ...]:
 
 
 def _run_dir(flag: str, path: str) -> None:
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        what = "does not exist" if not os.path.exists(path) else "holds no config.json"
-        raise UsageError(f"--{flag}={path} {what}: not a training run of erl_derain (expected config.json and "
-                         "checkpoints/ there)")
+    """A folder holding a run (local or a file-system URL, ``fileio``)."""
+    from erl_derain import fileio
+
+    try:
+        if fileio.isfile(os.path.join(path, "config.json")):
+            return
+        what = "does not exist" if not fileio.exists(path) else "holds no config.json"
+    except OSError as e:  # a URL whose file system is unknown or unreachable
+        raise UsageError(f"--{flag}={path}: {e.strerror or e}") from None
+    raise UsageError(f"--{flag}={path} {what}: not a training run of erl_derain (expected config.json and "
+                     "checkpoints/ there)")
 
 
 def _writable(flag: str, path: str) -> None:
@@ -439,6 +446,20 @@ def validate_flags(verb: str) -> None:
         _check_tiles(verb)
     if verb in ("train", "evaluate", "compare", "prepare"):
         _check_datasets(verb)
+    if "output_dir" in names and FLAGS.output_dir:
+        from erl_derain import fileio
+
+        if fileio.is_remote(FLAGS.output_dir):
+            raise UsageError(f"--output_dir={FLAGS.output_dir}: images are written to a local folder (photos, videos "
+                             "and generated images stay on this machine's disk; run folders, exports and evaluation "
+                             "outputs may be file-system URLs)")
+    if "data_dir" in names and FLAGS.data_dir:
+        from erl_derain.data.streams import DatasetError, check_data_dir
+
+        try:
+            check_data_dir(FLAGS.data_dir)
+        except DatasetError as e:
+            raise UsageError(str(e)) from None
     if verb == "train":
         _writable("model_dir", _require("model_dir"))
         try:
@@ -700,8 +721,9 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
               input_key="rainy", failures=None):
     """Evaluate one model on one dataset; rows are written to per_image.csv as they finish, pairs that
     cannot be scored go to ``failures`` (named, the others go on). Returns the summary. A folder of
-    photos without clean images is scored with no-reference metrics instead (NIQE / BRISQUE)."""
-    from erl_derain import evaluation, inputs
+    photos without clean images is scored with no-reference metrics instead (NIQE / BRISQUE). The
+    outputs (``output``, ``model_dir``) may be file-system URLs (``fileio``)."""
+    from erl_derain import evaluation, fileio, inputs
 
     files = inputs.no_reference_images(dataset, split)
     if files is not None:  # photos without clean images (real rain): no-reference NIQE / BRISQUE
@@ -714,7 +736,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
                              f"eval_pretrained_{_safe_name(dataset)}")
         return evaluation.no_reference_evaluation(
             _predict_fn(model), files, out_dir,
-            extra={**_eval_settings(dataset, split), "model_dir": os.path.abspath(model_dir) if model_dir else None},
+            extra={**_eval_settings(dataset, split), "model_dir": fileio.abspath(model_dir) if model_dir else None},
             tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, figures=FLAGS.figures)
     ten_crop = FLAGS.eval_protocol == "ten_crop_rgb"
     min_size = max(FLAGS.eval_crop_size, evaluation.SSIM_WINDOW) if ten_crop else evaluation.min_side(FLAGS.crop_border)
@@ -753,7 +775,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
         all_failures.extend(failures)
     summary = evaluation.summarize(rows)
     settings = {**_eval_settings(dataset, split, clean_dir), "network": network, "network_input": input_key}
-    extra = {**settings, "model_dir": os.path.abspath(model_dir) if model_dir else None}
+    extra = {**settings, "model_dir": fileio.abspath(model_dir) if model_dir else None}
     if not model_dir:
         from erl_derain.pretrained import DEFAULT
 
@@ -762,7 +784,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
         extra["failed"] = [{"name": n, "error": e} for n, e in failures]
     csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra=extra)
     finished.append(json_path)
-    if model_dir and os.path.isdir(model_dir) and network == "derain":  # the latest evaluation, with its settings
+    if model_dir and fileio.isdir(model_dir) and network == "derain":  # the latest evaluation, with its settings
         evaluation.write_json(os.path.join(model_dir, "metrics.json"), {**settings, **summary})
     if ten_crop:
         print(f"Mean over {summary['num_crops']} crops of {summary['num_images']} images: RGB-PSNR "
@@ -782,7 +804,7 @@ def _split_list(value: str) -> list[str]:
 
 
 def cmd_evaluate():
-    from erl_derain import evaluation
+    from erl_derain import evaluation, fileio
 
     model_dirs = _split_list(FLAGS.model_dir or "") or [None]  # None: the bundled model
     datasets = _split_list(FLAGS.dataset) if FLAGS["dataset"].present else []
@@ -836,8 +858,7 @@ def cmd_evaluate():
             results[(label, dataset)] = _evaluate(model, model_dir, dataset, split, failures=failures)
     output = FLAGS.output or "cross_dataset_eval"
     md_path, csv_path = evaluation.cross_dataset_table(results, output)
-    with open(md_path, encoding="utf-8") as f:
-        print(f.read())
+    print(fileio.read_text(md_path))
     print(f"Cross-dataset table: {md_path} and {csv_path}")
     return EXIT_FAILED if failures else EXIT_OK
 
@@ -1022,6 +1043,7 @@ def cmd_derain(args: list[str]):
 
 
 def cmd_export():
+    from erl_derain import fileio
     from erl_derain.serving import export_saved_model, formats, server_command_lines
 
     export_base = _require("export_base")
@@ -1036,10 +1058,10 @@ def cmd_export():
                               metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite,
                               serving_root=FLAGS.serving_root, max_pixels=FLAGS.max_pixels)
     lines = server_command_lines(export_base, FLAGS.serving_root)
-    root = FLAGS.serving_root or os.path.dirname(os.path.abspath(export_base))
+    root = FLAGS.serving_root or fileio.dirname(export_base)
     print(f"Exported SavedModel to {path}: signatures serving_default (images -> derained), derain_image "
           f"(image_bytes -> derained_png_bytes), metadata")
-    print(f"Server files in {os.path.abspath(root)} (--serving_root{'' if FLAGS.serving_root else ': --export_base parent'}): "
+    print(f"Server files in {fileio.abspath(root)} (--serving_root{'' if FLAGS.serving_root else ': --export_base parent'}): "
           f"models.config, models.docker.config, batching_parameters.txt. Serve with:\n  "
           f"{lines['tensorflow_model_server']}\n  {lines['docker']}")
 

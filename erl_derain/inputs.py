@@ -18,7 +18,7 @@ import os
 import tensorflow as tf
 
 from erl_derain import datasets  # noqa: F401  (registers the TFDS builders: names resolve)
-from erl_derain.data import pipelines
+from erl_derain.data import pipelines, streams
 from erl_derain.data.pipelines import DatasetError
 
 
@@ -30,6 +30,7 @@ def dataset_source(name: str, clean_dir: str | None = None, data_dir: str | None
 
         if not os.path.isdir(clean_dir):
             raise DatasetError(f"--clean_dir={clean_dir}: no such folder")
+        streams.check_data_dir(data_dir)
         return Builder(config=custom_config(clean_dir), data_dir=data_dir)
     return name
 

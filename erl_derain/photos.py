@@ -28,6 +28,10 @@ path or a folder without images is a failure of that argument only (the others g
 
 ``report`` prints the summary line (stdout) and returns the command's exit status: 0 all done, 1
 some inputs failed (each listed once, by the loop), 130 interrupted.
+
+Photos and their outputs are files on the local disk (``os`` paths; a file-system URL as
+``--output_dir`` is refused by the command's flag checks): only run folders, exports and evaluation
+outputs may be URLs (``erl_derain.fileio``).
 """
 
 from __future__ import annotations

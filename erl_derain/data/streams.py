@@ -552,6 +552,22 @@ def _unknown_dataset_message(dataset) -> str:
             f"features works too)")
 
 
+def check_data_dir(data_dir: str | None) -> None:
+    """A DatasetError when TFDS cannot use ``data_dir``: TFDS reaches its folders through etils.epath,
+    which knows local paths and a few file-system URLs (``gs://``, read with ``tf.io.gfile``); it
+    refuses the others (``ram://``, ``hdfs://``) before anything is read."""
+    if not data_dir or "://" not in data_dir:
+        return
+    from etils import epath  # pylint: disable=import-outside-toplevel  (TFDS's path library)
+
+    try:
+        epath.Path(data_dir)
+    except (KeyError, NotImplementedError, ValueError):
+        scheme = data_dir.split("://", 1)[0]
+        raise DatasetError(f"--data_dir={data_dir}: TFDS cannot use a {scheme}:// folder (its path library, "
+                           f"etils.epath, does not know {scheme}://); use a local folder or gs://") from None
+
+
 def tfds_builder(dataset, data_dir: str | None = None):
     """The TFDS builder of `dataset`, not prepared: a ``tfds.core.DatasetBuilder`` is returned as is;
     a name (``'name'``, ``'name/config'``) must be one that TFDS already knows. A name TFDS does not
@@ -561,6 +577,7 @@ def tfds_builder(dataset, data_dir: str | None = None):
 
     if isinstance(dataset, tfds.core.DatasetBuilder):  # e.g. a builder made with a custom config
         return dataset
+    check_data_dir(data_dir)
     try:
         return tfds.builder(dataset, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:

@@ -9,7 +9,8 @@ ten 224x224 crops of every test image, scored on RGB without rounding.
 A pair that cannot be scored (too small for SSIM or the ten crops, shapes that differ) is a failure
 of that pair only: it is named in ``failures`` and the others go on. ``on_row`` receives each row as
 it is computed (``RowWriter`` keeps ``per_image.csv`` up to date, so an interrupted or failed
-evaluation keeps what it finished). Every file is written atomically (``erl_derain.fileio``).
+evaluation keeps what it finished). Every file is written atomically (``erl_derain.fileio``), into
+a local folder or a file-system URL (``gs://bucket/eval``; what is atomic where: ``fileio``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from erl_derain import metrics
+from erl_derain import fileio, metrics
 from erl_derain.fileio import atomic_write_text
 from erl_derain.inference import as_inference_model, derain_image
 
@@ -241,7 +242,7 @@ def summarize(rows: list[dict]) -> dict:
 def write_results(rows: list[dict], summary: dict, output_dir: str, extra: dict | None = None) -> tuple[str, str]:
     """``per_image.csv`` (the rows) and ``metrics.json`` (``extra`` and ``summary``) in
     ``output_dir``, each written atomically."""
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     csv_path = os.path.join(output_dir, "per_image.csv")
     atomic_write_text(csv_path, _csv_text(rows))
     json_path = os.path.join(output_dir, "metrics.json")
@@ -353,7 +354,7 @@ def cross_dataset_table(results: dict, output_dir: str, *, digits: int = 2) -> t
     cell with every metric). Returns both paths."""
     rows = list(dict.fromkeys(k[0] for k in results))
     cols = list(dict.fromkeys(k[1] for k in results))
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     md = ["| trained on \\ tested on | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         cells = []

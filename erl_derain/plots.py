@@ -20,8 +20,8 @@ Conventions:
   for display, NaN/inf raise :class:`ValueError`.  :func:`comparison_grid` also shows ``H x W``
   single-channel maps in grey.
 * Every plotting function writes one PNG to the ``path`` it is given, creating the parent folder,
-  atomically (a temporary file in the same folder, then :func:`os.replace`), and returns the path
-  as a ``str``.  Bad input raises :class:`ValueError` with a readable message before anything is
+  atomically (``erl_derain.fileio.atomic_open``: a temporary file in the same folder, then a
+  rename; ``path`` may be a file-system URL), and returns the path as a ``str``.  Bad input raises :class:`ValueError` with a readable message before anything is
   written.
 * Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never with
   ``pyplot``: nothing global (the user's backend, the pyplot figure list) is touched and the
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -81,22 +80,11 @@ def _new_figure(figsize, layout: Optional[str] = "constrained"):
 
 def _save(fig, path: PathLike, dpi: float = 100) -> str:
     """Write ``fig`` as a PNG to ``path`` atomically; create the parent folder; return the path."""
+    from erl_derain.fileio import atomic_open
+
     path = os.fspath(path)
-    if not path:
-        raise ValueError("the output path is empty")
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # honours the umask, unlike mkstemp's 0600
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "wb", make_parents=True, fsync=False) as f:
+        fig.savefig(f, format="png", dpi=dpi)
     return path
 
 

@@ -6,7 +6,15 @@ server config files next to it (``server_config.write_server_config``).
 A version is written to a hidden temporary folder inside ``<export_base>`` and renamed into place,
 so a polling server never sees a half-written version; an existing version is refused unless
 ``overwrite=True`` (a server that already loaded that version keeps serving the old one: export a
-new version instead). The graph is the inference network only (``trainer.inference_model()``
+new version instead).
+
+``export_base`` may be a file-system URL (``gs://bucket/models/derain``), which has no atomic
+folder rename (``erl_derain.fileio``): the version is then written to a local temporary folder and
+copied into ``<export_base>/<version>/`` file by file, ``saved_model.pb`` last, so that a loader
+that finds it finds the rest in place; a server polling the base may see the version folder before
+it is complete (and fail to load it until then), and an interrupted copy leaves a version without
+``saved_model.pb`` (export again with ``--version=<that version> --overwrite``). With ``overwrite``
+the old version's files are removed before the copy. The graph is the inference network only (``trainer.inference_model()``
 called with ``training=False``: no clean autoencoder, no optimizer slots); the SavedModel's
 variables are exactly that model's.
 """
@@ -16,16 +24,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 
 import tensorflow as tf
 
+from erl_derain import fileio
 from erl_derain.data import image_io
 from erl_derain.inference import InferenceModel, as_inference_model
 from erl_derain.serving.layout import (DERAIN_IMAGE, DERAINED, DERAINED_PNG_BYTES, EXPORT_INFO, IMAGE_BYTES, IMAGES,
                                        METADATA, SERVING_DEFAULT, SIGNATURE_IO, version_folder)
 from erl_derain.serving.server_config import serving_root as model_root
 from erl_derain.serving.server_config import write_server_config
+
+# The file a SavedModel loader opens first: copied last into a version folder on a file-system URL.
+SAVED_MODEL_FILE = "saved_model.pb"
 
 # Values in images beyond [0, 1] by more than this are refused (0-255 pixels sent as floats).
 RANGE_TOLERANCE = 0.01
@@ -205,16 +218,14 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
     model = as_inference_model(model, multiple)
     if server_config:
         serving_root, _ = model_root(export_base, serving_root)  # refused before any work
-    export_base = os.path.abspath(os.fspath(export_base))
+    export_base = fileio.abspath(export_base)
     model_name = model_name or os.path.basename(export_base)
     version, path = version_folder(export_base, version, overwrite=overwrite)
     metadata = dict(metadata or {})
     method = str(metadata.get("method", ""))
     flags_json = json.dumps(metadata.get("config", {}), sort_keys=True, default=str)
-    os.makedirs(export_base, exist_ok=True)
     module = DerainModule(model, method, flags_json, version, max_pixels=max_pixels)
-    # Hidden, non-integer name: TF Serving's version poller ignores it.
-    tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = staging_folder(export_base, version)
     try:
         tf.saved_model.save(module, tmp, signatures={
             SERVING_DEFAULT: module.serve.get_concrete_function(),
@@ -226,7 +237,7 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, EXPORT_INFO), "w") as f:  # inside the hidden folder: atomic with it
             json.dump(info, f, indent=2, sort_keys=True, default=str)
-        _move_into_place(tmp, path, overwrite)
+        _move_into_place(tmp, path, overwrite, last=(SAVED_MODEL_FILE,))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if server_config:
@@ -234,9 +245,28 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
     return path
 
 
-def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+def staging_folder(export_base: str, version: int) -> str:
+    """A new folder to write version ``version`` of ``export_base`` into before ``_move_into_place``:
+    hidden inside a local ``export_base`` (a non-integer name, which TF Serving's version poller
+    ignores; created with it), or a local temporary folder for a file-system URL (module docstring)."""
+    if fileio.is_remote(export_base):
+        return tempfile.mkdtemp(prefix=f"erl_derain_export_{version}_")
+    os.makedirs(export_base, exist_ok=True)
+    return os.path.join(export_base, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool, last=()) -> None:
     """Rename the finished export to its version folder (``os.rename`` refuses a non-empty target,
-    so two concurrent exports of one version cannot both succeed)."""
+    so two concurrent exports of one version cannot both succeed). A version folder on a file-system
+    URL is copied from the local ``tmp`` instead, the files ``last`` (relative to ``tmp``) after the
+    others (module docstring)."""
+    if fileio.is_remote(path):
+        if fileio.exists(path):
+            if not overwrite:
+                raise FileExistsError(f"{path} appeared while exporting (another export?): not replaced")
+            fileio.rmtree(path)
+        fileio.upload_tree(tmp, path, last=last)
+        return
     old = None
     if overwrite and os.path.exists(path):
         old = f"{os.path.dirname(path)}/.old-{os.path.basename(path)}-{uuid.uuid4().hex[:8]}"

@@ -9,7 +9,8 @@ whole ``InferenceModel``: padding to the network's multiple, the network (``trai
 cropping back and clipping, as the SavedModel's ``serving_default``.
 
 Layout (the versions and ``--overwrite`` work as for the SavedModel; the folder is written under a
-hidden name and renamed into place)::
+hidden name and renamed into place, or for a file-system URL ``export_base`` copied from a local
+folder, the model file last: ``serving.export``)::
 
     <export_base>/<version>/model.onnx        (or model.tflite)
     <export_base>/<version>/erl_derain.json   format, method, training flags, version, input and
@@ -40,7 +41,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 import warnings
 
 from erl_derain.serving.layout import DERAINED, IMAGES, version_folder
@@ -223,8 +223,9 @@ def export_file(model, export_base: str, fmt: str, *, size: tuple[int, int] | No
     ``version``: default the next integer, an existing one raises ``FileExistsError`` unless
     ``overwrite``; ``metadata``: ``{"method": ..., "config": {flags}}``; ``check``: run the file
     once with its runtime when it is installed (module docstring)."""
+    from erl_derain import fileio
     from erl_derain.inference import as_inference_model
-    from erl_derain.serving.export import _move_into_place
+    from erl_derain.serving.export import _move_into_place, staging_folder
 
     check_format(fmt)
     if fmt not in MODEL_FILES:
@@ -234,13 +235,12 @@ def export_file(model, export_base: str, fmt: str, *, size: tuple[int, int] | No
         size = parse_export_size(tuple(size), fmt)
     require_packages(fmt)
     model = as_inference_model(model)
-    export_base = os.path.abspath(os.fspath(export_base))
+    export_base = fileio.abspath(export_base)
     version, folder = version_folder(export_base, version, overwrite=overwrite)
     metadata = dict(metadata or {})
-    os.makedirs(export_base, exist_ok=True)
-    tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = staging_folder(export_base, version)
     try:
-        os.makedirs(tmp)
+        os.makedirs(tmp, exist_ok=True)
         file_path = os.path.join(tmp, MODEL_FILES[fmt])
         write_file(model, file_path, fmt, size)
         info = {"format": fmt, "file": MODEL_FILES[fmt], "method": str(metadata.get("method", "")),
@@ -258,7 +258,7 @@ def export_file(model, export_base: str, fmt: str, *, size: tuple[int, int] | No
         info["check"] = _check(model, file_path, fmt, size) if check else {"checked": False, "reason": "check=False"}
         with open(os.path.join(tmp, FORMAT_INFO), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True, default=str)
-        _move_into_place(tmp, folder, overwrite)
+        _move_into_place(tmp, folder, overwrite, last=(MODEL_FILES[fmt],))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**info, "path": os.path.join(folder, MODEL_FILES[fmt])}

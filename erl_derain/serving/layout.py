@@ -4,6 +4,7 @@ config files and the clients (standard library only: no TensorFlow).
 Signature, input and output names (keep in sync with the ``erl_derain.serving`` docstring), the
 file names next to the exports, and the two readers that need no TensorFlow: ``next_version``
 (the version folders of an ``export_base``) and ``read_export_info`` (``assets.extra/erl_derain.json``).
+Both take local folders or file-system URLs (``erl_derain.fileio``: TensorFlow only for a URL).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+
+from erl_derain import fileio
 
 SERVING_DEFAULT = "serving_default"
 DERAIN_IMAGE = "derain_image"
@@ -33,23 +36,23 @@ DOCKER_MODELS_ROOT = "/models"
 
 def next_version(export_base: str) -> int:
     """1 + the largest integer folder in ``export_base`` (1 when there is none)."""
-    if not os.path.isdir(export_base):
+    if not fileio.isdir(export_base):
         return 1
-    versions = [int(d) for d in os.listdir(export_base)
-                if re.fullmatch(r"\d+", d) and os.path.isdir(os.path.join(export_base, d))]
+    versions = [int(d) for d in fileio.listdir(export_base)
+                if re.fullmatch(r"\d+", d) and fileio.isdir(os.path.join(export_base, d))]
     return max(versions, default=0) + 1
 
 
 def version_folder(export_base: str, version: int | None = None, *, overwrite: bool = False) -> tuple[int, str]:
     """``(version, <export_base>/<version>)`` of a new export: ``version`` (default ``next_version``)
     must be a non-negative integer, and an existing folder is refused (``FileExistsError``) unless
-    ``overwrite``. ``export_base`` is made absolute."""
-    export_base = os.path.abspath(os.fspath(export_base))
+    ``overwrite``. ``export_base`` is made absolute (a URL is kept as it is)."""
+    export_base = fileio.abspath(export_base)
     version = next_version(export_base) if version is None else int(version)
     if version < 0:
         raise ValueError(f"version must be a non-negative integer, got {version}")
     folder = os.path.join(export_base, str(version))
-    if os.path.exists(folder) and not overwrite:
+    if fileio.exists(folder) and not overwrite:
         raise FileExistsError(f"{folder} exists: choose another --version, or leave it out for the next one "
                               f"({next_version(export_base)})")
     return version, folder
@@ -58,5 +61,4 @@ def version_folder(export_base: str, version: int | None = None, *, overwrite: b
 def read_export_info(export_dir: str) -> dict:
     """``assets.extra/erl_derain.json`` of one exported version: method, config (training flags),
     version, pad_multiple, model_name, signatures. Plain JSON: no TensorFlow needed."""
-    with open(os.path.join(export_dir, EXPORT_INFO)) as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(os.path.join(export_dir, EXPORT_INFO)))

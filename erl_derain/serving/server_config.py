@@ -14,15 +14,21 @@ Each export adds or replaces its own model's block in both config files and keep
 models' blocks verbatim (parsed with comments and quoted strings skipped), under an exclusive lock,
 so two exports of different models into one folder cannot lose each other's entries; the files
 are replaced atomically (``erl_derain.fileio``).
+
+A model root on a file-system URL (``gs://bucket/models``; TF Serving reads its config and models
+there itself) has the same files, with two differences: there is no lock (object stores have no
+``flock``: two exports into one remote root at the same moment may lose one model's entry; export
+one at a time), and ``models.docker.config`` lists the same URLs as ``models.config`` (a container
+reads them directly; nothing is mounted).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 
+from erl_derain import fileio
 from erl_derain.fileio import atomic_write_text
 from erl_derain.serving.layout import BATCHING_PARAMETERS, DOCKER_MODELS_CONFIG, DOCKER_MODELS_ROOT, MODELS_CONFIG
 
@@ -102,15 +108,14 @@ def update_models_config(path: str, model_name: str, base_path: str, version: in
     """Add or replace ``model_name``'s block in the ``--model_config_file`` at ``path``, keeping the
     other models' blocks verbatim (an unreadable file is kept as ``<path>.bak`` and replaced)."""
     blocks = []
-    if os.path.exists(path):
-        with open(path) as f:
-            text = f.read()
+    if fileio.exists(path):
+        text = fileio.read_text(path)
         try:
             blocks = [(name, raw) for name, raw in config_blocks(text) if name != model_name]
         except ValueError as e:
             print(f"warning: {path} is not a model_config_list file ({e}): kept as {path}.bak and replaced",
                   file=sys.stderr)
-            shutil.copyfile(path, path + ".bak")
+            fileio.copy_file(path, path + ".bak")
             blocks = []
     blocks.append((model_name, model_config_block(model_name, base_path, version)))
     blocks.sort(key=lambda b: b[0])
@@ -137,15 +142,21 @@ def batching_parameters_text(max_batch_size: int = 4, batch_timeout_micros: int 
 def serving_root(export_base: str, root: str | None = None) -> tuple[str, str]:
     """``(root, export_base)`` as absolute paths: ``root`` (default: export_base's parent folder) must
     hold ``export_base`` (the Docker command mounts the root only); ``ValueError`` otherwise."""
-    export_base = os.path.abspath(os.fspath(export_base))
-    root = os.path.dirname(export_base) if root is None else os.path.abspath(os.fspath(root))
-    if os.path.commonpath([root, export_base]) != root or root == export_base:
+    export_base = fileio.abspath(export_base)
+    root = fileio.dirname(export_base) if root is None else fileio.abspath(root)
+    if fileio.is_remote(root) or fileio.is_remote(export_base):
+        inside = export_base.startswith(root.rstrip("/") + "/")
+    else:
+        inside = os.path.commonpath([root, export_base]) == root
+    if not inside or root == export_base:
         raise ValueError(f"--export_base={export_base} is not inside --serving_root={root}: the server's model root "
                          "must hold the exports (e.g. --export_base=<serving_root>/<model name>)")
     return root, export_base
 
 
 def _docker_base_path(root: str, export_base: str) -> str:
+    if fileio.is_remote(root):  # read by the container itself (module docstring)
+        return export_base
     return DOCKER_MODELS_ROOT + "/" + os.path.relpath(export_base, root).replace(os.sep, "/")
 
 
@@ -154,6 +165,15 @@ def server_command_lines(export_base: str, root: str | None = None) -> dict:
     model root ``root`` (default: export_base's parent folder), which the Docker command mounts."""
     root, _ = serving_root(export_base, root)
     timeout = "--rest_api_timeout_in_ms=300000"
+    if fileio.is_remote(root):  # nothing to mount: the server reads the root itself
+        return {
+            "tensorflow_model_server": (f"tensorflow_model_server --rest_api_port=8501 --port=8500 "
+                                        f"--model_config_file={root}/{MODELS_CONFIG} {timeout}"),
+            "docker": (f"docker run --rm -p 8501:8501 -p 8500:8500 tensorflow/serving "
+                       f"--model_config_file={root}/{DOCKER_MODELS_CONFIG} {timeout}"),
+            "batching": f"--enable_batching --batching_parameters_file={root}/{BATCHING_PARAMETERS}",
+            "batching_docker": f"--enable_batching --batching_parameters_file={root}/{BATCHING_PARAMETERS}",
+        }
     return {
         "tensorflow_model_server": (f"tensorflow_model_server --rest_api_port=8501 --port=8500 "
                                     f"--model_config_file={root}/{MODELS_CONFIG} {timeout}"),
@@ -170,20 +190,21 @@ def write_server_config(export_base: str, model_name: str, version: int, root: s
     and ``models.docker.config`` (base_path = /models/<export_base below the root>, for the root
     mounted at /models), and write ``batching_parameters.txt`` unless it exists. Returns the root."""
     root, export_base = serving_root(export_base, root)
-    os.makedirs(root, exist_ok=True)
+    fileio.makedirs(root)
     with locked(os.path.join(root, ".models.config.lock")):
         update_models_config(os.path.join(root, MODELS_CONFIG), model_name, export_base, version)
         update_models_config(os.path.join(root, DOCKER_MODELS_CONFIG), model_name,
                              _docker_base_path(root, export_base), version)
         batching = os.path.join(root, BATCHING_PARAMETERS)
-        if not os.path.exists(batching):
+        if not fileio.exists(batching):
             atomic_write_text(batching, batching_parameters_text())
     return root
 
 
 class locked:  # noqa: N801  (used as a context manager, like open)
-    """An exclusive ``flock`` on ``path`` (no-op where fcntl is missing): two exports of different
-    models into one folder must not lose each other's models.config entries."""
+    """An exclusive ``flock`` on ``path`` (no-op where fcntl is missing, and for a file-system URL:
+    module docstring): two exports of different models into one folder must not lose each other's
+    models.config entries."""
 
     def __init__(self, path: str):
         self.path, self.fd = path, None
@@ -192,6 +213,8 @@ class locked:  # noqa: N801  (used as a context manager, like open)
         try:
             import fcntl
         except ImportError:
+            return self
+        if fileio.is_remote(self.path):
             return self
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)

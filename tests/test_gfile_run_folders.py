@@ -220,6 +220,19 @@ def test_export_into_ram_loads_back_and_derains(cli, ram_run):
     assert "versions: 2" in gfile.GFile(f"{root}/models.config").read()
 
 
+def test_litert_export_into_ram(cli, ram_run):
+    """The other export formats take the same way: built locally, copied into the version folder."""
+    run, _ = ram_run
+    base = f"{_ram_root()}/serving/derain"
+    code, out, err = cli("export", f"--model_dir={run}", f"--export_base={base}", "--format=litert")
+    assert code == 0, err
+    assert f"Exported litert file {base}/1/model.tflite" in out
+    assert gfile.listdir(base) == ["1"] and sorted(gfile.listdir(f"{base}/1")) == ["erl_derain.json", "model.tflite"]
+    model = gfile.GFile(f"{base}/1/model.tflite", "rb").read()
+    info = json.loads(gfile.GFile(f"{base}/1/erl_derain.json").read())
+    assert model[4:8] == b"TFL3" and info["bytes"] == len(model) and info["version"] == 1
+
+
 # -- TFDS: a local data_dir with a ram:// model_dir; a ram:// data_dir is refused ----------------------------
 
 

@@ -31,7 +31,9 @@ blocks verbatim, so one server serves every model of the folder.
 A version is written to a hidden temporary folder inside ``<export_base>`` and renamed into place,
 so a polling server never sees a half-written version; an existing version is refused unless
 ``overwrite=True`` (a server that already loaded that version keeps serving the old one: export a
-new version instead). The graph is the inference network only (an ``inference.InferenceModel``
+new version instead). On a file-system URL (``gs://...``), which has no atomic folder rename, the
+version is copied in file by file, ``saved_model.pb`` last (``serving.export``; docs/scaling.md).
+The graph is the inference network only (an ``inference.InferenceModel``
 around ``trainer.inference_model()``, called with ``training=False``: no clean autoencoder, no
 optimizer slots); the SavedModel's variables are exactly that model's.
 

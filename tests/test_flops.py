@@ -67,3 +67,32 @@ def test_a_plain_callable_and_a_nested_function_are_counted():
     conv = _model((10, 12, 3), layers.Conv2D(8, 3, padding="same"))
     inner = tf.function(lambda x: conv(x))  # traced as a call op: the count descends into it
     assert flops.count_macs(lambda x: inner(x) + inner(x), (10, 12)) == 2 * 10 * 12 * 8 * 27
+
+
+def test_typical_width_is_the_conv_width_doing_most_work():
+    model = _model((10, 12, 3), layers.Conv2D(8, 3, padding="same"), layers.Conv2D(16, 3, padding="same"),
+                   layers.Conv2D(4, 1))
+    widths = collections.Counter()
+    total = flops.count_macs(model, (10, 12), by_width=widths)
+    # 3->8: 120*8*27 = 25,920; 8->16: 120*16*72 = 138,240; 16->4 (1x1): 120*4*16 = 7,680
+    assert widths == {8: 25920, 16: 138240, 4: 7680} and total == 25920 + 138240 + 7680
+    assert flops.typical_width(widths) == 16
+
+
+def test_training_step_gradients_are_counted():
+    import tensorflow as tf
+
+    conv = _model((10, 12, 3), layers.Conv2D(8, 3, padding="same"))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(conv(x))
+        return tape.gradient(loss, [conv.trainable_weights[0], x])
+
+    by_type = collections.Counter()
+    graph = step.get_concrete_function(tf.TensorSpec([1, 10, 12, 3])).graph
+    # forward, the input gradient and the kernel gradient each take one product per
+    # (output pixel, output channel, kernel tap, input channel): 3 x 25,920
+    assert flops.graph_macs(graph, by_type) == 3 * 10 * 12 * 8 * 27
+    assert by_type == {"Conv2D": 25920, "Conv2DBackpropInput": 25920, "Conv2DBackpropFilter": 25920}

@@ -80,6 +80,10 @@ flags.DEFINE_integer("tile", 512, "Images larger than this (pixels per side) are
                      "(0: always whole images; otherwise larger than --tile_overlap). derain: 512; evaluate/compare "
                      "use whole images up to 1024 unless --tile is given, so the standard benchmarks are evaluated "
                      "whole, as in the papers.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "Inference precision (derain, evaluate, export): bfloat16 rebuilds the network under Keras' "
+                  "mixed_bfloat16 policy with the run's float32 weights (inputs and outputs stay float32); only on "
+                  "a GPU or a CPU with AVX512_BF16 / AMX_BF16.")
 flags.DEFINE_integer("tile_batch", 1, "Tiles of one image run per network call (stacked: more memory, fewer calls, the "
                      "same output; >= 1). Local models only.")
 flags.DEFINE_integer("tile_overlap", 32, "Minimum overlap between neighbouring tiles, pixels (blended linearly; "
@@ -182,16 +186,17 @@ VERB_HELP = {
     "train": ("train a method on a dataset through its stages (resumes where it stopped)", None),
     "evaluate": ("Y-channel PSNR/SSIM of trained runs (or the bundled model) on test sets (several: the "
                  "cross-dataset table; a folder without clean images: no-reference NIQE / BRISQUE)",
-                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER, "max_pixels")),
+                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER, "precision", "max_pixels")),
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
                  *_INFER, "max_pixels")),
     "derain": ("de-rain photos of any size and videos (the bundled model without --model_dir, or via TF Serving)",
-               ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
+               ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "precision", "server", "model_name",
+                "protocol",
                 "version", "max_pixels", "every_nth", "max_frames", "temporal", "video_codec", "progress_every")),
     "export": ("a TF Serving SavedModel (or an ONNX / LiteRT file) of a run's (or the bundled) inference network",
                ("model_dir", "pretrained", "export_base", "serving_root", "format", "export_size", "version",
-                "overwrite", "max_pixels")),
+                "overwrite", "precision", "max_pixels")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
                 ("dataset", "manual_dir", "data_dir", "clean_dir", "max_pixels")),
     "synthesize": ("rainy/clean pairs from your clean photos with the package's rain model",
@@ -439,6 +444,12 @@ def validate_flags(verb: str) -> None:
             raise UsageError(str(e)) from None
     if names >= set(_INFER):
         _check_tiles(verb)
+    if "precision" in names and FLAGS.precision == "bfloat16" and not (verb == "derain" and FLAGS.server):
+        from erl_derain import precision
+
+        reason = precision.bfloat16_unavailable()
+        if reason:
+            raise UsageError(f"--precision=bfloat16: {reason}")
     if verb in ("train", "evaluate", "compare", "prepare"):
         _check_datasets(verb)
     if verb == "train":
@@ -471,6 +482,9 @@ def validate_flags(verb: str) -> None:
             if FLAGS.self_ensemble != 1:
                 raise UsageError("--self_ensemble runs the network several times per image here; with --server the "
                                  "model runs in TF Serving, once per image: leave --self_ensemble at 1")
+            if FLAGS.precision != "float32":
+                raise UsageError(f"--precision={FLAGS.precision} rebuilds a local model; with --server the model "
+                                 "runs in TF Serving as exported (export it with --precision instead)")
             if FLAGS.tile_batch != 1:
                 raise UsageError(f"--tile_batch={FLAGS.tile_batch} stacks tiles into calls of a local model; with "
                                  "--server each tile is one request: leave --tile_batch at 1")
@@ -688,17 +702,25 @@ def _safe_name(dataset: str) -> str:
 
 
 def _load_run(model_dir: str | None):
-    """``(trainer, record)`` of a run, or of the bundled pretrained model when ``model_dir`` is None."""
+    """``(trainer, record)`` of a run, or of the bundled pretrained model when ``model_dir`` is None;
+    its networks rebuilt in --precision (``precision.in_precision``)."""
+    from erl_derain import precision
     from erl_derain.training import load_trainer
 
     if model_dir:
-        return load_trainer(model_dir)
-    from erl_derain.pretrained import load_pretrained_trainer
+        trainer, record = load_trainer(model_dir)
+    else:
+        from erl_derain.pretrained import load_pretrained_trainer
 
-    trainer, info = load_pretrained_trainer()
-    print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
-          flush=True)
-    return trainer, info["record"]
+        trainer, info = load_pretrained_trainer()
+        record = info["record"]
+        print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
+              flush=True)
+    if FLAGS.precision != "float32":
+        trainer = precision.in_precision(trainer, record, FLAGS.precision)
+        print(f"Running the network in {FLAGS.precision} (float32 weights, {precision.POLICY[FLAGS.precision]} "
+              "policy; inputs and outputs float32).", flush=True)
+    return trainer, record
 
 
 def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, network="derain",

@@ -3,7 +3,7 @@ throughput of every method, as markdown tables and JSON.
 
     python benchmarks/suite.py [--methods=erlnet,memd,menet,iadn,jrgr] [--steps=5 --warmup=1]
         [--precisions=float32,mixed] [--xla=false,true] [--variants_for=METHODS]
-        [--crop_sizes=256,320,512] [--inference_sizes=256,512,1024] [--kinds=train,inference,data,scaling]
+        [--crop_sizes=256,320,512] [--inference_sizes=256,512,1024] [--kinds=train,inference,data,scaling,peak]
         [--skip=scaling:jrgr:512] [--batches=jrgr:1] [--note=TEXT] [--json=PATH] [--markdown=PATH]
         [--timeout=900] [--smoke]
     python benchmarks/suite.py --render=results.json [--markdown=PATH]   # the page of an earlier run
@@ -25,6 +25,10 @@ mixed-precision global policy and XLA state of one row cannot leak into the next
 * ``data``: examples/s of ``erl_derain.data.pipelines.paired_dataset`` (the ``synthetic_rain``
   training stream, no model) at the method's crop and batch, against its training images/s.
 * ``scaling``: training step time and peak RSS at each ``--crop_sizes`` (batch 1, float32, no XLA).
+* ``peak``: this machine's rate on a large 3x3 convolution at the method's typical width, float32
+  and bfloat16 (``conv_peak``), the reference of the *% of peak* columns. The ``train`` rows also
+  count their step's multiply-adds and the ``export`` rows the inference network's per megapixel
+  (``erl_derain.flops``), giving achieved GFLOP/s.
 
 A measurement that fails (an op XLA cannot compile, a method that is not mixed-precision safe, a
 child killed for memory) or exceeds ``--timeout`` becomes a row with its error, and the suite goes
@@ -53,7 +57,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import peak_rss_mib, time_calls, write_page  # noqa: E402
 
-KINDS = ("train", "inference", "data", "scaling")
+KINDS = ("train", "inference", "data", "scaling", "peak")
 MARKER = "BENCH_RESULT "
 
 
@@ -70,6 +74,11 @@ PAPER = {m: spec.paper_batch or (256, 1, "the paper gives no training crop/batch
 SMOKE_PAPER = {m: (max(2 * spec.tiny_crop, 32), 2 if spec.tiny_crop >= 32 else 1) for m, spec in _registry().items()}
 NAMES = {m: spec.display_name or m for m, spec in _registry().items()}
 HEAVY_SKIPS = ",".join(f"scaling:{m}:512" for m, spec in _registry().items() if spec.heavy)
+
+MACS_SIDE = 512  # multiply-adds per megapixel are counted on the inference network at 512x512
+PEAK = dict(side=256, chain=4, calls=5)  # the peak convolution: 1 x side x side x C, `chain` in a row per call
+SMOKE_PEAK = dict(side=32, chain=2, calls=1)
+PEAK_DTYPES = ("float32", "bfloat16")
 
 FULL_DEFAULTS = dict(steps=5, warmup=1, crop_sizes="256,320,512", inference_sizes="256,512,1024", timeout=900.0,
                      jobs=1, isolate=True, data_seconds=5.0, skip=HEAVY_SKIPS)
@@ -162,16 +171,24 @@ def task_train(spec: dict) -> dict:
     out.update(status="ok", first_step_s=t["first_s"], step_s=t["mean_s"], median_step_s=t["median_s"],
                min_step_s=t["min_s"], steps_per_s=1.0 / t["mean_s"], images_per_s=batch / t["mean_s"],
                peak_rss_mib=peak_rss_mib(), loss=losses[-1], loss_finite=all(math.isfinite(v) for v in losses))
+    try:  # the step's multiply-adds (forward, gradients, every network it updates), from its traced graph
+        from erl_derain import flops
+
+        out["macs_per_step"] = flops.graph_macs(step.get_concrete_function(data).graph)
+        out["gflops"] = 2 * out["macs_per_step"] / t["mean_s"] / 1e9
+    except (ValueError, NotImplementedError) as err:
+        out["macs_error"] = str(err)[:300]
     gpu = _gpu_peak_mib(tf)
     if gpu is not None:
         out["gpu_peak_mib"] = gpu
     return out
 
 
-def task_export(spec: dict) -> dict:
+def _inference_model(spec: dict):
+    """(run record, trainer, built float32 inference model) of ``spec``'s method."""
     import tensorflow as tf
 
-    from erl_derain import distribute, serving
+    from erl_derain import distribute
     from erl_derain.methods import make_trainer
 
     distribute.set_precision(False)
@@ -181,6 +198,25 @@ def task_export(spec: dict) -> dict:
     trainer.build_networks((1, side, side, 3))
     model = trainer.inference_model()
     model(tf.zeros((1, side, side, 3)))
+    return config, trainer, model
+
+
+def _work(model) -> dict:
+    """The inference network's multiply-adds per megapixel (at MACS_SIDE) and its typical conv width."""
+    from collections import Counter
+
+    from erl_derain import flops
+
+    widths = Counter()
+    macs = flops.count_macs(model, (MACS_SIDE, MACS_SIDE), by_width=widths)
+    return {"macs_per_mp": macs / (MACS_SIDE * MACS_SIDE / 1e6), "conv_width": flops.typical_width(widths)}
+
+
+def task_export(spec: dict) -> dict:
+    from erl_derain import serving
+
+    config, trainer, model = _inference_model(spec)
+    work = _work(model)
     t0 = time.perf_counter()
     path = serving.export_saved_model(model, spec["export_base"], version=1,
                                       metadata={"method": spec["method"], "config": config.to_dict()},
@@ -189,7 +225,45 @@ def task_export(spec: dict) -> dict:
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
     return {"status": "ok", "export_path": path, "export_s": seconds, "export_mib": size / 2**20,
             "params": int(model.count_params()), "pad_multiple": int(trainer.pad_multiple),
-            "peak_rss_mib": peak_rss_mib()}
+            "peak_rss_mib": peak_rss_mib(), **work}
+
+
+def conv_peak(width: int, side: int, dtype: str, chain: int, calls: int) -> dict:
+    """This machine's rate on the work the networks do: ``chain`` 3x3 'same' convolutions
+    ``width`` -> ``width`` in a row on a 1 x ``side`` x ``side`` x ``width`` batch, in ``dtype``, in
+    one ``tf.function`` call; the best (shortest) of ``calls`` timed calls after one untimed."""
+    import tensorflow as tf
+
+    rng = tf.random.Generator.from_seed(0)
+    x = tf.cast(rng.uniform((1, side, side, width)), dtype)
+    kernel = tf.cast(rng.uniform((3, 3, width, width), -1.0, 1.0) / (3.0 * width ** 0.5), dtype)
+
+    @tf.function
+    def run(x):
+        for _ in range(chain):
+            x = tf.nn.conv2d(x, kernel, 1, "SAME")
+        return x[0, 0, 0, 0]
+
+    t = time_calls(lambda: run(x).numpy(), calls, 1)
+    macs = chain * side * side * 9 * width * width
+    return {"macs": macs, "best_s": t["min_s"], "gflops": 2 * macs / t["min_s"] / 1e9}
+
+
+def task_peak(spec: dict) -> dict:
+    _, _, model = _inference_model(spec)
+    width = _work(model)["conv_width"]
+    del model
+    out = {"status": "ok", "conv_width": width, "peak_side": int(spec["side"]), "peak_chain": int(spec["chain"])}
+    for dtype in PEAK_DTYPES:
+        try:
+            got = conv_peak(width, int(spec["side"]), dtype, int(spec["chain"]), int(spec["calls"]))
+            out[f"peak_gflops_{dtype}"] = got["gflops"]
+        except Exception as err:  # noqa: BLE001 (a dtype this machine cannot run is a note, not a failed row)
+            out[f"peak_error_{dtype}"] = f"{type(err).__name__}: {err}"[:300]
+    if not any(f"peak_gflops_{d}" in out for d in PEAK_DTYPES):
+        return {"status": "error", "error": out.get("peak_error_float32", "no dtype ran")}
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
 
 
 def test_image(size: int):
@@ -273,7 +347,7 @@ def task_data(spec: dict) -> dict:
 
 
 TASKS = {"train": task_train, "scaling": task_train, "export": task_export, "inference": task_inference,
-         "data": task_data}
+         "data": task_data, "peak": task_peak}
 
 
 def child_main(specs_json: str) -> int:
@@ -343,7 +417,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--kinds", default=",".join(KINDS), help="measurements: train, inference, data, scaling")
+    p.add_argument("--kinds", default=",".join(KINDS), help="measurements: train, inference, data, scaling, peak")
     p.add_argument("--steps", type=int, default=None, help="timed calls per measurement (5; smoke 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (1); the first is reported apart")
     p.add_argument("--precisions", default="float32,mixed")
@@ -468,6 +542,12 @@ def build_plan(args, export_root: str) -> list[dict]:
                 if reason:
                     row.update(status="skipped", reason=reason)
                 rows.append(row)
+        if "peak" in args.kind_list:
+            row = {"kind": "peak", "method": method, "smoke": args.smoke, **(SMOKE_PEAK if args.smoke else PEAK)}
+            reason = _skip_reason(args, "peak", method, None)
+            if reason:
+                row.update(status="skipped", reason=reason)
+            rows.append(row)
     if "data" in args.kind_list:
         shared = {}
         for method in args.method_list:
@@ -496,6 +576,8 @@ def describe(row: dict) -> str:
         return f"{method} inference {row['size']}x{row['size']}"
     if kind == "data":
         return f"{method} tf.data {row['crop']}x{row['crop']} batch {row['batch']}"
+    if kind == "peak":
+        return f"{method} peak 3x3 convolution {row['side']}x{row['side']}"
     return f"{method} {kind}"
 
 
@@ -504,7 +586,7 @@ def summary(result: dict) -> str:
     if status != "ok":
         return status_text(result)
     for key, unit in (("step_s", "s/step"), ("latency_s", "s/image"), ("examples_per_s", "examples/s"),
-                      ("export_mib", "MiB")):
+                      ("export_mib", "MiB"), ("peak_gflops_float32", "GFLOP/s float32")):
         if key in result:
             rss = f", peak RSS {fmt(result['peak_rss_mib'], 4)} MiB" if "peak_rss_mib" in result else ""
             return f"ok: {fmt(result[key])} {unit}{rss}"
@@ -612,7 +694,31 @@ def merge_results(plan: list[dict], results: dict[int, dict]) -> list[dict]:
             if e.get("status") != "ok" and r.get("status") == "error":
                 r["error"] = f"export failed: {e.get('error', e.get('status'))}"
         r.pop("export_path", None)
+    add_rates(rows)
     return rows
+
+
+def _peak_dtype(row: dict) -> str:
+    """The peak a row is compared with: float32, or bfloat16 for mixed-precision training (on a GPU,
+    mixed precision is float16: the bfloat16 peak is then only an approximation of its peak)."""
+    return "bfloat16" if row.get("precision") == "mixed" else "float32"
+
+
+def add_rates(rows: list[dict]) -> None:
+    """Achieved GFLOP/s (2 x multiply-adds / seconds) of the inference rows (the export row's
+    multiply-adds per megapixel x the image's megapixels, over the median s/image) and the percentage
+    of the method's measured peak of the train and inference rows (pure; in place)."""
+    peaks = {r["method"]: r for r in rows if r["kind"] == "peak" and _ok(r)}
+    exports = {r["method"]: r for r in rows if r["kind"] == "export" and _ok(r)}
+    for r in rows:
+        if r["kind"] == "inference" and r["method"] in exports and "macs_per_mp" in exports[r["method"]]:
+            r["macs_per_mp"] = exports[r["method"]]["macs_per_mp"]
+            if _ok(r) and r.get("latency_s"):
+                r["gflops"] = 2 * r["macs_per_mp"] * r["size"] ** 2 / 1e6 / r["latency_s"] / 1e9
+        peak = peaks.get(r["method"], {}).get(f"peak_gflops_{_peak_dtype(r)}")
+        if r["kind"] in ("train", "inference") and _ok(r) and r.get("gflops") and peak:
+            r["peak_gflops"] = peak
+            r["pct_of_peak"] = 100.0 * r["gflops"] / peak
 
 
 # ------------------------------------------------------------------------------------------------
@@ -706,20 +812,26 @@ def tables(rows: list[dict], gpu: bool) -> dict[str, str]:
     train = [r for r in rows if r["kind"] == "train"]
     if train:
         headers = ["method", "crop", "batch", "precision", "XLA", "s/step", "steps/s", "images/s",
-                   "first step s", "peak RSS MiB"] + (["GPU peak MiB"] if gpu else []) + ["status"]
+                   "first step s", "peak RSS MiB"] + (["GPU peak MiB"] if gpu else []) + [
+                   "GMAC/step", "GFLOP/s", "% of peak", "status"]
         body = [[NAMES[r["method"]], r["crop"], _batch_label(r), r["precision"], "on" if r["xla"] else "off",
                  fmt(_num(r, "step_s")), fmt(_num(r, "steps_per_s")), fmt(_num(r, "images_per_s")),
                  fmt(_num(r, "first_step_s")), fmt(_num(r, "peak_rss_mib"), 4)]
-                + ([fmt(_num(r, "gpu_peak_mib"), 4)] if gpu else []) + [status_text(r)] for r in train]
+                + ([fmt(_num(r, "gpu_peak_mib"), 4)] if gpu else [])
+                + [fmt(_giga(_num(r, "macs_per_step"))), fmt(_num(r, "gflops")), fmt(_num(r, "pct_of_peak"), 2),
+                   status_text(r)] for r in train]
         out["train"] = markdown_table(headers, body)
     inference = [r for r in rows if r["kind"] == "inference"]
     if inference:
         headers = ["method", "parameters", "export MiB", "size", "s/image (median)", "min s", "MP/s",
-                   "first call s", "peak RSS MiB"] + (["GPU peak MiB"] if gpu else []) + ["status"]
+                   "first call s", "peak RSS MiB"] + (["GPU peak MiB"] if gpu else []) + [
+                   "GMAC/MP", "GFLOP/s", "% of peak", "status"]
         body = [[NAMES[r["method"]], f"{r['params']:,}" if r.get("params") else "—", fmt(r.get("export_mib")),
                  f"{r['size']}x{r['size']}", fmt(_num(r, "latency_s")), fmt(_num(r, "min_latency_s")),
                  fmt(_num(r, "megapixels_per_s")), fmt(_num(r, "first_call_s")), fmt(_num(r, "peak_rss_mib"), 4)]
-                + ([fmt(_num(r, "gpu_peak_mib"), 4)] if gpu else []) + [status_text(r)] for r in inference]
+                + ([fmt(_num(r, "gpu_peak_mib"), 4)] if gpu else [])
+                + [fmt(_giga(r.get("macs_per_mp"))), fmt(_num(r, "gflops")), fmt(_num(r, "pct_of_peak"), 2),
+                   status_text(r)] for r in inference]
         out["inference"] = markdown_table(headers, body)
     data = [r for r in rows if r["kind"] == "data"]
     if data:
@@ -755,7 +867,20 @@ def tables(rows: list[dict], gpu: bool) -> dict[str, str]:
                              fmt(m_rel.get(id(r))), status_text(r)])
         out["scaling"] = markdown_table(["method", "crop", "x pixels", "s/step", "x time", "peak RSS MiB",
                                          "x RSS", "status"], body)
+    peak = [r for r in rows if r["kind"] == "peak"]
+    if peak:
+        body = [[NAMES[r["method"]], r.get("conv_width") or "—",
+                 f"{r['chain']} x 3x3, 1x{r['side']}x{r['side']}x{r.get('conv_width', 'C')}"]
+                + [fmt(_num(r, f"peak_gflops_{d}")) if _num(r, f"peak_gflops_{d}") else
+                   (f"error: {error_line(r[f'peak_error_{d}'])[:80]}" if r.get(f"peak_error_{d}") else "—")
+                   for d in PEAK_DTYPES] + [status_text(r)] for r in peak]
+        out["peak"] = markdown_table(["method", "conv width", "convolutions per call"]
+                                     + [f"{d} GFLOP/s" for d in PEAK_DTYPES] + ["status"], body)
     return out
+
+
+def _giga(value):
+    return None if value is None else value / 1e9
 
 
 # ------------------------------------------------------------------------------------------------
@@ -842,7 +967,7 @@ under "This run"; re-running the command there regenerates the page.
     python benchmarks/suite.py --methods=erlnet,menet --kinds=train,inference --steps=3
     python benchmarks/suite.py --smoke          # every path at tiny sizes: 2-3 min on 2 shared CPU cores
 
-`--methods` (erlnet, memd, menet, iadn, jrgr), `--kinds` (train, inference, data, scaling),
+`--methods` (erlnet, memd, menet, iadn, jrgr), `--kinds` (train, inference, data, scaling, peak),
 `--precisions` (float32, mixed), `--xla` (false, true), `--variants_for` (the methods measured at every
 precision x XLA combination; the others at float32 without XLA), `--crop_sizes`, `--inference_sizes`,
 `--steps` / `--warmup` (timed / untimed calls), `--skip=kind:method[:size]`, `--timeout` (seconds per
@@ -881,6 +1006,20 @@ not leak into the next. A measurement that fails or times out is a row with its 
   and the training step share the same cores, so a real run gets somewhat less than both figures.
   synthetic_rain's training images are 256x256 tiles: crops larger than that are measured at 256x256
   (the *tf.data crop* column; the same images are decoded, only the crop is smaller).
+* **Work and rate**: *GMAC/MP* is the inference network's multiply-adds per megapixel
+  (`erl_derain.flops.count_macs` on its traced graph at 512x512: every `Conv2D`, depthwise,
+  transposed-convolution and `MatMul` op, from its static shapes; additions and activations not
+  counted); the inference *GFLOP/s* is 2 x GMAC/MP x the image's megapixels / s/image (median).
+  *GMAC/step* counts the traced training step's graph the same way (forward, input and kernel
+  gradients, every network the step updates, losses included); its *GFLOP/s* is 2 x GMAC/step /
+  s/step. *% of peak* compares that with this machine's peak for the same work, measured in the
+  same run (the *peak* rows, one process per method): 4 chained 3x3 'same' convolutions C -> C on
+  a 1x256x256xC batch in one `tf.function` call, C the network's *typical width* (the `Conv2D` output
+  width doing the most multiply-adds), the best of 5 timed calls, in float32 and bfloat16. Float32
+  rows are compared with the float32 peak, `mixed` training with the bfloat16 one (on a GPU, mixed
+  precision is float16: the bfloat16 peak is only a stand-in there). The networks also spend time
+  in ops that do no multiply-adds (activations, normalisation, concatenation, padding), so 100 % is
+  out of reach; the gap shows how far a method is from compute-bound.
 * **Scaling with crop size**: the training step (batch 1, float32, no XLA) at each crop; *x pixels*,
   *x time* and *x RSS* are relative to the method's smallest measured crop. JRGR's U-Nets need sides
   that are multiples of 128, so 320 is skipped for it.
@@ -898,8 +1037,9 @@ def page(machine: dict, command: str, rows: list[dict], tabs: dict[str, str], sm
                      "works. Rows marked \"shared process\" ran after others in the same process (--noisolate): "
                      "their peak RSS is that process's running peak.\n")
     titles = {"train": "Training at the paper's crop and batch", "inference": "Inference (SavedModel, serving_default)",
-              "data": "Input pipeline alone vs training", "scaling": "Training vs crop size (batch 1, float32, no XLA)"}
-    for key in ("train", "inference", "data", "scaling"):
+              "data": "Input pipeline alone vs training", "scaling": "Training vs crop size (batch 1, float32, no XLA)",
+              "peak": "This machine's convolution peak (the reference of '% of peak')"}
+    for key in ("train", "inference", "data", "scaling", "peak"):
         if key in tabs:
             parts += [f"## {titles[key]}\n", tabs[key], ""]
     failed = [r for r in rows if r.get("status") in ("error", "timeout")]

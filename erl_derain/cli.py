@@ -80,6 +80,12 @@ flags.DEFINE_integer("tile", 512, "Images larger than this (pixels per side) are
                      "(0: always whole images; otherwise larger than --tile_overlap). derain: 512; evaluate/compare "
                      "use whole images up to 1024 unless --tile is given, so the standard benchmarks are evaluated "
                      "whole, as in the papers.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "Inference precision (derain, evaluate, export): bfloat16 rebuilds the network under Keras' "
+                  "mixed_bfloat16 policy with the run's float32 weights (inputs and outputs stay float32); only on "
+                  "a GPU or a CPU with AVX512_BF16 / AMX_BF16.")
+flags.DEFINE_integer("tile_batch", 1, "Tiles of one image run per network call (stacked: more memory, fewer calls, the "
+                     "same output; >= 1). Local models only.")
 flags.DEFINE_integer("tile_overlap", 32, "Minimum overlap between neighbouring tiles, pixels (blended linearly; "
                      ">= 0, smaller than --tile).")
 flags.DEFINE_integer("max_pixels", 100_000_000, "Images whose header declares more pixels than this are refused "
@@ -171,7 +177,7 @@ def _require(name: str):
 # -- the verbs -----------------------------------------------------------------------------------------
 
 _DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "split")
-_INFER = ("tile", "tile_overlap", "self_ensemble", "jit_compile")
+_INFER = ("tile", "tile_overlap", "tile_batch", "self_ensemble", "jit_compile")
 _TRAIN_JOB = ("model_dir", "force_new_config", "checkpoint_every", "log_every", "image_summary_every",
               "progress_every", "keep_checkpoints", "stop_after", "shuffle_buffer", "cache_mb", "tpu", "logical_cpus",
               "on_nan", "evaluate_after", "eval_split", "split", "max_pixels")
@@ -180,16 +186,17 @@ VERB_HELP = {
     "train": ("train a method on a dataset through its stages (resumes where it stopped)", None),
     "evaluate": ("Y-channel PSNR/SSIM of trained runs (or the bundled model) on test sets (several: the "
                  "cross-dataset table; a folder without clean images: no-reference NIQE / BRISQUE)",
-                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER, "max_pixels")),
+                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER, "precision", "max_pixels")),
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
                  *_INFER, "max_pixels")),
     "derain": ("de-rain photos of any size and videos (the bundled model without --model_dir, or via TF Serving)",
-               ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
+               ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "precision", "server", "model_name",
+                "protocol",
                 "version", "max_pixels", "every_nth", "max_frames", "temporal", "video_codec", "progress_every")),
     "export": ("a TF Serving SavedModel (or an ONNX / LiteRT file) of a run's (or the bundled) inference network",
                ("model_dir", "pretrained", "export_base", "serving_root", "format", "export_size", "version",
-                "overwrite", "max_pixels")),
+                "overwrite", "precision", "max_pixels")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
                 ("dataset", "manual_dir", "data_dir", "clean_dir", "max_pixels")),
     "synthesize": ("rainy/clean pairs from your clean photos with the package's rain model",
@@ -282,7 +289,7 @@ def _record_from_flags():
 # Integer flags and their lower bounds (None: the flag may be unset).
 _AT_LEAST = {"checkpoint_every": 1, "log_every": 1, "image_summary_every": 0, "keep_checkpoints": 1, "stop_after": 0, "shuffle_buffer": 1,
              "cache_mb": 0, "logical_cpus": 0, "crop_border": 0, "eval_crop_size": 1, "max_images": 1, "figures": 0,
-             "tile": 0, "tile_overlap": 0, "version": 0, "renders_per_image": 1, "rain_layers": 1, "max_pixels": 1,
+             "tile": 0, "tile_overlap": 0, "tile_batch": 1, "version": 0, "renders_per_image": 1, "rain_layers": 1, "max_pixels": 1,
              "seed": 0}
 # Upper bounds: the seed NumPy and Keras take; every integer flag fits 64 bits (TensorFlow's int64).
 _AT_MOST = {"seed": 2**32 - 1}
@@ -444,6 +451,12 @@ def validate_flags(verb: str) -> None:
             raise UsageError(str(e)) from None
     if names >= set(_INFER):
         _check_tiles(verb)
+    if "precision" in names and FLAGS.precision == "bfloat16" and not (verb == "derain" and FLAGS.server):
+        from erl_derain import precision
+
+        reason = precision.bfloat16_unavailable()
+        if reason:
+            raise UsageError(f"--precision=bfloat16: {reason}")
     if verb in ("train", "evaluate", "compare", "prepare"):
         _check_datasets(verb)
     if "output_dir" in names and FLAGS.output_dir:
@@ -490,6 +503,12 @@ def validate_flags(verb: str) -> None:
             if FLAGS.self_ensemble != 1:
                 raise UsageError("--self_ensemble runs the network several times per image here; with --server the "
                                  "model runs in TF Serving, once per image: leave --self_ensemble at 1")
+            if FLAGS.precision != "float32":
+                raise UsageError(f"--precision={FLAGS.precision} rebuilds a local model; with --server the model "
+                                 "runs in TF Serving as exported (export it with --precision instead)")
+            if FLAGS.tile_batch != 1:
+                raise UsageError(f"--tile_batch={FLAGS.tile_batch} stacks tiles into calls of a local model; with "
+                                 "--server each tile is one request: leave --tile_batch at 1")
         elif FLAGS.model_dir:
             _run_dir("model_dir", FLAGS.model_dir)
     elif verb == "export":
@@ -704,17 +723,25 @@ def _safe_name(dataset: str) -> str:
 
 
 def _load_run(model_dir: str | None):
-    """``(trainer, record)`` of a run, or of the bundled pretrained model when ``model_dir`` is None."""
+    """``(trainer, record)`` of a run, or of the bundled pretrained model when ``model_dir`` is None;
+    its networks rebuilt in --precision (``precision.in_precision``)."""
+    from erl_derain import precision
     from erl_derain.training import load_trainer
 
     if model_dir:
-        return load_trainer(model_dir)
-    from erl_derain.pretrained import load_pretrained_trainer
+        trainer, record = load_trainer(model_dir)
+    else:
+        from erl_derain.pretrained import load_pretrained_trainer
 
-    trainer, info = load_pretrained_trainer()
-    print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
-          flush=True)
-    return trainer, info["record"]
+        trainer, info = load_pretrained_trainer()
+        record = info["record"]
+        print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
+              flush=True)
+    if FLAGS.precision != "float32":
+        trainer = precision.in_precision(trainer, record, FLAGS.precision)
+        print(f"Running the network in {FLAGS.precision} (float32 weights, {precision.POLICY[FLAGS.precision]} "
+              "policy; inputs and outputs float32).", flush=True)
+    return trainer, record
 
 
 def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, network="derain",
@@ -737,7 +764,8 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
         return evaluation.no_reference_evaluation(
             _predict_fn(model), files, out_dir,
             extra={**_eval_settings(dataset, split), "model_dir": fileio.abspath(model_dir) if model_dir else None},
-            tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, figures=FLAGS.figures)
+            tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, tile_batch=FLAGS.tile_batch, max_images=FLAGS.max_images,
+            figures=FLAGS.figures)
     ten_crop = FLAGS.eval_protocol == "ten_crop_rgb"
     min_size = max(FLAGS.eval_crop_size, evaluation.SSIM_WINDOW) if ten_crop else evaluation.min_side(FLAGS.crop_border)
     suffix = "" if network == "derain" else f"_{network}"
@@ -768,7 +796,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
         print(f"Evaluating {who}{what} on {dataset} [{split}] (full-size images, Y channel "
               f"{FLAGS.y_rounding}):", flush=True)
         rows = evaluation.evaluate(_predict_fn(model), ds, rounded=FLAGS.y_rounding == "rounded",
-                                   crop_border=FLAGS.crop_border, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap,
+                                   crop_border=FLAGS.crop_border, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, tile_batch=FLAGS.tile_batch,
                                    max_images=FLAGS.max_images, input_key=input_key, on_row=writer,
                                    failures=failures)
     if all_failures is not None:
@@ -887,7 +915,7 @@ def cmd_compare():
               "without clean images: no-reference NIQE and BRISQUE):", flush=True)
         evaluation.no_reference_comparison(
             _predict_fn(base_trainer.inference_model()), _predict_fn(cand_trainer.inference_model()), files, out_dir,
-            extra=extra, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images,
+            extra=extra, tile=_eval_tile(), tile_overlap=FLAGS.tile_overlap, tile_batch=FLAGS.tile_batch, max_images=FLAGS.max_images,
             figures=FLAGS.figures)
         return 0
     ds = _eval_dataset(dataset, split, clean_dir)
@@ -895,7 +923,7 @@ def cmd_compare():
     rows, kept = evaluation.compare(
         _predict_fn(base_trainer.inference_model()), _predict_fn(cand_trainer.inference_model()), ds,
         rounded=FLAGS.y_rounding == "rounded", crop_border=FLAGS.crop_border, tile=_eval_tile(),
-        tile_overlap=FLAGS.tile_overlap, max_images=FLAGS.max_images, keep_images=FLAGS.figures)
+        tile_overlap=FLAGS.tile_overlap, tile_batch=FLAGS.tile_batch, max_images=FLAGS.max_images, keep_images=FLAGS.figures)
     summary = evaluation.summarize_comparison(rows)
     out_dir = FLAGS.output or os.path.join(
         candidate_dir, f"compare_{os.path.basename(os.path.normpath(baseline_dir))}_{_safe_name(dataset)}_{split}")
@@ -1028,14 +1056,15 @@ def cmd_derain(args: list[str]):
     model = _predict_fn(trainer.inference_model())
     status = EXIT_OK
     if jobs or failures:
-        run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap)
+        run = photos.local_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap, tile_batch=FLAGS.tile_batch)
         status = _run_photos(jobs, failures, output_dir, lambda jobs: photos.derain_photos(
             None, output_dir, run, output_format=FLAGS.output_format, overwrite=FLAGS.overwrite, jobs=jobs))
         if status == EXIT_INTERRUPTED:
             return status
     if clips:
         written, skipped, failed = video.derain_videos(
-            clips, output_dir, video.local_frame_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap),
+            clips, output_dir, video.local_frame_runner(model, tile=FLAGS.tile, overlap=FLAGS.tile_overlap,
+                                               tile_batch=FLAGS.tile_batch),
             overwrite=FLAGS.overwrite, video_codec=FLAGS.video_codec, every_nth=FLAGS.every_nth,
             max_frames=FLAGS.max_frames, temporal=FLAGS.temporal, progress_every=FLAGS.progress_every)
         status = max(status, video.report(written, skipped, failed, output_dir))

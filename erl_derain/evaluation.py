@@ -88,7 +88,7 @@ def _pairs(dataset, max_images: int | None, input_key: str = "rainy"):
 
 
 def evaluate(model, dataset, *, rounded: bool = True, crop_border: int = 0,
-             tile: int = 0, tile_overlap: int = 32, max_images: int | None = None,
+             tile: int = 0, tile_overlap: int = 32, tile_batch: int = 1, max_images: int | None = None,
              progress: bool = True, input_key: str = "rainy", on_row=None, failures: list | None = None) -> list[dict]:
     """``model``: an :class:`erl_derain.inference.InferenceModel` (it pads to its multiple, crops
     back and clips). ``dataset`` yields dicts with ``rainy``, ``clean`` (float32 [1,H,W,3]) and
@@ -107,7 +107,7 @@ def evaluate(model, dataset, *, rounded: bool = True, crop_border: int = 0,
         try:
             _check_pair(name, rainy, clean, side, why)
             t0 = time.time()
-            out = derain_image(model, rainy, tile=tile, overlap=tile_overlap)
+            out = derain_image(model, rainy, tile=tile, overlap=tile_overlap, tile_batch=tile_batch)
             seconds = time.time() - t0
             row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "seconds": seconds}
             for prefix, img in (("", out), ("input_", rainy)):
@@ -275,7 +275,7 @@ COMPARE_KEYS = ("psnr_y", "ssim_y")
 
 
 def compare(baseline, candidate, dataset, *,
-            rounded: bool = True, crop_border: int = 0, tile: int = 0, tile_overlap: int = 32,
+            rounded: bool = True, crop_border: int = 0, tile: int = 0, tile_overlap: int = 32, tile_batch: int = 1,
             max_images: int | None = None, keep_images: int = 4, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Run both networks (InferenceModels) on every image of ``dataset`` (dicts with ``rainy``, ``clean``, ``name`` and
     optionally ``rain_mask``/``has_rain_mask``, batch 1) and dissect the difference.
@@ -294,8 +294,8 @@ def compare(baseline, candidate, dataset, *,
         mask = None
         if "rain_mask" in ex and bool(ex["has_rain_mask"].numpy()[0] if "has_rain_mask" in ex else True):
             mask = ex["rain_mask"].numpy()[0]
-        base = derain_image(baseline, rainy, tile=tile, overlap=tile_overlap)
-        cand = derain_image(candidate, rainy, tile=tile, overlap=tile_overlap)
+        base = derain_image(baseline, rainy, tile=tile, overlap=tile_overlap, tile_batch=tile_batch)
+        cand = derain_image(candidate, rainy, tile=tile, overlap=tile_overlap, tile_batch=tile_batch)
         row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1]}
         for prefix, img in (("baseline_", base), ("candidate_", cand), ("input_", rainy)):
             for k, v in metrics.evaluate_pair(img, clean, rounded=rounded, crop_border=crop_border).items():
@@ -432,7 +432,7 @@ def _quality_text(row: dict, prefix: str, names) -> str:
     return ", ".join(f"{n.upper()} {row[prefix + n]:.3f}" for n in names)
 
 
-def evaluate_no_reference(model, files, *, tile: int = 0, tile_overlap: int = 32, max_images: int | None = None,
+def evaluate_no_reference(model, files, *, tile: int = 0, tile_overlap: int = 32, tile_batch: int = 1, max_images: int | None = None,
                           keep_images: int = 0, names=None, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """De-rain each photo of ``files`` (no clean images: real rain) with ``model`` (an InferenceModel)
     and score the photo and the output with the no-reference metrics ``names`` (default NIQE and
@@ -446,7 +446,7 @@ def evaluate_no_reference(model, files, *, tile: int = 0, tile_overlap: int = 32
     rows, kept = [], []
     for name, rainy in _photos(files, max_images):
         t0 = time.time()
-        out = derain_image(model, rainy, tile=tile, overlap=tile_overlap)
+        out = derain_image(model, rainy, tile=tile, overlap=tile_overlap, tile_batch=tile_batch)
         seconds = time.time() - t0
         row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1], "seconds": seconds}
         for prefix, img in (("input_", rainy), ("", out)):
@@ -481,7 +481,7 @@ def summarize_no_reference(rows: list[dict], prefixes=("input_", "")) -> dict:
     return out
 
 
-def compare_no_reference(baseline, candidate, files, *, tile: int = 0, tile_overlap: int = 32,
+def compare_no_reference(baseline, candidate, files, *, tile: int = 0, tile_overlap: int = 32, tile_batch: int = 1,
                          max_images: int | None = None, keep_images: int = 4, names=None,
                          progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Both networks on each photo of ``files`` (no clean images): the no-reference scores of the photo
@@ -494,8 +494,8 @@ def compare_no_reference(baseline, candidate, files, *, tile: int = 0, tile_over
     baseline, candidate = as_inference_model(baseline), as_inference_model(candidate)
     rows, kept = [], []
     for name, rainy in _photos(files, max_images):
-        base = derain_image(baseline, rainy, tile=tile, overlap=tile_overlap)
-        cand = derain_image(candidate, rainy, tile=tile, overlap=tile_overlap)
+        base = derain_image(baseline, rainy, tile=tile, overlap=tile_overlap, tile_batch=tile_batch)
+        cand = derain_image(candidate, rainy, tile=tile, overlap=tile_overlap, tile_batch=tile_batch)
         row = {"name": name, "height": rainy.shape[0], "width": rainy.shape[1]}
         for prefix, img in (("input_", rainy), ("baseline_", base), ("candidate_", cand)):
             row.update({prefix + k: v for k, v in quality.score(img, names).items()})
@@ -536,11 +536,11 @@ def no_reference_grid(kept: list[dict], path: str, columns: dict, names=None, ti
 
 
 def no_reference_evaluation(model, files, out_dir: str, *, extra: dict | None = None, tile: int = 0,
-                            tile_overlap: int = 32, max_images: int | None = None, figures: int = 4) -> dict:
+                            tile_overlap: int = 32, tile_batch: int = 1, max_images: int | None = None, figures: int = 4) -> dict:
     """``evaluate`` on photos without clean images: :func:`evaluate_no_reference`, then ``per_image.csv``,
     ``metrics.json`` and the rainy/de-rained grid of the first ``figures`` photos (``grid.png``) in
     ``out_dir``; prints the means. Returns the summary."""
-    rows, kept = evaluate_no_reference(model, files, tile=tile, tile_overlap=tile_overlap, max_images=max_images,
+    rows, kept = evaluate_no_reference(model, files, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch, max_images=max_images,
                                        keep_images=figures)
     summary = summarize_no_reference(rows)
     csv_path, json_path = write_results(rows, summary, out_dir, extra={**(extra or {}), "reference": "none"})
@@ -553,11 +553,11 @@ def no_reference_evaluation(model, files, out_dir: str, *, extra: dict | None = 
 
 
 def no_reference_comparison(baseline, candidate, files, out_dir: str, *, extra: dict | None = None, tile: int = 0,
-                            tile_overlap: int = 32, max_images: int | None = None, figures: int = 4) -> dict:
+                            tile_overlap: int = 32, tile_batch: int = 1, max_images: int | None = None, figures: int = 4) -> dict:
     """``compare`` on photos without clean images: :func:`compare_no_reference`, then ``per_image.csv``,
     ``metrics.json`` and the rainy/baseline/candidate grid (``grid.png``) in ``out_dir``; prints the means
     and the share of photos the candidate scores better on. Returns the summary."""
-    rows, kept = compare_no_reference(baseline, candidate, files, tile=tile, tile_overlap=tile_overlap,
+    rows, kept = compare_no_reference(baseline, candidate, files, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
                                       max_images=max_images, keep_images=figures)
     summary = summarize_no_reference_comparison(rows)
     csv_path, json_path = write_results(rows, summary, out_dir, extra={**(extra or {}), "reference": "none"})

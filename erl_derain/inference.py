@@ -18,7 +18,7 @@ Tiling (``derain_image`` with ``0 < tile < max(H, W)``; grid and weights in ``er
 
     * An image no larger than ``tile`` on both sides is run whole: bit-identical to ``tile=0``.
     * Peak memory: input + output (2 x 12 bytes per pixel, 275 MiB for 4000x3000) plus one tile's
-      activations, whatever the image size. ``benchmarks/large_image.py`` measures it: a 4000x3000
+      activations (``tile_batch`` tiles' with ``--tile_batch``), whatever the image size. ``benchmarks/large_image.py`` measures it: a 4000x3000
       photo with ERL-Net at the paper's widths peaks at ~2.3 GiB RSS with 512 tiles (TensorFlow
       and the model alone ~0.85 GiB; one whole-image run of just 1536x1024 already takes ~8 GiB).
     * Seams: a tile sees only its own pixels, and ERL-Net's receptive field is wider, so tiled
@@ -211,25 +211,35 @@ def _runner(model, multiple):
     return (lambda x: apply_padded(model, x, multiple)), multiple
 
 
+def _blend(run, image, tile: int, overlap: int, multiple: int, tile_batch: int) -> np.ndarray:
+    """``tiling.blend_tiles`` with ``run`` (NHWC -> NHWC): one tile per call, or ``tile_batch`` stacked."""
+    def run_tiles(stack):
+        return run(tf.convert_to_tensor(stack)).numpy()
+
+    return blend_tiles(lambda a: run_tiles(a[None])[0], image, tile, overlap, multiple, tile_batch=tile_batch,
+                       run_tiles=run_tiles)
+
+
 def derain_image(model, image: np.ndarray, multiple: int | None = None, *, tile: int = 512,
-                 overlap: int = 32) -> np.ndarray:
+                 overlap: int = 32, tile_batch: int = 1) -> np.ndarray:
     """De-rain one HxWx3 float image in [0,1] with ``model`` (an ``InferenceModel``); returns
     float32 HxWx3 in [0, 1]. ``tile <= 0`` or an image within ``tile`` x ``tile``: one whole-image
-    run; otherwise overlapping tiles blended with linear ramps (``tiling.blend_tiles``).
+    run; otherwise overlapping tiles blended with linear ramps (``tiling.blend_tiles``), up to
+    ``tile_batch`` of them per network call (more memory, fewer calls; the same result).
 
     Transition: ``derain_image(predict, image, multiple)`` with a bare NHWC -> NHWC callable."""
     run, multiple = _runner(model, multiple)
-    return blend_tiles(lambda a: run(tf.convert_to_tensor(a[None]))[0].numpy(), image, tile, overlap, multiple)
+    return _blend(run, image, tile, overlap, multiple, tile_batch)
 
 
 def derain_file(model, in_path: str, out_path: str, *legacy, tile: int = 512, overlap: int = 32,
-                quality: int = 95) -> dict:
+                quality: int = 95, tile_batch: int = 1) -> dict:
     """De-rain the photo ``in_path`` into ``out_path`` keeping what it is (``model``: an
     ``InferenceModel``).
 
     Reads with ``image_io.read_image`` (upright, RGB for the network), checks that ``out_path``'s
     format can hold the result *before* running the network (``ValueError`` naming it otherwise),
-    runs ``derain_image`` and writes with ``image_io.write_image`` (grey sources back to grey, alpha
+    runs ``derain_image`` (``tile``, ``overlap``, ``tile_batch``) and writes with ``image_io.write_image`` (grey sources back to grey, alpha
     unchanged, 16 bits kept, no orientation tag; atomic). Returns a dict describing the run:
     ``input``, ``output``, ``width``, ``height``, ``mode``, ``bit_depth``, ``orientation``,
     ``tiles`` (rows, columns; (1, 1) = whole image) and ``seconds`` (read + de-rain + write).
@@ -249,7 +259,7 @@ def derain_file(model, in_path: str, out_path: str, *legacy, tile: int = 512, ov
     image, meta = image_io.read_image(in_path)
     image_io.check_writable(out_path, meta)
     h, w = image.shape[:2]
-    result = blend_tiles(lambda a: run(tf.convert_to_tensor(a[None]))[0].numpy(), image, tile, overlap, multiple)
+    result = _blend(run, image, tile, overlap, multiple, tile_batch)
     del image
     image_io.write_image(out_path, result, meta, quality=quality)
     return {"input": in_path, "output": out_path, "width": w, "height": h, "mode": meta.mode,

@@ -211,13 +211,13 @@ def report(written: int, skipped: int, failures: list[tuple[str, str]], output_d
     return 1 if failures else 0
 
 
-def local_runner(model, *, tile: int = 512, overlap: int = 32, quality: int = 95) -> RunPhoto:
+def local_runner(model, *, tile: int = 512, overlap: int = 32, quality: int = 95, tile_batch: int = 1) -> RunPhoto:
     """``run_photo`` for an ``inference.InferenceModel`` on this machine (``inference.derain_file``:
     tiles beyond ``tile`` pixels a side)."""
     from erl_derain.inference import derain_file
 
     def run(path: str, out_path: str) -> str:
-        info = derain_file(model, path, out_path, tile=tile, overlap=overlap, quality=quality)
+        info = derain_file(model, path, out_path, tile=tile, overlap=overlap, quality=quality, tile_batch=tile_batch)
         rows, cols = info["tiles"]
         tiles = f", {rows}x{cols} tiles" if rows * cols > 1 else ""
         return (f"{info['width']}x{info['height']} {info['mode']} {info['bit_depth']}-bit{tiles}, "

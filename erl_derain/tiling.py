@@ -10,7 +10,9 @@ the ``overlap`` pixels next to each neighbouring tile (full weight at the image 
 accumulated. Because the tiles form a grid of row and column positions, the summed weight at a
 pixel is ``Wy(y) * Wx(x)``: the weights are normalised per tile with two 1-D arrays, so the only
 full-size buffers are the input and the output (no HxW weight map, no division copy at the end).
-An image no larger than ``tile`` on both sides (or ``tile <= 0``) is run whole.
+An image no larger than ``tile`` on both sides (or ``tile <= 0``) is run whole. Because every tile of
+an image has the same size, ``tile_batch`` of them can be stacked into one network call
+(``run_tiles``); the blend is the same.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["axis_weights", "blend_tiles", "check_overlap", "pad_amounts", "tile_grid", "tiles_1d"]
+__all__ = ["axis_weights", "blend_tiles", "check_overlap", "check_tile_batch", "pad_amounts", "tile_grid", "tiles_1d"]
 
 
 def pad_amounts(size: int, multiple: int) -> int:
@@ -85,12 +87,25 @@ def _checked(result, shape: tuple[int, int]) -> np.ndarray:
     return result
 
 
+def check_tile_batch(tile_batch) -> int:
+    if isinstance(tile_batch, bool) or int(tile_batch) != tile_batch or int(tile_batch) < 1:
+        raise ValueError(f"--tile_batch={tile_batch} must be an integer of at least 1 (tiles per network call)")
+    return int(tile_batch)
+
+
 def blend_tiles(run_tile: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int = 512,
-                overlap: int = 32, multiple: int = 1) -> np.ndarray:
+                overlap: int = 32, multiple: int = 1, *, tile_batch: int = 1,
+                run_tiles: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """``run_tile`` (float32 HxWx3 -> HxWx3 in [0, 1], any H and W) applied to ``image`` (HxWx3)
     whole when it fits in ``tile`` x ``tile`` (or ``tile <= 0``: then the result is ``run_tile``'s,
     as float32), otherwise to overlapping tiles whose lengths are multiples of ``multiple`` where
-    possible, blended with linear ramps (module docstring); the blend is clipped to [0, 1]."""
+    possible, blended with linear ramps (module docstring); the blend is clipped to [0, 1].
+
+    ``tile_batch`` > 1 (with ``run_tiles``: float32 NxHxWx3 -> NxHxWx3): up to that many tiles (all of
+    one size) stacked into each ``run_tiles`` call, row by row, the last call taking the rest."""
+    tile_batch = check_tile_batch(tile_batch)
+    if tile_batch > 1 and run_tiles is None:
+        raise ValueError("tile_batch > 1 needs run_tiles (a callable on a stack of tiles)")
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
@@ -100,9 +115,20 @@ def blend_tiles(run_tile: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
     check_overlap(tile, overlap)
     out = np.zeros_like(image)
     rows, cols = axis_weights(h, tile, overlap, multiple), axis_weights(w, tile, overlap, multiple)
-    for y0, ph, wy in rows:
-        for x0, pw, wx in cols:
-            result = _checked(run_tile(image[y0:y0 + ph, x0:x0 + pw]), (ph, pw))
+    places = [(y0, ph, wy, x0, pw, wx) for y0, ph, wy in rows for x0, pw, wx in cols]
+    for i in range(0, len(places), tile_batch):
+        group = places[i:i + tile_batch]
+        ph, pw = group[0][1], group[0][4]  # every tile of the grid has this size
+        if tile_batch == 1:
+            results = [_checked(run_tile(image[y0:y0 + ph, x0:x0 + pw]), (ph, pw)) for y0, _, _, x0, _, _ in group]
+        else:
+            stack = np.stack([image[y0:y0 + ph, x0:x0 + pw] for y0, _, _, x0, _, _ in group])
+            got = np.asarray(run_tiles(stack), np.float32)
+            if got.shape != stack.shape:
+                raise ValueError(f"the network returned shape {got.shape} for {len(group)} tiles of {pw}x{ph} "
+                                 f"(expected {stack.shape})")
+            results = list(got)
+        for (y0, ph, wy, x0, pw, wx), result in zip(group, results):
             if not result.flags.writeable:
                 result = result.copy()
             result *= wy[:, None, None]

@@ -241,12 +241,12 @@ def derain_videos(files: Iterable, output_dir: str, run_frame: RunFrame, *, over
     return photos.derain_photos(None, output_dir, run_clip, overwrite=overwrite, fatal=fatal, jobs=jobs)
 
 
-def local_frame_runner(model, *, tile: int = 512, overlap: int = 32) -> RunFrame:
+def local_frame_runner(model, *, tile: int = 512, overlap: int = 32, tile_batch: int = 1) -> RunFrame:
     """``run_frame`` for an ``inference.InferenceModel`` on this machine (``inference.derain_image``:
     tiles beyond ``tile`` pixels a side)."""
     from erl_derain.inference import derain_image
 
-    return lambda rgb: derain_image(model, rgb, tile=tile, overlap=overlap)
+    return lambda rgb: derain_image(model, rgb, tile=tile, overlap=overlap, tile_batch=tile_batch)
 
 
 def report(written: int, skipped: int, failures: list[tuple[str, str]], output_dir: str) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
 METHODS = ("erlnet", "memd", "menet", "iadn", "jrgr")
-KINDS = ("train", "inference", "data", "scaling")
+KINDS = ("train", "inference", "data", "scaling", "peak")
 
 
 def _load_suite():
@@ -28,11 +28,13 @@ suite = _load_suite()
 
 # Figures each kind must carry (positive and finite) when its row succeeded.
 FIGURES = {
-    "train": ("step_s", "steps_per_s", "images_per_s", "first_step_s", "peak_rss_mib"),
+    "train": ("step_s", "steps_per_s", "images_per_s", "first_step_s", "peak_rss_mib", "macs_per_step", "gflops"),
     "scaling": ("step_s", "steps_per_s", "images_per_s", "peak_rss_mib"),
-    "inference": ("latency_s", "min_latency_s", "megapixels_per_s", "peak_rss_mib", "export_mib", "params"),
+    "inference": ("latency_s", "min_latency_s", "megapixels_per_s", "peak_rss_mib", "export_mib", "params",
+                  "macs_per_mp", "gflops", "pct_of_peak"),
     "data": ("examples_per_s", "data_crop"),
-    "export": ("export_mib", "export_s", "params"),
+    "export": ("export_mib", "export_s", "params", "macs_per_mp", "conv_width"),
+    "peak": ("conv_width", "peak_gflops_float32"),
 }
 
 
@@ -79,12 +81,19 @@ def test_smoke_run_covers_every_method_and_kind(smoke):
     train_ok = [r for r in rows if r["kind"] == "train" and r["status"] == "ok"]
     for r in train_ok:
         assert r["images_per_s"] == pytest.approx(r["batch"] * r["steps_per_s"])
+        assert r["gflops"] == pytest.approx(2 * r["macs_per_step"] / r["step_s"] / 1e9)
+    for r in (r for r in rows if r["kind"] == "inference" and r["status"] == "ok"):
+        assert r["gflops"] == pytest.approx(2 * r["macs_per_mp"] * r["size"] ** 2 / 1e6 / r["latency_s"] / 1e9)
+        peak = next(p for p in rows if p["kind"] == "peak" and p["method"] == r["method"])
+        assert r["pct_of_peak"] == pytest.approx(100 * r["gflops"] / peak["peak_gflops_float32"])
     text = md_path.read_text()
     assert text.strip() == proc.stdout.strip()
     for header in ("| method | crop | batch | precision | XLA | s/step | steps/s | images/s |",
                    "| method | parameters | export MiB | size | s/image (median) |",
                    "| method | crop | batch | tf.data crop | tf.data examples/s | training images/s |",
                    "| method | crop | x pixels | s/step | x time | peak RSS MiB |",
+                   "| method | conv width | convolutions per call | float32 GFLOP/s | bfloat16 GFLOP/s |",
+                   "GMAC/step | GFLOP/s | % of peak | status |", "GMAC/MP | GFLOP/s | % of peak | status |",
                    "## How to run", "## This run", "* Machine:", "## Failures"):
         assert header in text, header
 
@@ -155,6 +164,16 @@ def test_render_rewrites_the_page_from_json(tmp_path, capsys):
              "peak_rss_mib": 1500.0},
             {"kind": "data", "method": "menet", "crop": 224, "batch": 20, "status": "ok", "data_crop": 224,
              "examples_per_s": 250.0}]
+    rows[0]["macs_per_step"] = 30e9
+    rows[0]["gflops"] = 30.0  # as task_train computes it: 2 x macs_per_step / step_s
+    rows += [{"kind": "export", "method": "menet", "status": "ok", "params": 1000, "export_mib": 1.0,
+              "macs_per_mp": 40e9, "conv_width": 64},
+             {"kind": "inference", "method": "menet", "size": 500, "status": "ok", "latency_s": 0.5,
+              "min_latency_s": 0.4, "megapixels_per_s": 0.5, "first_call_s": 1.0, "peak_rss_mib": 900.0,
+              "params": 1000, "export_mib": 1.0},
+             {"kind": "peak", "method": "menet", "side": 256, "chain": 4, "status": "ok", "conv_width": 64,
+              "peak_gflops_float32": 120.0, "peak_gflops_bfloat16": 240.0}]
+    suite.add_rates(rows)
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"command": "x", "argv": ["--methods=menet", "--note=a b"], "machine": machine,
                                 "settings": {"smoke": False, "note": ["a b"]}, "results": rows}))
@@ -163,7 +182,12 @@ def test_render_rewrites_the_page_from_json(tmp_path, capsys):
     text = md.read_text()
     assert "python benchmarks/suite.py --methods=menet '--note=a b'" in text
     assert "* Note: a b" in text and "shared" not in text.split("## This run")[1].split("##")[0]
-    assert "| MENET | 224 | 20 | float32 | off | 2.00 | 0.500 | 10.0 | 5.00 | 1500 | ok |" in text
+    # 2 x 30 GMAC/step / 2.0 s/step = 30 GFLOP/s: 25 % of the 120 GFLOP/s float32 peak
+    assert "| MENET | 224 | 20 | float32 | off | 2.00 | 0.500 | 10.0 | 5.00 | 1500 | 30.0 | 30.0 | 25 | ok |" in text
+    # 2 x 40 GMAC/MP x 0.25 MP / 0.5 s/image = 40 GFLOP/s: 33 % of 120
+    assert ("| MENET | 1,000 | 1.00 | 500x500 | 0.500 | 0.400 | 0.500 | 1.00 | 900.0 | 40.0 | 40.0 | 33 | ok |"
+            in text)
+    assert "| MENET | 64 | 4 x 3x3, 1x256x256x64 | 120 | 240 | ok |" in text
     # 250 examples/s against 10 images/s: 25x
     assert ("| MENET | 224x224 | 20 | 224x224 | 250 | 10.0 (float32, XLA off) | 25.0 | "
             "no: the pipeline alone is 25x faster | ok |") in text

@@ -122,6 +122,10 @@ def _cases():
         ("derain-tile-17-default-overlap", [*derain, "--tile=17", "{photo}", "{photo}"], ["tile", "tile_overlap"]),
         ("derain-overlap-negative", [*derain, "--tile_overlap=-3", "{photo}"], ["tile_overlap"]),
         ("derain-self-ensemble-3", [*derain, "--self_ensemble=3", "{photo}"], ["self_ensemble"]),
+        ("derain-tile-batch-0", [*derain, "--tile_batch=0", "{photo}"], ["tile_batch"]),
+        ("derain-run-tile-batch-negative", [*derain, "--model_dir={run}", "--tile_batch=-2", "{photo}"], ["tile_batch"]),
+        ("derain-server-tile-batch", [*derain, "--server=127.0.0.1:1", "--model_name=m", "--tile_batch=4", "{photo}"],
+         ["tile_batch"]),
         # the same with a run folder, and the other checks of derain
         ("derain-run-overlap-equals-tile", [*derain, "--model_dir={run}", "--tile=64", "--tile_overlap=64", "{photo}"],
          ["tile_overlap"]),
@@ -143,6 +147,7 @@ def _cases():
         ("evaluate-overlap-negative", [*evaluate, "--tile_overlap=-3"], ["tile_overlap"]),
         ("evaluate-overlap-beyond-default-tile", [*evaluate, "--tile_overlap=2000"], ["tile_overlap"]),
         ("evaluate-self-ensemble-3", [*evaluate, "--self_ensemble=3"], ["self_ensemble"]),
+        ("evaluate-tile-batch-0", [*evaluate, "--tile_batch=0"], ["tile_batch"]),
         ("evaluate-bundled-self-ensemble-3", ["evaluate", "--dataset={data}", "--self_ensemble=3"], ["self_ensemble"]),
         ("evaluate-max-images-0", [*evaluate, "--max_images=0"], ["max_images"]),
         ("evaluate-crop-border-negative", [*evaluate, "--crop_border=-1"], ["crop_border"]),

@@ -86,3 +86,80 @@ def test_local_and_client_tiles_are_bit_identical():
         return {"derained": blur(tf.constant(images)).numpy()}
 
     np.testing.assert_array_equal(derain_tiled(predict, "host:8501", "m", image, 32, 8), local)
+
+
+def test_tile_batch_stacks_tiles_and_blends_the_same():
+    """Three 10x32 tiles (tile 32, overlap 8, multiple 4): tile_batch=2 runs a stack of two, then
+    one; the blend equals one tile per call exactly (each tile answers a function of its pixels)."""
+    image = np.random.default_rng(2).random((10, 70, 3)).astype(np.float32)
+    calls = []
+
+    def run_tiles(stack):
+        calls.append(stack.shape)
+        return np.sqrt(stack) * 0.9
+
+    single = tiling.blend_tiles(lambda a: np.sqrt(a) * 0.9, image, tile=32, overlap=8, multiple=4)
+    batched = tiling.blend_tiles(None, image, tile=32, overlap=8, multiple=4, tile_batch=2, run_tiles=run_tiles)
+    assert calls == [(2, 10, 32, 3), (1, 10, 32, 3)]
+    np.testing.assert_array_equal(batched, single)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="--tile_batch"):
+            tiling.blend_tiles(run_tiles, image, 32, 8, tile_batch=bad, run_tiles=run_tiles)
+    with pytest.raises(ValueError, match=r"returned shape \(2, 10, 32, 1\) for 2 tiles"):
+        tiling.blend_tiles(None, image, 32, 8, 4, tile_batch=2, run_tiles=lambda s: s[..., :1])
+
+
+def test_tile_batch_with_a_tiny_network_matches_one_tile_per_call():
+    """A tiny ERL-Net (random weights) on a 70x90 image in 3x4 = 12 tiles of 32: 3 and 5 tiles per
+    network call give the one-tile-per-call output within 1e-5; batching is real (fewer calls)."""
+    import tensorflow as tf
+
+    from erl_derain.inference import InferenceModel, derain_image
+    from erl_derain.methods import get_method, make_trainer
+    from erl_derain.run_config import RunConfig, make_record
+
+    tf.keras.utils.set_random_seed(0)
+    trainer = make_trainer(make_record("erlnet", RunConfig(crop_size=32), **dict(get_method("erlnet").tiny)))
+    trainer.build_networks((1, 32, 32, 3))
+    network = trainer.inference_model()
+    network = network.network if isinstance(network, InferenceModel) else network
+    batches = []
+
+    def counted(x, training=False):
+        batches.append(int(x.shape[0]))
+        return network(x, training=False)
+
+    model = InferenceModel(counted, trainer.pad_multiple)
+    image = np.random.default_rng(3).random((70, 90, 3)).astype(np.float32)
+    one = derain_image(model, image, tile=32, overlap=8)
+    assert batches == [1] * 12
+    for tile_batch, expected in ((3, [3, 3, 3, 3]), (5, [5, 5, 2])):
+        batches.clear()
+        out = derain_image(model, image, tile=32, overlap=8, tile_batch=tile_batch)
+        assert batches == expected
+        np.testing.assert_allclose(out, one, atol=1e-5, rtol=0)
+    # an image within one tile is still one whole-image call
+    batches.clear()
+    whole = derain_image(model, image[:32, :32], tile=32, overlap=8, tile_batch=3)
+    assert batches == [1] and whole.shape == (32, 32, 3)
+
+
+def test_derain_cli_tile_batch_gives_the_same_photo(run_cli, tmp_path):
+    """`erl-derain derain --tile_batch=4` (the bundled model, a 16-bit 60x50 photo in 2x3 tiles of 32:
+    calls of 4 and 2 tiles) writes the photo --tile_batch=1 writes, within one 16-bit step."""
+    import cv2
+
+    rng = np.random.default_rng(4)
+    photo = tmp_path / "in" / "photo.png"
+    photo.parent.mkdir()
+    assert cv2.imwrite(str(photo), (rng.random((50, 60, 3)) * 65535).astype(np.uint16))
+    outputs = []
+    for tile_batch in (1, 4):
+        out_dir = tmp_path / f"out{tile_batch}"
+        code, out, err = run_cli("derain", f"--output_dir={out_dir}", "--tile=32", "--tile_overlap=8",
+                                 f"--tile_batch={tile_batch}", "--jit_compile=false", str(photo))
+        assert code == 0, err
+        assert "2x3 tiles" in out, out
+        outputs.append(cv2.imread(str(out_dir / "photo.png"), cv2.IMREAD_UNCHANGED).astype(np.int64))
+    assert outputs[0].shape == (50, 60, 3)
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1

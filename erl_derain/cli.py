@@ -170,7 +170,7 @@ def _require(name: str):
 
 # -- the verbs -----------------------------------------------------------------------------------------
 
-_DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "split")
+_DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "clean_exclude", "split")
 _INFER = ("tile", "tile_overlap", "self_ensemble", "jit_compile")
 _TRAIN_JOB = ("model_dir", "force_new_config", "checkpoint_every", "log_every", "image_summary_every",
               "progress_every", "keep_checkpoints", "stop_after", "shuffle_buffer", "cache_mb", "tpu", "logical_cpus",
@@ -191,7 +191,7 @@ VERB_HELP = {
                ("model_dir", "pretrained", "export_base", "serving_root", "format", "export_size", "version",
                 "overwrite", "max_pixels")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
-                ("dataset", "manual_dir", "data_dir", "clean_dir", "max_pixels")),
+                ("dataset", "manual_dir", "data_dir", "clean_dir", "clean_exclude", "max_pixels")),
     "synthesize": ("rainy/clean pairs from your clean photos with the package's rain model",
                    ("clean_dir", "output_dir", "renders_per_image", "rain_density", "rain_length", "rain_intensity",
                     "rain_layers", "rain_accumulation", "seed", "max_pixels")),
@@ -639,11 +639,12 @@ def _predict_fn(model):
     return InferenceModel(compiled, ensemble.pad_multiple, name=f"{ensemble.name}_compiled")
 
 
-def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None, min_size=None):
+def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None, min_size=None, clean_exclude=None):
     from erl_derain import inputs
 
     return inputs.evaluation_dataset(dataset, split, clean_dir=clean_dir, data_dir=FLAGS.data_dir,
-                                     manual_dir=manual_dir or FLAGS.manual_dir, min_size=min_size)
+                                     manual_dir=manual_dir or FLAGS.manual_dir, min_size=min_size,
+                                     clean_exclude=FLAGS.clean_exclude if clean_exclude is None else clean_exclude)
 
 
 # evaluate / compare without --tile: whole images up to this side (every standard benchmark's test
@@ -900,7 +901,7 @@ def cmd_prepare():
     from erl_derain import datasets, inputs
 
     dataset = _require("dataset")
-    source = inputs.dataset_source(dataset, FLAGS.clean_dir, FLAGS.data_dir)
+    source = inputs.dataset_source(dataset, FLAGS.clean_dir, FLAGS.data_dir, FLAGS.clean_exclude)
     if isinstance(source, str):
         if source.startswith(pipelines.FOLDER_PREFIX):
             raise UsageError(f"--dataset={source} is a folder: it is read directly, nothing to prepare")

@@ -102,7 +102,9 @@ flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (
 flags.DEFINE_string("serving_root", None, "export: the server's model root, a folder holding --export_base: "
                     "models.config, models.docker.config, batching_parameters.txt and their lock file go there and "
                     "nowhere else, and the printed Docker command mounts it (default: --export_base's parent).")
-flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir (not both).")
+flags.DEFINE_string("pretrained", None, "derain / evaluate / export: a bundled model instead of --model_dir (not "
+                    "both): erlnet (the default without --model_dir), fast (MENET at small widths, for CPUs) or a "
+                    "name of erl_derain/pretrained/. Plain --pretrained: erlnet.")
 flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "litert"], "export: a TF Serving SavedModel, or "
                   "<export_base>/<version>/model.onnx or model.tflite with erl_derain.json beside it (pip install "
                   "'erl_derain[export]').")
@@ -180,12 +182,13 @@ VERB_HELP = {
     "train": ("train a method on a dataset through its stages (resumes where it stopped)", None),
     "evaluate": ("Y-channel PSNR/SSIM of trained runs (or the bundled model) on test sets (several: the "
                  "cross-dataset table; a folder without clean images: no-reference NIQE / BRISQUE)",
-                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER, "max_pixels")),
+                 ("model_dir", "pretrained", *_DATA, *_EVAL, "network", "figures", *_INFER, "max_pixels")),
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
                  *_INFER, "max_pixels")),
     "derain": ("de-rain photos of any size and videos (the bundled model without --model_dir, or via TF Serving)",
-               ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name", "protocol",
+               ("model_dir", "pretrained", "output_dir", "output_format", "overwrite", *_INFER, "server", "model_name",
+                "protocol",
                 "version", "max_pixels", "every_nth", "max_frames", "temporal", "video_codec", "progress_every")),
     "export": ("a TF Serving SavedModel (or an ONNX / LiteRT file) of a run's (or the bundled) inference network",
                ("model_dir", "pretrained", "export_base", "serving_root", "format", "export_size", "version",
@@ -439,6 +442,16 @@ def validate_flags(verb: str) -> None:
         _check_tiles(verb)
     if verb in ("train", "evaluate", "compare", "prepare"):
         _check_datasets(verb)
+    if verb in ("derain", "evaluate", "export") and FLAGS.pretrained is not None:
+        from erl_derain.pretrained import PretrainedError, resolve
+
+        if FLAGS.model_dir:
+            raise UsageError(f"--pretrained={FLAGS.pretrained} is a bundled model, --model_dir={FLAGS.model_dir} a "
+                             "run: give one of them, not both")
+        try:
+            resolve(FLAGS.pretrained)
+        except PretrainedError as e:
+            raise UsageError(str(e)) from None
     if verb == "train":
         _writable("model_dir", _require("model_dir"))
         try:
@@ -481,10 +494,7 @@ def validate_flags(verb: str) -> None:
                 formats.require_packages(FLAGS.format)
         except formats.ExportFormatError as e:
             raise UsageError(str(e)) from None
-        if FLAGS.pretrained and FLAGS.model_dir:
-            raise UsageError(f"--pretrained exports the bundled model, --model_dir={FLAGS.model_dir} a run: give one "
-                             "of them, not both")
-        if not FLAGS.pretrained:
+        if FLAGS.pretrained is None:
             if not FLAGS.model_dir:
                 raise UsageError("--model_dir (a run) or --pretrained (the bundled model) is required for "
                                  "`erl-derain export`")
@@ -683,6 +693,14 @@ def _safe_name(dataset: str) -> str:
     return dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
 
 
+def _pretrained_tag() -> str:
+    """``pretrained`` for the default bundled model, ``pretrained_<name>`` for another (output folders)."""
+    from erl_derain.pretrained import DEFAULT, resolve
+
+    name = resolve(FLAGS.pretrained)
+    return "pretrained" if name == DEFAULT else f"pretrained_{name}"
+
+
 def _load_run(model_dir: str | None):
     """``(trainer, record)`` of a run, or of the bundled pretrained model when ``model_dir`` is None."""
     from erl_derain.training import load_trainer
@@ -691,9 +709,12 @@ def _load_run(model_dir: str | None):
         return load_trainer(model_dir)
     from erl_derain.pretrained import load_pretrained_trainer
 
-    trainer, info = load_pretrained_trainer()
-    print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
-          flush=True)
+    from erl_derain.pretrained import resolve
+
+    name = resolve(FLAGS.pretrained)
+    trainer, info = load_pretrained_trainer(name)
+    print(f"Using the bundled model {name} (erl_derain/pretrained/README.md); --model_dir selects a run, "
+          "--pretrained=fast the fast one.", flush=True)
     return trainer, info["record"]
 
 
@@ -712,7 +733,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
         print(f"Evaluating {model_dir or 'the bundled model'} on {dataset} ({len(files)} photos without clean "
               "images: no-reference NIQE and BRISQUE of the photo and of the output):", flush=True)
         out_dir = output or (os.path.join(model_dir, f"eval_{_safe_name(dataset)}") if model_dir else
-                             f"eval_pretrained_{_safe_name(dataset)}")
+                             f"eval_{_pretrained_tag()}_{_safe_name(dataset)}")
         return evaluation.no_reference_evaluation(
             _predict_fn(model), files, out_dir,
             extra={**_eval_settings(dataset, split), "model_dir": os.path.abspath(model_dir) if model_dir else None},
@@ -721,7 +742,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
     min_size = max(FLAGS.eval_crop_size, evaluation.SSIM_WINDOW) if ten_crop else evaluation.min_side(FLAGS.crop_border)
     suffix = "" if network == "derain" else f"_{network}"
     out_dir = output or (os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}{suffix}") if model_dir else
-                         f"eval_pretrained_{_safe_name(dataset)}_{split}{suffix}")
+                         f"eval_{_pretrained_tag()}_{_safe_name(dataset)}_{split}{suffix}")
     csv_path = os.path.join(out_dir, "per_image.csv")
     finished = _PROGRESS.setdefault("finished", [])  # earlier results of this command (cross-dataset)
     before = f"; finished before: {', '.join(finished)}" if finished else ""
@@ -756,9 +777,9 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
     settings = {**_eval_settings(dataset, split, clean_dir), "network": network, "network_input": input_key}
     extra = {**settings, "model_dir": os.path.abspath(model_dir) if model_dir else None}
     if not model_dir:
-        from erl_derain.pretrained import DEFAULT
+        from erl_derain.pretrained import resolve
 
-        extra["pretrained"] = DEFAULT
+        extra["pretrained"] = resolve(FLAGS.pretrained)
     if failures:
         extra["failed"] = [{"name": n, "error": e} for n, e in failures]
     csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra=extra)
@@ -1027,7 +1048,7 @@ def cmd_export():
 
     export_base = _require("export_base")
     size = formats.parse_export_size(FLAGS.export_size, FLAGS.format)  # (checked by validate_flags)
-    trainer, record = _load_run(None if FLAGS.pretrained else FLAGS.model_dir)
+    trainer, record = _load_run(None if FLAGS.pretrained is not None else FLAGS.model_dir)
     if FLAGS.format != "saved_model":
         print(formats.describe(formats.export_file(
             trainer.inference_model(), export_base, FLAGS.format, size=size, version=FLAGS.version,
@@ -1209,6 +1230,8 @@ def run():
 def _parse_flags(argv):
     """absl's parsing, with its errors as usage errors (exit status 2) in one line naming the flag."""
     verb = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
+    # --pretrained alone (it was a switch): the default bundled model.
+    argv = [f"{a}=erlnet" if a in ("--pretrained", "-pretrained") else a for a in argv]
     try:
         return FLAGS(argv)
     except flags.UnrecognizedFlagError as e:

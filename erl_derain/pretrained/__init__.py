@@ -22,6 +22,28 @@ import numpy as np
 
 DEFAULT = "erlnet_synthetic"
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Short names of ``--pretrained``: the de-raining quality one and the fast one for CPUs.
+ALIASES = {"erlnet": DEFAULT}
+
+
+def available(directory: str | None = None) -> list[str]:
+    """The bundled models' names (a ``<name>.json`` card next to a ``<name>.npz``)."""
+    directory = directory or HERE
+    return sorted(f[:-5] for f in os.listdir(directory)
+                  if f.endswith(".json") and os.path.exists(os.path.join(directory, f[:-5] + ".npz")))
+
+
+def resolve(name: str | None, directory: str | None = None) -> str:
+    """A bundled model's name from ``--pretrained``'s value (an alias, a name; empty: the default);
+    :class:`PretrainedError` listing what exists otherwise."""
+    if not name or name in ("true", "1"):
+        return DEFAULT
+    name = ALIASES.get(name, name)
+    have = available(directory)
+    if name not in have:
+        short = [a for a, n in ALIASES.items() if n in have]
+        raise PretrainedError(f"--pretrained={name}: no such bundled model; there are {', '.join(short + have)}")
+    return name
 
 
 class PretrainedError(ValueError):

@@ -108,7 +108,9 @@ flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (
 flags.DEFINE_string("serving_root", None, "export: the server's model root, a folder holding --export_base: "
                     "models.config, models.docker.config, batching_parameters.txt and their lock file go there and "
                     "nowhere else, and the printed Docker command mounts it (default: --export_base's parent).")
-flags.DEFINE_boolean("pretrained", False, "export: the bundled pretrained model instead of --model_dir (not both).")
+flags.DEFINE_string("pretrained", None, "derain / evaluate / export: a bundled model instead of --model_dir (not "
+                    "both): erlnet (the default without --model_dir), fast (MENET at small widths, for CPUs) or a "
+                    "name of erl_derain/pretrained/. Plain --pretrained: erlnet.")
 flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "litert"], "export: a TF Serving SavedModel, or "
                   "<export_base>/<version>/model.onnx or model.tflite with erl_derain.json beside it (pip install "
                   "'erl_derain[export]').")
@@ -176,7 +178,7 @@ def _require(name: str):
 
 # -- the verbs -----------------------------------------------------------------------------------------
 
-_DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "split")
+_DATA = ("dataset", "data_dir", "manual_dir", "clean_dir", "clean_exclude", "split")
 _INFER = ("tile", "tile_overlap", "tile_batch", "self_ensemble", "jit_compile")
 _TRAIN_JOB = ("model_dir", "force_new_config", "checkpoint_every", "log_every", "image_summary_every",
               "progress_every", "keep_checkpoints", "stop_after", "shuffle_buffer", "cache_mb", "tpu", "logical_cpus",
@@ -186,19 +188,18 @@ VERB_HELP = {
     "train": ("train a method on a dataset through its stages (resumes where it stopped)", None),
     "evaluate": ("Y-channel PSNR/SSIM of trained runs (or the bundled model) on test sets (several: the "
                  "cross-dataset table; a folder without clean images: no-reference NIQE / BRISQUE)",
-                 ("model_dir", *_DATA, *_EVAL, "network", "figures", *_INFER, "precision", "max_pixels")),
+                 ("model_dir", "pretrained", *_DATA, *_EVAL, "network", "figures", *_INFER, "precision", "max_pixels")),
     "compare": ("ERL-Net's dissection of a candidate against a baseline (hard/easy, RIM, mIoR/mIoB, figures)",
                 ("baseline", "candidate", *_DATA, "y_rounding", "crop_border", "output", "max_images", "figures",
                  *_INFER, "max_pixels")),
     "derain": ("de-rain photos of any size and videos (the bundled model without --model_dir, or via TF Serving)",
-               ("model_dir", "output_dir", "output_format", "overwrite", *_INFER, "precision", "server", "model_name",
-                "protocol",
-                "version", "max_pixels", "every_nth", "max_frames", "temporal", "video_codec", "progress_every")),
+               ("model_dir", "pretrained", "output_dir", "output_format", "overwrite", *_INFER, "precision", "server",
+                "model_name", "protocol", "version", "max_pixels", "every_nth", "max_frames", "temporal", "video_codec", "progress_every")),
     "export": ("a TF Serving SavedModel (or an ONNX / LiteRT file) of a run's (or the bundled) inference network",
                ("model_dir", "pretrained", "export_base", "serving_root", "format", "export_size", "version",
                 "overwrite", "precision", "max_pixels")),
     "prepare": ("write a benchmark's TFRecords from the files you unpacked (or say where to get them)",
-                ("dataset", "manual_dir", "data_dir", "clean_dir", "max_pixels")),
+                ("dataset", "manual_dir", "data_dir", "clean_dir", "clean_exclude", "max_pixels")),
     "synthesize": ("rainy/clean pairs from your clean photos with the package's rain model",
                    ("clean_dir", "output_dir", "renders_per_image", "rain_density", "rain_length", "rain_intensity",
                     "rain_layers", "rain_accumulation", "seed", "max_pixels")),
@@ -473,6 +474,16 @@ def validate_flags(verb: str) -> None:
             check_data_dir(FLAGS.data_dir)
         except DatasetError as e:
             raise UsageError(str(e)) from None
+    if verb in ("derain", "evaluate", "export") and FLAGS.pretrained is not None:
+        from erl_derain.pretrained import PretrainedError, resolve
+
+        if FLAGS.model_dir:
+            raise UsageError(f"--pretrained={FLAGS.pretrained} is a bundled model, --model_dir={FLAGS.model_dir} a "
+                             "run: give one of them, not both")
+        try:
+            resolve(FLAGS.pretrained)
+        except PretrainedError as e:
+            raise UsageError(str(e)) from None
     if verb == "train":
         _writable("model_dir", _require("model_dir"))
         try:
@@ -521,10 +532,7 @@ def validate_flags(verb: str) -> None:
                 formats.require_packages(FLAGS.format)
         except formats.ExportFormatError as e:
             raise UsageError(str(e)) from None
-        if FLAGS.pretrained and FLAGS.model_dir:
-            raise UsageError(f"--pretrained exports the bundled model, --model_dir={FLAGS.model_dir} a run: give one "
-                             "of them, not both")
-        if not FLAGS.pretrained:
+        if FLAGS.pretrained is None:
             if not FLAGS.model_dir:
                 raise UsageError("--model_dir (a run) or --pretrained (the bundled model) is required for "
                                  "`erl-derain export`")
@@ -679,11 +687,12 @@ def _predict_fn(model):
     return InferenceModel(compiled, ensemble.pad_multiple, name=f"{ensemble.name}_compiled")
 
 
-def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None, min_size=None):
+def _eval_dataset(dataset, split, clean_dir=None, manual_dir=None, min_size=None, clean_exclude=None):
     from erl_derain import inputs
 
     return inputs.evaluation_dataset(dataset, split, clean_dir=clean_dir, data_dir=FLAGS.data_dir,
-                                     manual_dir=manual_dir or FLAGS.manual_dir, min_size=min_size)
+                                     manual_dir=manual_dir or FLAGS.manual_dir, min_size=min_size,
+                                     clean_exclude=FLAGS.clean_exclude if clean_exclude is None else clean_exclude)
 
 
 # evaluate / compare without --tile: whole images up to this side (every standard benchmark's test
@@ -722,6 +731,14 @@ def _safe_name(dataset: str) -> str:
     return dataset.replace("folder:", "folder_").replace("/", "_").strip("_")
 
 
+def _pretrained_tag() -> str:
+    """``pretrained`` for the default bundled model, ``pretrained_<name>`` for another (output folders)."""
+    from erl_derain.pretrained import DEFAULT, resolve
+
+    name = resolve(FLAGS.pretrained)
+    return "pretrained" if name == DEFAULT else f"pretrained_{name}"
+
+
 def _load_run(model_dir: str | None):
     """``(trainer, record)`` of a run, or of the bundled pretrained model when ``model_dir`` is None;
     its networks rebuilt in --precision (``precision.in_precision``)."""
@@ -733,10 +750,13 @@ def _load_run(model_dir: str | None):
     else:
         from erl_derain.pretrained import load_pretrained_trainer
 
-        trainer, info = load_pretrained_trainer()
+        from erl_derain.pretrained import resolve
+
+        name = resolve(FLAGS.pretrained)
+        trainer, info = load_pretrained_trainer(name)
         record = info["record"]
-        print("Using the bundled pretrained model (erl_derain/pretrained/README.md); --model_dir selects another.",
-              flush=True)
+        print(f"Using the bundled model {name} (erl_derain/pretrained/README.md); --model_dir selects a run, "
+              "--pretrained=fast the fast one.", flush=True)
     if FLAGS.precision != "float32":
         trainer = precision.in_precision(trainer, record, FLAGS.precision)
         print(f"Running the network in {FLAGS.precision} (float32 weights, {precision.POLICY[FLAGS.precision]} "
@@ -760,7 +780,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
         print(f"Evaluating {model_dir or 'the bundled model'} on {dataset} ({len(files)} photos without clean "
               "images: no-reference NIQE and BRISQUE of the photo and of the output):", flush=True)
         out_dir = output or (os.path.join(model_dir, f"eval_{_safe_name(dataset)}") if model_dir else
-                             f"eval_pretrained_{_safe_name(dataset)}")
+                             f"eval_{_pretrained_tag()}_{_safe_name(dataset)}")
         return evaluation.no_reference_evaluation(
             _predict_fn(model), files, out_dir,
             extra={**_eval_settings(dataset, split), "model_dir": fileio.abspath(model_dir) if model_dir else None},
@@ -770,7 +790,7 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
     min_size = max(FLAGS.eval_crop_size, evaluation.SSIM_WINDOW) if ten_crop else evaluation.min_side(FLAGS.crop_border)
     suffix = "" if network == "derain" else f"_{network}"
     out_dir = output or (os.path.join(model_dir, f"eval_{_safe_name(dataset)}_{split}{suffix}") if model_dir else
-                         f"eval_pretrained_{_safe_name(dataset)}_{split}{suffix}")
+                         f"eval_{_pretrained_tag()}_{_safe_name(dataset)}_{split}{suffix}")
     csv_path = os.path.join(out_dir, "per_image.csv")
     finished = _PROGRESS.setdefault("finished", [])  # earlier results of this command (cross-dataset)
     before = f"; finished before: {', '.join(finished)}" if finished else ""
@@ -805,9 +825,9 @@ def _evaluate(model, model_dir, dataset, split, clean_dir=None, output=None, net
     settings = {**_eval_settings(dataset, split, clean_dir), "network": network, "network_input": input_key}
     extra = {**settings, "model_dir": fileio.abspath(model_dir) if model_dir else None}
     if not model_dir:
-        from erl_derain.pretrained import DEFAULT
+        from erl_derain.pretrained import resolve
 
-        extra["pretrained"] = DEFAULT
+        extra["pretrained"] = resolve(FLAGS.pretrained)
     if failures:
         extra["failed"] = [{"name": n, "error": e} for n, e in failures]
     csv_path, json_path = evaluation.write_results(rows, summary, out_dir, extra=extra)
@@ -949,7 +969,7 @@ def cmd_prepare():
     from erl_derain import datasets, inputs
 
     dataset = _require("dataset")
-    source = inputs.dataset_source(dataset, FLAGS.clean_dir, FLAGS.data_dir)
+    source = inputs.dataset_source(dataset, FLAGS.clean_dir, FLAGS.data_dir, FLAGS.clean_exclude)
     if isinstance(source, str):
         if source.startswith(pipelines.FOLDER_PREFIX):
             raise UsageError(f"--dataset={source} is a folder: it is read directly, nothing to prepare")
@@ -1077,7 +1097,7 @@ def cmd_export():
 
     export_base = _require("export_base")
     size = formats.parse_export_size(FLAGS.export_size, FLAGS.format)  # (checked by validate_flags)
-    trainer, record = _load_run(None if FLAGS.pretrained else FLAGS.model_dir)
+    trainer, record = _load_run(None if FLAGS.pretrained is not None else FLAGS.model_dir)
     if FLAGS.format != "saved_model":
         print(formats.describe(formats.export_file(
             trainer.inference_model(), export_base, FLAGS.format, size=size, version=FLAGS.version,
@@ -1259,6 +1279,8 @@ def run():
 def _parse_flags(argv):
     """absl's parsing, with its errors as usage errors (exit status 2) in one line naming the flag."""
     verb = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
+    # --pretrained alone (it was a switch): the default bundled model.
+    argv = [f"{a}=erlnet" if a in ("--pretrained", "-pretrained") else a for a in argv]
     try:
         return FLAGS(argv)
     except flags.UnrecognizedFlagError as e:

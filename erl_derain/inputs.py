@@ -22,16 +22,26 @@ from erl_derain.data import pipelines, streams
 from erl_derain.data.pipelines import DatasetError
 
 
-def dataset_source(name: str, clean_dir: str | None = None, data_dir: str | None = None):
+def dataset_source(name: str, clean_dir: str | None = None, data_dir: str | None = None, clean_exclude=()):
     """The ``--dataset`` value for the pipelines: a name, or for synthetic_rain on ``clean_dir`` photos
-    a TFDS builder with a config of its own (prepared into its own folder of the data_dir)."""
+    a TFDS builder with a config of its own (prepared into its own folder of the data_dir), rendered as
+    the named config (``synthetic_rain/natural``; ``default`` without one), without the photographs of
+    the ``clean_exclude`` folders."""
     if clean_dir and name.split("/")[0] == "synthetic_rain":
         from tfds_builders.synthetic_rain.synthetic_rain_dataset_builder import Builder, custom_config
 
         if not os.path.isdir(clean_dir):
             raise DatasetError(f"--clean_dir={clean_dir}: no such folder")
+        for folder in clean_exclude or ():
+            if not os.path.isdir(folder):
+                raise DatasetError(f"--clean_exclude={folder}: no such folder")
+        base = name.split("/", 1)[1] if "/" in name else "default"
+        try:
+            config = custom_config(clean_dir, base=base, exclude_dirs=tuple(clean_exclude or ()))
+        except ValueError as e:
+            raise DatasetError(f"--dataset={name}: {e}") from None
         streams.check_data_dir(data_dir)
-        return Builder(config=custom_config(clean_dir), data_dir=data_dir)
+        return Builder(config=config, data_dir=data_dir)
     return name
 
 
@@ -69,7 +79,7 @@ def excluded(record) -> dict | None:
         return None
     from tfds_builders.cityscapes_rain.cityscapes_rain_dataset_builder import exclude_rain_sizes
 
-    source = dataset_source(run.dataset, run.clean_dir, run.data_dir)
+    source = dataset_source(run.dataset, run.clean_dir, run.data_dir, run.clean_exclude)
     features = [] if _is_folder(source) else list(datasets.load_builder(source, run.data_dir).info.features.keys())
     return exclude_rain_sizes(list(run.exclude_rain_sizes), features, dataset=run.dataset)
 
@@ -80,7 +90,7 @@ def paired_features(record) -> tuple[str, ...]:
     if not wanted:
         return ()
     run = record.run
-    source = dataset_source(run.dataset, run.clean_dir, run.data_dir)
+    source = dataset_source(run.dataset, run.clean_dir, run.data_dir, run.clean_exclude)
     if _is_folder(source):
         return ()
     have = pipelines.dataset_features(source, data_dir=run.data_dir)
@@ -89,7 +99,7 @@ def paired_features(record) -> tuple[str, ...]:
 
 def steps_per_epoch(record, global_batch: int, split: str = "train") -> float:
     run = record.run
-    n = pipelines.num_examples(dataset_source(run.dataset, run.clean_dir, run.data_dir), split,
+    n = pipelines.num_examples(dataset_source(run.dataset, run.clean_dir, run.data_dir, run.clean_exclude), split,
                                data_dir=run.data_dir, manual_dir=run.manual_dir, exclude=excluded(record))
     if run.crop_mode == "ten_crop":
         n *= pipelines.TEN_CROPS
@@ -158,7 +168,7 @@ def training_stream(record, *, global_batch: int, split: str = "train", shuffle_
     starts. ``rows`` (``data.streams.Rows``): one worker's rows of each global batch, the only examples
     it reads and decodes (``distribute.distribute_batches``)."""
     run, spec, cfg = record.run, record.spec, record.method_config
-    source = dataset_source(run.dataset, run.clean_dir, run.data_dir)
+    source = dataset_source(run.dataset, run.clean_dir, run.data_dir, run.clean_exclude)
     stream = dict(batch_size=global_batch, crop_size=run.crop_size, training=True, seed=run.seed,
                   data_dir=run.data_dir, flip=run.flip, shuffle_buffer=shuffle_buffer, manual_dir=run.manual_dir,
                   crop_mode=run.crop_mode, cache_limit_bytes=cache_limit_bytes, exclude=excluded(record),
@@ -186,11 +196,12 @@ def training_stream(record, *, global_batch: int, split: str = "train", shuffle_
 
 
 def evaluation_dataset(dataset: str, split: str, *, clean_dir: str | None = None, data_dir: str | None = None,
-                       manual_dir: str | None = None, min_size: int | None = None) -> tf.data.Dataset:
+                       manual_dir: str | None = None, min_size: int | None = None,
+                       clean_exclude=()) -> tf.data.Dataset:
     """Full-size pairs, batch 1, in file order (with the dataset's rain masks when it has them: the
     dissection of ``compare`` uses them). ``min_size``: the side the metrics need; a folder's smaller
     pairs are named up front (``pipelines.paired_dataset``)."""
-    source = dataset_source(dataset, clean_dir, data_dir)
+    source = dataset_source(dataset, clean_dir, data_dir, clean_exclude)
     have = {} if _is_folder(source) else pipelines.dataset_features(source, data_dir=data_dir)
     extras = tuple(k for k in ("rain_mask", "has_rain_mask") if k in have)
     return pipelines.paired_dataset(source, split, batch_size=1, crop_size=None, training=False, data_dir=data_dir,
@@ -208,7 +219,8 @@ def image_summary_batch(record, split: str, *, count: int = 3, max_side: int = 2
 
     run = record.run
     try:
-        ds = evaluation_dataset(run.dataset, split, clean_dir=run.clean_dir, data_dir=run.data_dir)
+        ds = evaluation_dataset(run.dataset, split, clean_dir=run.clean_dir, data_dir=run.data_dir,
+                                clean_exclude=run.clean_exclude)
         examples = [(ex["rainy"].numpy()[0], ex["clean"].numpy()[0],
                      ex["name"].numpy()[0].decode() if "name" in ex else str(i)) for i, ex in enumerate(ds.take(count))]
     except Exception as e:  # pylint: disable=broad-except  (pictures are optional; the run goes on)

@@ -36,6 +36,8 @@ class RunConfig:
     clean_dir: str | None = option(None, "synthesize: folder of clean images; train/evaluate with "
                                    "--dataset=synthetic_rain: synthesise the dataset on these photos instead of "
                                    "scikit-image's.")
+    clean_exclude: tuple[str, ...] = option((), "With --clean_dir: folders of images (the clean images of the sets "
+                                            "you will score on) whose photographs are left out of the dataset.")
     data_dir: str | None = option(None, "TFDS data_dir (default: TFDS's, ~/tensorflow_datasets).")
     manual_dir: str | None = option(None, "Folder holding a benchmark's files (rain100h, ddn, did, agan, ...), read "
                                     "when its TFDS dataset is prepared (default: <data_dir>/downloads/manual).")
@@ -54,7 +56,8 @@ class RunConfig:
         "feature (cityscapes_rain): small (radius 0.2), medium (0.4, 0.6), large (0.8, 1.0); intensity-aware "
         "paper, Table IV w/o S / M / L. Epochs count the kept examples.")
     init_from: str | None = option(None, "train: start a new run from the network weights of another run (its "
-                                   "--model_dir; same method and sizes); the optimisers start afresh. With "
+                                   "--model_dir; same method and sizes; pretrained[:NAME]: a bundled model's de-raining network); the "
+                                   "optimisers start afresh. With "
                                    "--stage_steps=0,0,N only the last stage trains: a fine-tune.")
     stage_steps: tuple[int, ...] | None = option(None, "Training steps of each stage of the method's schedule, e.g. "
                                                  "2000,1000,1000 for ERL-Net's MA_D.")

@@ -687,13 +687,30 @@ def cpu_training_graph_options():
         tf.config.optimizer.set_experimental_options({"remapping": before})
 
 
+PRETRAINED_PREFIX = "pretrained"
+
+
 def _resume_or_initialise(run, trainer, init_from: str | None, verbose: int):
     """(checkpoint resumed from, checkpoint whose weights a new run starts from): the run's own latest
-    checkpoint, else with ``init_from`` the network weights of that run's."""
+    checkpoint, else with ``init_from`` the network weights of that run's (``pretrained[:NAME]``: of a
+    bundled model, its de-raining network; training-only parts start afresh)."""
     stages = trainer.stages
     restored = run.restore()
     initialised = None
-    if not restored and init_from:
+    if not restored and init_from and init_from.split(":")[0] == PRETRAINED_PREFIX:
+        from erl_derain import pretrained
+
+        name = init_from.split(":", 1)[1] if ":" in init_from else pretrained.DEFAULT
+        try:
+            trainer.build_networks()
+            pretrained.assign_weights(trainer.inference_model(), pretrained.checked_weights_path(name))
+        except pretrained.PretrainedError as e:
+            raise TrainingError(f"--init_from={init_from}: {e} (the method and the network sizes must be the "
+                                f"bundled model's: erl_derain/pretrained/{name}.json)") from e
+        initialised = f"the bundled model {name}"
+        if verbose:
+            print(f"Starting from the network weights of {initialised} (--init_from)", flush=True)
+    elif not restored and init_from:
         try:
             initialised = Run(init_from, trainer).restore(
                 networks_only=True, built_from="this run's settings (the method and the network sizes must be the same)")

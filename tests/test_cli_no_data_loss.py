@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from absl import flags
 
+from erl_derain import pretrained
+
 from .conftest import TINY_FLAGS, make_folder_dataset, run_settings
 
 SIZE = (40, 48)
@@ -513,7 +515,7 @@ def test_evaluate_without_model_dir_uses_the_bundled_model(cli, tmp_path, monkey
     assert code == 0, err
     assert "bundled" in out
     summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert summary["dataset"] == f"folder:{tmp_path / 'data'}" and summary["pretrained"] == "erlnet_synthetic"
+    assert summary["dataset"] == f"folder:{tmp_path / 'data'}" and summary["pretrained"] == pretrained.DEFAULT
     assert summary["model_dir"] is None and summary["num_images"] == 2
     assert [r["name"] for r in _rows(tmp_path / "ev" / "per_image.csv")] == ["img0", "img1"]
     assert summary["psnr_y"] > summary["input_psnr_y"]  # the trained model, not a blank network

@@ -384,7 +384,7 @@ def _expected_bounds(verb, names):
                 problems.append(f"--{name}={getattr(FLAGS, name)} accepted")
     if verb == "derain" and FLAGS.server and (not FLAGS.model_name or FLAGS.self_ensemble != 1):
         problems.append("--server without --model_name or with --self_ensemble accepted")
-    if verb == "export" and bool(FLAGS.pretrained) == bool(FLAGS.model_dir):
+    if verb == "export" and (FLAGS.pretrained is not None) == bool(FLAGS.model_dir):
         problems.append("export of both or neither of --pretrained / --model_dir accepted")
     if verb == "synthesize":
         density = FLAGS.rain_density

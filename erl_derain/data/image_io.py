@@ -248,6 +248,31 @@ def images_by_stem(folder: str) -> dict[str, str]:
     return by_stem
 
 
+
+def images_in_tree(folder: str) -> dict[str, str]:
+    """``{name: path}`` of the images of ``folder`` and its sub-folders (any depth, hidden ones
+    skipped), the name being the path below ``folder`` without its extension, ``/`` written ``-``
+    (``bsds500/train/100075.jpg`` -> ``bsds500-train-100075``). Two files with one name raise
+    ``ValueError`` naming both; a tree without images raises ``ValueError``."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such folder")
+    named: dict[str, str] = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.startswith(".") or not f.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = os.path.join(root, f)
+            name = os.path.splitext(os.path.relpath(path, folder))[0].replace(os.sep, "-")
+            if name in named:
+                raise ValueError(f"{named[name]} and {path} have the same name {name!r}; rename one")
+            named[name] = path
+    if not named:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found in it or its sub-folders")
+    return named
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------

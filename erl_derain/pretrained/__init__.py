@@ -22,6 +22,28 @@ import numpy as np
 
 DEFAULT = "erlnet_synthetic"
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Short names of ``--pretrained``: the de-raining quality one and the fast one for CPUs.
+ALIASES = {"erlnet": DEFAULT}
+
+
+def available(directory: str | None = None) -> list[str]:
+    """The bundled models' names (a ``<name>.json`` card next to a ``<name>.npz``)."""
+    directory = directory or HERE
+    return sorted(f[:-5] for f in os.listdir(directory)
+                  if f.endswith(".json") and os.path.exists(os.path.join(directory, f[:-5] + ".npz")))
+
+
+def resolve(name: str | None, directory: str | None = None) -> str:
+    """A bundled model's name from ``--pretrained``'s value (an alias, a name; empty: the default);
+    :class:`PretrainedError` listing what exists otherwise."""
+    if not name or name in ("true", "1"):
+        return DEFAULT
+    name = ALIASES.get(name, name)
+    have = available(directory)
+    if name not in have:
+        short = [a for a, n in ALIASES.items() if n in have]
+        raise PretrainedError(f"--pretrained={name}: no such bundled model; there are {', '.join(short + have)}")
+    return name
 
 
 class PretrainedError(ValueError):
@@ -59,21 +81,22 @@ def load_pretrained_trainer(name: str = DEFAULT, directory: str | None = None):
     from erl_derain.methods import make_trainer
 
     info = read_info(name, directory)
-    _, weights_path = paths(name, directory)
-    if not os.path.exists(weights_path):
-        raise PretrainedError(f"{weights_path} is missing (reinstall erl_derain)")
-    digest = sha256_of(weights_path)
-    if digest != info["sha256"]:
-        raise PretrainedError(f"{weights_path} is damaged: its SHA-256 is {digest}, the model card's "
-                              f"{info['sha256']} (reinstall erl_derain)")
+    weights_path = checked_weights_path(name, directory)
     from erl_derain.run_config import record_from_dict
 
     record = record_from_dict(info["config"], where=info_path_of(name, directory))
     info = {**info, "record": record}
     trainer = make_trainer(record)
     trainer.build_networks()
+    assign_weights(trainer.inference_model(), weights_path)
+    return trainer, info
+
+
+def assign_weights(model, weights_path: str) -> None:
+    """Set every variable of ``model`` (an inference network) from a bundled ``.npz``, by path; a
+    missing variable or another shape raises :class:`PretrainedError` naming the file."""
     with np.load(weights_path) as stored:
-        variables = {v.path: v for v in trainer.inference_model().weights}
+        variables = {v.path: v for v in model.weights}
         missing = sorted(set(variables) - set(stored.files))
         if missing:
             raise PretrainedError(f"{weights_path} lacks {len(missing)} variable(s) of the network, e.g. {missing[:3]}")
@@ -82,7 +105,19 @@ def load_pretrained_trainer(name: str = DEFAULT, directory: str | None = None):
             if tuple(value.shape) != tuple(var.shape):
                 raise PretrainedError(f"{weights_path}: {path} has shape {value.shape}, the network {tuple(var.shape)}")
             var.assign(value)
-    return trainer, info
+
+
+def checked_weights_path(name: str = DEFAULT, directory: str | None = None) -> str:
+    """The weights file of a bundled model, after its checksum was checked against its card."""
+    info = read_info(name, directory)
+    _, weights_path = paths(name, directory)
+    if not os.path.exists(weights_path):
+        raise PretrainedError(f"{weights_path} is missing (reinstall erl_derain)")
+    digest = sha256_of(weights_path)
+    if digest != info["sha256"]:
+        raise PretrainedError(f"{weights_path} is damaged: its SHA-256 is {digest}, the model card's "
+                              f"{info['sha256']} (reinstall erl_derain)")
+    return weights_path
 
 
 def load_pretrained(name: str = DEFAULT, directory: str | None = None):

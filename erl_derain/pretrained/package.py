@@ -12,25 +12,30 @@ import os
 
 import numpy as np
 
+from erl_derain.fileio import atomic_open, atomic_write_text
 from erl_derain.pretrained import DEFAULT, HERE, paths, sha256_of
 
 
 def package(model_dir: str, name: str = DEFAULT, directory: str = HERE, extra: dict | None = None) -> tuple[str, str]:
-    from erl_derain.training import load_trainer, read_config
+    from erl_derain.training import PRETRAINED_PREFIX, load_trainer, read_config
 
     trainer, record = load_trainer(model_dir)
     config = record.to_dict()
-    if record.run.init_from:  # a fine-tune: the card also describes the run it started from
-        extra = {"init_config": read_config(record.run.init_from).to_dict(), **(extra or {})}
+    start = record.run.init_from
+    if start and start.split(":")[0] == PRETRAINED_PREFIX:  # a fine-tune of a bundled model: its card's config
+        from erl_derain.pretrained import read_info
+
+        base = start.split(":", 1)[1] if ":" in start else DEFAULT
+        extra = {"init_config": read_info(base, directory)["config"], "init_model": base, **(extra or {})}
+    elif start:  # a fine-tune: the card also describes the run it started from
+        extra = {"init_config": read_config(start).to_dict(), **(extra or {})}
     variables = {v.path: np.asarray(v.numpy()) for v in trainer.inference_model().weights}
     info_path, weights_path = paths(name, directory)
-    tmp = weights_path + ".tmp.npz"
-    np.savez_compressed(tmp, **variables)
-    os.replace(tmp, weights_path)
+    with atomic_open(weights_path, "wb") as f:
+        np.savez_compressed(f, **variables)
     info = {"name": name, "config": config, "sha256": sha256_of(weights_path),
             "parameters": int(sum(v.size for v in variables.values())), **(extra or {})}
-    with open(info_path, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
+    atomic_write_text(info_path, json.dumps(info, indent=2, sort_keys=True))
     return info_path, weights_path
 
 

@@ -22,8 +22,22 @@ in [0.6, 1.6] so that it comes lighter and darker: ``clean_gamma``; the bundled 
 the dense renderings in the veil style, most of the rain in a smooth veil across the image, and twice the
 renderings per tile).
 
-For a user folder (at least 2 photos with distinct name stems), every 5th photo (sorted by name,
-at least one) goes to test, the others to train.
+``natural``: rain over a folder of natural photographs (``--clean_dir``; on scikit-image's photos
+without one): the ``wide`` styles over whole photos (longer side at most 512, as BSDS500's 481x321; no
+tiling, the training crops are cut at random), 6 renderings and 2 rain-free pairs per photo (a quarter of
+the pairs teach the network to leave rain-free content alone), lighter and darker scenes as ``wide``; the
+photos under a sub-folder named ``kodak24`` or ``val20`` are the test split (the validation photos), the
+rest train. The bundled models' training data (``flags/pretrained/``), with
+``--clean_dir=<shared data>/clean_photos`` and the evaluation sets' clean images excluded
+(``--clean_exclude``).
+
+A user folder (``--clean_dir``, at least 2 photos) is read with its sub-folders (an image's name is its
+path below the folder, ``/`` written ``-``). The config named with it (``--dataset=synthetic_rain/<config>``,
+``default`` without one) gives the rendering; the split is the config's ``holdout_folders`` when the folder
+has one of them (``natural``: ``kodak24``, ``val20``), otherwise every 5th photo (sorted by name, at least
+one) goes to test and the others to train. ``--clean_exclude`` names folders of images (the clean images of
+the sets a model will be scored on) whose photographs must not be rendered in either split: a photo that
+shows the same picture (``erl_derain.data.near_duplicates``) is left out, and the list is printed.
 """
 
 from __future__ import annotations
@@ -36,7 +50,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from erl_derain.data.image_io import images_by_stem, load_rgb
+from erl_derain.data.image_io import images_in_tree, list_images, load_rgb
 from erl_derain.data.rain_synthesis import STYLES, RainParams, synthesize_rain
 from erl_derain.metrics import to_uint8
 
@@ -50,7 +64,8 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
     def __init__(self, *, clean_dir: str | None = None, train_renders: int = 4, test_renders: int = 6,
                  tile: int = 256, max_side: int = 768, levels: tuple[float, float] = (0.0, 1.0),
                  styles: tuple[str, ...] = ("streaks",), extra_sides: tuple[int, ...] = (), clean_renders: int = 0,
-                 clean_gamma: tuple[float, float] = (1.0, 1.0), **kwargs):
+                 clean_gamma: tuple[float, float] = (1.0, 1.0), holdout_folders: tuple[str, ...] = (),
+                 exclude_dirs: tuple[str, ...] = (), **kwargs):
         """``styles``: the ``RainParams.sample`` styles drawn from (train: uniformly at random, so a style
         named twice is drawn twice as often; test: in turn).
         ``extra_sides``: further scales of the train photos (their longer side) tiled besides ``max_side``.
@@ -59,7 +74,11 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
         ``clean_gamma``: train only, each pair (rainy and rain-free) raises its clean tile to a power drawn
         log-uniformly from this range before the rain is added, so the same scene comes lighter and
         darker (a network cannot learn a scene's brightness and read the rest as haze). (1, 1): off,
-        no draw."""
+        no draw.
+        ``holdout_folders``: with ``clean_dir``, the top-level sub-folders whose photos are the test split
+        (when none of them exists: every 5th photo).
+        ``exclude_dirs``: with ``clean_dir``, folders of images whose photographs are left out of both
+        splits (module docstring)."""
         super().__init__(**kwargs)
         bad = [s for s in styles if s not in STYLES]
         if bad or not styles:
@@ -74,6 +93,8 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
             raise ValueError(f"synthetic_rain: clean_gamma must be a range 0 < low <= high, got {clean_gamma}")
         self.clean_gamma = (lo, hi)
         self.clean_dir = clean_dir
+        self.holdout_folders = tuple(holdout_folders)
+        self.exclude_dirs = tuple(exclude_dirs)
         self.train_renders = train_renders
         self.test_renders = test_renders
         self.tile = tile
@@ -81,13 +102,29 @@ class SyntheticRainConfig(tfds.core.BuilderConfig):
         self.levels = levels
 
 
-def custom_config(clean_dir: str, **kwargs) -> SyntheticRainConfig:
-    """A config for a user's folder of clean photos; its name carries a hash of the absolute path so
-    that different folders are prepared into different TFDS directories."""
+RENDERING = ("train_renders", "test_renders", "tile", "max_side", "levels", "styles", "extra_sides",
+             "clean_renders", "clean_gamma", "holdout_folders")
+
+
+def custom_config(clean_dir: str, base: str = "default", exclude_dirs=(), **kwargs) -> SyntheticRainConfig:
+    """A config for a user's folder of clean photos, rendered as the named config ``base`` (``kwargs``
+    override single settings); ``exclude_dirs`` as in :class:`SyntheticRainConfig`. Its name carries a
+    hash of the absolute paths (and of ``base`` unless ``default``), so that different folders are
+    prepared into different TFDS directories."""
+    configs = {c.name: c for c in Builder.BUILDER_CONFIGS}
+    if base not in configs:
+        raise ValueError(f"synthetic_rain has no config {base!r}; it has {', '.join(configs)}")
     path = os.path.abspath(clean_dir)
-    digest = hashlib.sha1(path.encode()).hexdigest()[:10]
-    return SyntheticRainConfig(name=f"custom_{digest}", clean_dir=path,
-                               description=f"rain synthesised on the clean photos of {path}", **kwargs)
+    excluded = tuple(sorted(os.path.abspath(d) for d in exclude_dirs))
+    key = path if base == "default" and not excluded else "\n".join((base, path) + excluded)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    settings = {k: getattr(configs[base], k) for k in RENDERING}
+    settings.update(kwargs)
+    name = f"custom_{digest}" if base == "default" else f"{base}_custom_{digest}"
+    return SyntheticRainConfig(name=name, clean_dir=path, exclude_dirs=excluded,
+                               description=f"rain synthesised as {base!r} on the clean photos of {path}"
+                                           + (f", without the photographs of {', '.join(excluded)}" if excluded
+                                              else ""), **settings)
 
 
 def skimage_photo_paths() -> dict[str, str]:
@@ -152,6 +189,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                             description="as wide, with half of the dense renderings in the veil style (most of "
                                         "the rain in a smooth veil running from nothing to twice its mean), "
                                         "twice the renderings per tile"),
+        SyntheticRainConfig(name="natural", styles=("dense", "dense", "wide", "wide", "streaks", "long"),
+                            tile=512, max_side=512, train_renders=6, clean_renders=2, clean_gamma=(0.6, 1.6),
+                            holdout_folders=("kodak24", "val20"),
+                            description="rain over natural photographs (--clean_dir): the wide styles over whole "
+                                        "photos (longer side at most 512), 6 renderings and 2 rain-free pairs per "
+                                        "photo; the photos under kodak24/ or val20/ are the test split"),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -168,12 +211,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _sources(self) -> tuple[dict[str, str], dict[str, str]]:
         cfg = self.builder_config
         if cfg.clean_dir:
-            named = images_by_stem(cfg.clean_dir)
+            named = images_in_tree(cfg.clean_dir)
+            if cfg.exclude_dirs:
+                from erl_derain.data.near_duplicates import matching
+
+                against = [p for d in cfg.exclude_dirs for p in list_images(d)]
+                dropped = matching(named.values(), against)
+                if dropped:
+                    print(f"synthetic_rain: {len(dropped)} photo(s) of {cfg.clean_dir} left out, the same pictures "
+                          f"as images of {', '.join(cfg.exclude_dirs)}: "
+                          + ", ".join(f"{os.path.relpath(p, cfg.clean_dir)} ({os.path.basename(q)})"
+                                      for p, q in sorted(dropped.items())), flush=True)
+                named = {n: p for n, p in named.items() if p not in dropped}
             if len(named) < 2:
                 raise ValueError(f"{cfg.clean_dir}: synthetic_rain needs at least 2 clean photos (train and test "
                                  f"come from different photos), found {len(named)}")
             names = sorted(named)
-            test = set(names[::5])
+            top = {n: os.path.relpath(named[n], cfg.clean_dir).split(os.sep)[0] for n in names}
+            held = set(cfg.holdout_folders) & set(top.values())
+            test = {n for n in names if top[n] in held} if held else set(names[::5])
+            if len(test) == len(names):
+                raise ValueError(f"{cfg.clean_dir}: every photo is under {sorted(held)} (the test split); "
+                                 "synthetic_rain needs others to train on")
             return ({n: named[n] for n in names if n not in test}, {n: named[n] for n in names if n in test})
         paths = skimage_photo_paths()
         return {n: paths[n] for n in TRAIN_SOURCES}, {n: paths[n] for n in TEST_SOURCES}

@@ -1,8 +1,10 @@
-"""The bundled pretrained model: `erl-derain derain photo.jpg` works right after `pip install`.
+"""The bundled models: `erl-derain derain photo.jpg` works right after `pip install`.
 
-The package ships the weights of an ERL-Net trained by the package itself on its embedded synthetic
-default (``flags/pretrained/erlnet_synthetic.flags``; the model card is ``README.md`` next to this
-file). Nothing is downloaded. Files:
+The package ships the weights of networks trained by the package itself (flagfiles in
+``flags/pretrained/``; the model card is ``README.md`` next to this file): ``erlnet_natural``, the
+default (alias ``erlnet``), and ``menet_fast`` for CPUs (alias ``fast``), both trained on rain over
+natural photographs; ``erlnet_synthetic``, the earlier default trained on scikit-image's photos, from
+which ``erlnet_natural`` was fine-tuned. Nothing is downloaded. Files:
 
 * ``<name>.json``: the training configuration (``config``), the SHA-256 of the weights file and what
   the card reports (steps, wall time);
@@ -20,10 +22,10 @@ import os
 
 import numpy as np
 
-DEFAULT = "erlnet_synthetic"
+DEFAULT = "erlnet_natural"
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Short names of ``--pretrained``: the de-raining quality one and the fast one for CPUs.
-ALIASES = {"erlnet": DEFAULT}
+ALIASES = {"erlnet": DEFAULT, "fast": "menet_fast"}
 
 
 def available(directory: str | None = None) -> list[str]:

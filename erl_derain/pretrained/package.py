@@ -26,7 +26,10 @@ def package(model_dir: str, name: str = DEFAULT, directory: str = HERE, extra: d
         from erl_derain.pretrained import read_info
 
         base = start.split(":", 1)[1] if ":" in start else DEFAULT
-        extra = {"init_config": read_info(base, directory)["config"], "init_model": base, **(extra or {})}
+        started = read_info(base, directory)
+        extra = {"init_config": started["config"], "init_model": base,
+                 **({"init_train_seconds": started["train_seconds"]} if started.get("train_seconds") else {}),
+                 **(extra or {})}
     elif start:  # a fine-tune: the card also describes the run it started from
         extra = {"init_config": read_config(start).to_dict(), **(extra or {})}
     variables = {v.path: np.asarray(v.numpy()) for v in trainer.inference_model().weights}

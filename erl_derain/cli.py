@@ -108,9 +108,22 @@ flags.DEFINE_string("export_base", None, "export: <base>/<version>/ is written (
 flags.DEFINE_string("serving_root", None, "export: the server's model root, a folder holding --export_base: "
                     "models.config, models.docker.config, batching_parameters.txt and their lock file go there and "
                     "nowhere else, and the printed Docker command mounts it (default: --export_base's parent).")
-flags.DEFINE_string("pretrained", None, "derain / evaluate / export: a bundled model instead of --model_dir (not "
-                    "both): erlnet (the default without --model_dir), fast (MENET at small widths, for CPUs) or a "
-                    "name of erl_derain/pretrained/. Plain --pretrained: erlnet.")
+class _BundledModelParser(flags.ArgumentParser):
+    """``--pretrained[=NAME]``: a name, or alone (as the switch it was) the default model."""
+
+    def parse(self, argument):
+        text = str(argument)
+        return {"true": "erlnet", "false": None}.get(text.lower(), text)
+
+    def flag_type(self):
+        return "string"
+
+
+# boolean=True: absl accepts --pretrained without a value (as "true") and --nopretrained.
+flags.DEFINE_flag(flags.Flag(_BundledModelParser(), flags.ArgumentSerializer(), "pretrained", None,
+                             "derain / evaluate / export: a bundled model instead of --model_dir (not both): erlnet "
+                             "(the default without --model_dir), fast (MENET at small widths, for CPUs) or a name of "
+                             "erl_derain/pretrained/. Plain --pretrained: erlnet.", boolean=True))
 flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "litert"], "export: a TF Serving SavedModel, or "
                   "<export_base>/<version>/model.onnx or model.tflite with erl_derain.json beside it (pip install "
                   "'erl_derain[export]').")
@@ -1279,8 +1292,6 @@ def run():
 def _parse_flags(argv):
     """absl's parsing, with its errors as usage errors (exit status 2) in one line naming the flag."""
     verb = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
-    # --pretrained alone (it was a switch): the default bundled model.
-    argv = [f"{a}=erlnet" if a in ("--pretrained", "-pretrained") else a for a in argv]
     try:
         return FLAGS(argv)
     except flags.UnrecognizedFlagError as e:

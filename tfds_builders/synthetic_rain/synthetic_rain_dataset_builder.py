@@ -220,14 +220,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 if dropped:
                     print(f"synthetic_rain: {len(dropped)} photo(s) of {cfg.clean_dir} left out, the same pictures "
                           f"as images of {', '.join(cfg.exclude_dirs)}: "
-                          + ", ".join(f"{os.path.relpath(p, cfg.clean_dir)} ({os.path.basename(q)})"
+                          + ", ".join(f"{p[len(cfg.clean_dir.rstrip(os.path.sep)) + 1:]} ({os.path.basename(q)})"
                                       for p, q in sorted(dropped.items())), flush=True)
                 named = {n: p for n, p in named.items() if p not in dropped}
             if len(named) < 2:
                 raise ValueError(f"{cfg.clean_dir}: synthetic_rain needs at least 2 clean photos (train and test "
                                  f"come from different photos), found {len(named)}")
             names = sorted(named)
-            top = {n: os.path.relpath(named[n], cfg.clean_dir).split(os.sep)[0] for n in names}
+            root = cfg.clean_dir.rstrip(os.path.sep) + os.path.sep  # (the paths of images_in_tree start with it)
+            top = {n: named[n][len(root):].split(os.path.sep)[0] if named[n].startswith(root) else "" for n in names}
             held = set(cfg.holdout_folders) & set(top.values())
             test = {n for n in names if top[n] in held} if held else set(names[::5])
             if len(test) == len(names):

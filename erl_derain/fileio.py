@@ -146,20 +146,21 @@ def _errors(path: str) -> Iterator[None]:
         raise _os_error(e, path) from e
 
 
-def exists(path) -> bool:
+def _ask(path, local, remote: str):
+    """``local(path)`` for a local path, else ``tf.io.gfile.<remote>(path)`` with TF errors as OSError."""
     path = os.fspath(path)
     if not is_remote(path):
-        return os.path.exists(path)
+        return local(path)
     with _errors(path):
-        return _gfile().exists(path)
+        return getattr(_gfile(), remote)(path)
+
+
+def exists(path) -> bool:
+    return _ask(path, os.path.exists, "exists")
 
 
 def isdir(path) -> bool:
-    path = os.fspath(path)
-    if not is_remote(path):
-        return os.path.isdir(path)
-    with _errors(path):
-        return _gfile().isdir(path)
+    return _ask(path, os.path.isdir, "isdir")
 
 
 def isfile(path) -> bool:

@@ -83,7 +83,7 @@ def load_pretrained_trainer(name: str = DEFAULT, directory: str | None = None):
     from erl_derain.methods import make_trainer
 
     info = read_info(name, directory)
-    weights_path = checked_weights_path(name, directory)
+    weights_path = checked_weights_path(name, directory, info)
     from erl_derain.run_config import record_from_dict
 
     record = record_from_dict(info["config"], where=info_path_of(name, directory))
@@ -109,9 +109,10 @@ def assign_weights(model, weights_path: str) -> None:
             var.assign(value)
 
 
-def checked_weights_path(name: str = DEFAULT, directory: str | None = None) -> str:
-    """The weights file of a bundled model, after its checksum was checked against its card."""
-    info = read_info(name, directory)
+def checked_weights_path(name: str = DEFAULT, directory: str | None = None, info: dict | None = None) -> str:
+    """The weights file of a bundled model, after its checksum was checked against its card (``info``:
+    its ``read_info``, when the caller has it)."""
+    info = info or read_info(name, directory)
     _, weights_path = paths(name, directory)
     if not os.path.exists(weights_path):
         raise PretrainedError(f"{weights_path} is missing (reinstall erl_derain)")

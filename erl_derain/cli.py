@@ -412,6 +412,8 @@ def _check_run_settings(record) -> None:
             raise UsageError(f"--{name}={value} must be a positive number")
     if run.min_lr < 0:
         raise UsageError(f"--min_lr={run.min_lr} must be >= 0")
+    if not 0 <= run.rain_free_fraction <= 1:
+        raise UsageError(f"--rain_free_fraction={run.rain_free_fraction} must be in [0, 1] (a fraction of the pairs)")
     for name in ("stage_steps", "stage_epochs", "lr_decay_epochs", "lr_decay_steps", "lr_linear_decay_epochs"):
         values = getattr(run, name) or ()
         if any(not v >= 0 for v in values):

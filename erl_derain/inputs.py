@@ -179,6 +179,9 @@ def training_stream(record, *, global_batch: int, split: str = "train", shuffle_
         if run.channel_shuffle:
             ds = pipelines.shuffle_channels(ds, seed=run.seed, start_index=start_index, batch_size=global_batch,
                                             rows=rows)
+        if run.rain_free_fraction:
+            ds = pipelines.rain_free_pairs(ds, fraction=run.rain_free_fraction, seed=run.seed,
+                                           start_index=start_index, batch_size=global_batch, rows=rows)
         return ds
 
     def extra_fn(start_index: int, rows=None) -> dict:

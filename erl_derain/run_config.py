@@ -47,6 +47,9 @@ class RunConfig:
     flip: bool = option(False, "Random horizontal flips (ERL-Net trains 'without any data augmentation').")
     channel_shuffle: bool = option(False, "Permute the RGB channels of each training pair alike (one of 6 at random): "
                                    "colour variety for achromatic synthetic rain. Not in the papers; off by default.")
+    rain_free_fraction: float = option(0.0, "Turn this fraction of the training pairs into rain-free ones (the "
+                                       "rainy image replaced by its clean one, drawn per example), so that the network "
+                                       "also learns to leave rain-free content alone. Not in the papers; 0 by default.")
     crop_mode: str = option("random", "Training crops: a random window per example; MENET's ten crops of every "
                             "image (corners + centre of it and of its mirror; 10 examples per image); or the "
                             "intensity-aware paper's random scale (0.5-1) + crop + flip + rotation by 0/180 degrees.",

@@ -587,6 +587,35 @@ def shuffle_channels(ds: tf.data.Dataset, *, seed: int, start_index: int, batch_
     return ds.enumerate().map(permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def rain_free_pairs(ds: tf.data.Dataset, *, fraction: float, seed: int, start_index: int, batch_size: int,
+                    rows: st.Rows | None = None) -> tf.data.Dataset:
+    """Rain-free pairs in a training stream: each example's rainy image is replaced by its clean one
+    with probability ``fraction``, drawn from (seed, the example's position), so that a network also
+    learns to leave rain-free content alone (identity pairs; a ``rain_mask`` of such an example is
+    zeroed, other features are kept). ``ds``, ``start_index``, ``batch_size`` and ``rows`` as in
+    `shuffle_channels` (deterministic and resumable; a worker's rows are the global batch's draws,
+    sliced)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise DatasetError(f"--rain_free_fraction must be in [0, 1], got {fraction}")
+
+    def replace(index, batch):
+        first = tf.cast(start_index, tf.int64) + index * batch_size
+        if rows is None:
+            u = tf.random.stateless_uniform([tf.shape(batch["rainy"])[0]], st.op_seed(seed, st.STREAM_RAIN_FREE, first))
+        else:
+            u = tf.random.stateless_uniform([batch_size], st.op_seed(seed, st.STREAM_RAIN_FREE, first))[
+                rows.first:rows.first + rows.count]
+        free = u < fraction
+        out = dict(batch)
+        out["rainy"] = tf.where(free[:, None, None, None], batch["clean"], batch["rainy"])
+        if "rain_mask" in batch:
+            out["rain_mask"] = tf.where(free[:, None, None, None], tf.zeros_like(batch["rain_mask"]),
+                                        batch["rain_mask"])
+        return out
+
+    return ds.enumerate().map(replace, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def num_examples(dataset, split: str = "train", *, data_dir: str | None = None,
                  manual_dir: str | None = None, exclude: dict | None = None) -> int:
     """Number of examples (pairs) in a split: used to turn epochs into steps. ``exclude`` as in

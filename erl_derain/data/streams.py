@@ -20,7 +20,7 @@ Decoding
 Keyed randomness
     Every random choice is a stateless op keyed on ``op_seed(seed, stream, index)``, a distinct key
     for each (seed, named stream, index): ``STREAM_SHUFFLE`` (epoch orders), ``STREAM_AUGMENT``
-    (crop window, flip), ``STREAM_GEOMETRY`` (scale, rotation), ``STREAM_COLOR`` (channel order).
+    (crop window, flip), ``STREAM_GEOMETRY`` (scale, rotation), ``STREAM_COLOR`` (channel order), ``STREAM_RAIN_FREE`` (rain-free pairs).
     The global ``tf.random.set_seed`` never enters.
 Epochs and positions
     A training stream is a pure function of (seed, position), position ``p`` counting examples from
@@ -70,7 +70,7 @@ __all__ = [
     "CATALOG_MODULE", "DEFAULT_CACHE_LIMIT_BYTES", "DatasetError", "FOLDER_PREFIX",
     "IMAGE_EXTENSIONS",
     "ImageHeader", "MAP", "MAX_LISTED", "NUM_STREAMS", "STREAM_AUGMENT", "STREAM_COLOR", "STREAM_GEOMETRY",
-    "STREAM_SHUFFLE", "TEN_CROPS", "UnknownDatasetError", "VALUE", "cache_or_buffer", "center_crop",
+    "STREAM_RAIN_FREE", "STREAM_SHUFFLE", "TEN_CROPS", "UnknownDatasetError", "VALUE", "cache_or_buffer", "center_crop",
     "check_stream_arguments", "crop_flip", "decode_bytes", "decode_file", "decode_map", "exclude_records",
     "excluded_examples", "fallback_decode", "feature_kinds", "finish", "fits_in_memory", "folder_images",
     "folder_path", "format_list", "native_at", "native_table", "natural_key", "op_seed", "permuted_epochs",
@@ -97,7 +97,8 @@ STREAM_SHUFFLE = 0   # epoch orders
 STREAM_AUGMENT = 1   # crop window and flip
 STREAM_GEOMETRY = 2  # scale and rotation (crop_mode="scale_rotate")
 STREAM_COLOR = 3     # RGB permutation (shuffle_channels)
-NUM_STREAMS = 4
+NUM_STREAMS = 4  # the streams above: their keys (seed * NUM_STREAMS + stream) stay as they were
+STREAM_RAIN_FREE = 4  # which pairs become rain-free (rain_free_pairs); keyed apart, below
 
 TEN_CROPS = 10  # ten_crop: corners + centre of the image and of its mirror
 
@@ -352,8 +353,10 @@ def decode_map(data: tf.Tensor, channels: int = 1) -> tf.Tensor:
 
 def op_seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
     """A [2] int64 key for stateless random ops, distinct for every (seed, stream, index); `stream`
-    is one of the ``STREAM_*`` ids."""
-    return tf.stack([tf.constant(seed * NUM_STREAMS + stream, tf.int64), tf.cast(index, tf.int64)])
+    is one of the ``STREAM_*`` ids. Streams added after the first ``NUM_STREAMS`` take negative first
+    words (-1 - (seed * 16 + stream)), so that adding one changed no earlier stream's draws."""
+    first = seed * NUM_STREAMS + stream if stream < NUM_STREAMS else -1 - (seed * 16 + stream)
+    return tf.stack([tf.constant(first, tf.int64), tf.cast(index, tf.int64)])
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import keras
+import tensorflow as tf
 from keras import ops
 
 from erl_derain.nn.php import PHP_MODES, ContrastAwarePooling, ParallelPyramid, PHPBlock
@@ -159,3 +161,61 @@ def test_invalid_php_mode_and_width():
         PHPBlock(4, mode="nonlocal")
     with pytest.raises(ValueError, match="identity residual"):
         PHPBlock(4)(_rand((1, 5, 5, 3)))
+
+
+# -- a dilated convolution as one op (erl_derain.nn.blocks.DilatedConv2D) ------------------------------
+
+def _real_crop(side: int):
+    from erl_derain.data import image_io
+
+    from .conftest import shared_data_dir
+
+    shared = shared_data_dir()
+    if shared is None or not (shared / "real_rain" / "147.jpg").exists():
+        pytest.skip("../shared/data/real_rain is absent: the real-photo comparison needs it")
+    image, _ = image_io.read_image(str(shared / "real_rain" / "147.jpg"))
+    return tf.constant(image[None, :side, :side].astype("float32"))
+
+
+def test_dilated_conv_one_op_equals_keras_path_on_a_real_photo(monkeypatch):
+    """The intensity-aware network (paper widths) on a real rainy photo: the single-op dilated
+    convolutions give Keras's SpaceToBatchND path's output to 1e-5, and the graph has no reshuffle left."""
+    from erl_derain.methods import iadn
+    from erl_derain.nn import blocks
+
+    if not blocks._one_op_dilation():
+        pytest.skip("no oneDNN and no GPU: the single op has no gradient here, Keras's path is used")
+    keras.utils.set_random_seed(3)
+    net = iadn.IADN(iadn.IADNConfig())
+    y = _real_crop(160)
+    ops_of = lambda f: {op.type for op in f.get_concrete_function(y).graph.get_operations()}  # noqa: E731
+    fast = tf.function(lambda t: net(t)[1])
+    out_fast = fast(y).numpy()
+    monkeypatch.setattr(blocks, "_one_op_dilation", lambda: False)
+    slow = tf.function(lambda t: net(t)[1])
+    out_slow = slow(y).numpy()
+    assert "SpaceToBatchND" in ops_of(slow) and "SpaceToBatchND" not in ops_of(fast)
+    assert np.abs(out_fast - out_slow).max() < 1e-5
+    assert np.abs(out_fast - y.numpy()).max() > 1e-3  # the network does something
+
+
+def test_dilated_conv_one_op_gradients_equal_keras_path(monkeypatch):
+    from erl_derain.nn import blocks
+
+    if not blocks._one_op_dilation():
+        pytest.skip("no oneDNN and no GPU: the single op has no gradient here")
+    keras.utils.set_random_seed(4)
+    conv = blocks.DilatedConv2D(6, 3, padding="same", dilation_rate=3)
+    x = tf.random.uniform((2, 23, 19, 5), seed=1)
+
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(conv(x) ** 2)
+        return [g.numpy() for g in tape.gradient(loss, [x, conv.kernel, conv.bias])]
+
+    fast = grads()
+    monkeypatch.setattr(blocks, "_one_op_dilation", lambda: False)
+    slow = grads()
+    for a, b in zip(fast, slow):
+        assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())

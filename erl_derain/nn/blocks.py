@@ -1,4 +1,5 @@
-"""Shared Keras building blocks (dense block, squeeze-excitation, feature fusion).
+"""Shared Keras building blocks (dense block, squeeze-excitation, feature fusion, a dilated convolution
+as one op).
 
 Every method module builds its networks from these layers; add a new block here rather than inside
 a method module when a second method could use it.
@@ -6,12 +7,46 @@ a method module when a second method could use it.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import layers, ops
 
 
 def conv3x3(filters: int, name: str | None = None, **kwargs) -> layers.Conv2D:
     return layers.Conv2D(filters, 3, padding="same", name=name, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _one_op_dilation() -> bool:
+    """Whether a dilated convolution can be TensorFlow's single Conv2D op, forward and backward: with
+    oneDNN (on by default on x86 CPUs; ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off) or on a GPU. TensorFlow's
+    own CPU kernels run the forward op but not its gradients ("Current CPU implementations do not yet
+    support dilation rates larger than 1")."""
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled() or tf.config.list_logical_devices("GPU"))
+
+
+class DilatedConv2D(layers.Conv2D):
+    """``layers.Conv2D`` whose dilated convolution is one Conv2D op with a ``dilations`` attribute.
+
+    ``tf.nn.convolution`` (what Keras calls) turns a dilated convolution into SpaceToBatchND -> Conv2D
+    -> BatchToSpaceND: the image is cut into dilation**2 sub-images, convolved and put back, two
+    reshuffles of the whole feature map per layer. The single op computes the same sums (same
+    variables, same config: a drop-in for ``Conv2D``; outputs agree to float32 rounding). Falls back to
+    Keras's path where the single op has no gradient (see :func:`_one_op_dilation`), for other
+    backends, channels-first data and grouped convolutions."""
+
+    def convolution_op(self, inputs, kernel):
+        if (max(self.dilation_rate) == 1 or self.groups != 1 or self.data_format != "channels_last"
+                or keras.backend.backend() != "tensorflow" or not _one_op_dilation()):
+            return super().convolution_op(inputs, kernel)
+        import tensorflow as tf
+
+        return tf.nn.conv2d(inputs, tf.cast(kernel, inputs.dtype), strides=[1, *self.strides, 1],
+                            padding=self.padding.upper(), dilations=[1, *self.dilation_rate, 1])
 
 
 class DenseBlock(layers.Layer):

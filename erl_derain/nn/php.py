@@ -26,6 +26,8 @@ from typing import Sequence
 import numpy as np
 from keras import layers, ops
 
+from erl_derain.nn.blocks import DilatedConv2D
+
 PHP_MODES = ("php", "standard", "parallel_only", "hierarchical_only", "php_concat")
 """Table IV network ablations, the values of ``--php_mode``: "php" (Ours), "standard" (Standard
 Convolution), "parallel_only" (Parallel Only), "hierarchical_only" (Hierarchical Only), "php_concat"
@@ -38,7 +40,7 @@ out). :class:`ContrastAwarePooling` itself accepts only the first two."""
 
 
 def _conv3x3(filters: int, dilation: int = 1, activation=None, name: str | None = None) -> layers.Conv2D:
-    return layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, activation=activation, name=name)
+    return DilatedConv2D(filters, 3, padding="same", dilation_rate=dilation, activation=activation, name=name)
 
 
 class ParallelPyramid(layers.Layer):
@@ -266,7 +268,7 @@ class ContrastAwarePooling(layers.Layer):
         if self.mode == "contrast":
             c = int(input_shape[-1])
             self.f_d1 = layers.Conv2D(c, 1, name="f_d1")
-            self.f_d2 = layers.Conv2D(c, 3, dilation_rate=2, padding="valid", name="f_d2")
+            self.f_d2 = DilatedConv2D(c, 3, dilation_rate=2, padding="valid", name="f_d2")
             self.f_d1.build(input_shape)
             self.f_d2.build(input_shape)
             eye = np.eye(c, dtype="float32")

@@ -174,7 +174,7 @@ def _cases():
         ("train-lr-0", [*train, "--lr=0"], ["lr"]),
         ("train-lr-nan", [*train, "--lr=nan"], ["lr"]),
         ("train-min-lr-negative", [*train, "--min_lr=-1"], ["min_lr"]),
-        ("train-rain-free-fraction-above-1", [*train, "--rain_free_fraction=1.5"], ["rain_free_fraction", "[0, 1]"]),
+        ("train-rain-free-fraction-above-1", [*train, "--rain_free_fraction=1.5"], ["rain_free_fraction"]),
         ("train-stage-steps-negative", [*train, "--stage_steps=-1,1,1"], ["stage_steps"]),
         ("train-checkpoint-every-0", [*train, "--checkpoint_every=0"], ["checkpoint_every"]),
         ("train-keep-checkpoints-0", [*train, "--keep_checkpoints=0"], ["keep_checkpoints"]),

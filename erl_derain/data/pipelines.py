@@ -558,6 +558,17 @@ def dataset_features(dataset, *, data_dir: str | None = None) -> dict[str, str]:
     return st.feature_kinds(st.resolve_builder(dataset, data_dir))
 
 
+def _example_draws(batch, index, *, seed: int, stream: int, start_index: int, batch_size: int,
+                   rows: st.Rows | None, **uniform):
+    """One stateless uniform draw per example of batch ``index`` of a training stream, keyed on (seed,
+    ``stream``, the batch's first position); with ``rows``, the global batch's draws (training batches
+    are full), this worker's rows of them. ``uniform``: ``minval``/``maxval``/``dtype``."""
+    key = st.op_seed(seed, stream, tf.cast(start_index, tf.int64) + index * batch_size)
+    if rows is None:
+        return tf.random.stateless_uniform([tf.shape(batch["rainy"])[0]], key, **uniform)
+    return tf.random.stateless_uniform([batch_size], key, **uniform)[rows.first:rows.first + rows.count]
+
+
 def shuffle_channels(ds: tf.data.Dataset, *, seed: int, start_index: int, batch_size: int,
                      rows: st.Rows | None = None) -> tf.data.Dataset:
     """A colour augmentation for achromatic rain: the RGB channels of each example's rainy and clean
@@ -570,14 +581,8 @@ def shuffle_channels(ds: tf.data.Dataset, *, seed: int, start_index: int, batch_
     perms = tf.constant(RGB_PERMUTATIONS, tf.int32)
 
     def permute(index, batch):
-        first = tf.cast(start_index, tf.int64) + index * batch_size
-        size = tf.shape(batch["rainy"])[0]
-        if rows is None:
-            k = tf.random.stateless_uniform([size], st.op_seed(seed, st.STREAM_COLOR, first), minval=0, maxval=6,
-                                            dtype=tf.int32)
-        else:  # the global batch's draws (training batches are full), this worker's rows of them
-            k = tf.random.stateless_uniform([batch_size], st.op_seed(seed, st.STREAM_COLOR, first), minval=0,
-                                            maxval=6, dtype=tf.int32)[rows.first:rows.first + rows.count]
+        k = _example_draws(batch, index, seed=seed, stream=st.STREAM_COLOR, start_index=start_index,
+                           batch_size=batch_size, rows=rows, minval=0, maxval=6, dtype=tf.int32)
         order = tf.gather(perms, k)  # [B, 3]
         out = dict(batch)
         for key in ("rainy", "clean"):
@@ -599,13 +604,8 @@ def rain_free_pairs(ds: tf.data.Dataset, *, fraction: float, seed: int, start_in
         raise DatasetError(f"--rain_free_fraction must be in [0, 1], got {fraction}")
 
     def replace(index, batch):
-        first = tf.cast(start_index, tf.int64) + index * batch_size
-        if rows is None:
-            u = tf.random.stateless_uniform([tf.shape(batch["rainy"])[0]], st.op_seed(seed, st.STREAM_RAIN_FREE, first))
-        else:
-            u = tf.random.stateless_uniform([batch_size], st.op_seed(seed, st.STREAM_RAIN_FREE, first))[
-                rows.first:rows.first + rows.count]
-        free = u < fraction
+        free = _example_draws(batch, index, seed=seed, stream=st.STREAM_RAIN_FREE, start_index=start_index,
+                              batch_size=batch_size, rows=rows) < fraction
         out = dict(batch)
         out["rainy"] = tf.where(free[:, None, None, None], batch["clean"], batch["rainy"])
         if "rain_mask" in batch:

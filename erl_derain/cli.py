@@ -1113,13 +1113,15 @@ def cmd_export():
     export_base = _require("export_base")
     size = formats.parse_export_size(FLAGS.export_size, FLAGS.format)  # (checked by validate_flags)
     trainer, record = _load_run(None if FLAGS.pretrained is not None else FLAGS.model_dir)
+    # --precision is not part of the run's configuration: the export says which one its graph computes in
+    metadata = {"method": record.method, "config": record.to_dict(), "precision": FLAGS.precision}
     if FLAGS.format != "saved_model":
         print(formats.describe(formats.export_file(
             trainer.inference_model(), export_base, FLAGS.format, size=size, version=FLAGS.version,
-            metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite)))
+            metadata=metadata, overwrite=FLAGS.overwrite)))
         return
     path = export_saved_model(trainer.inference_model(), export_base, version=FLAGS.version,
-                              metadata={"method": record.method, "config": record.to_dict()}, overwrite=FLAGS.overwrite,
+                              metadata=metadata, overwrite=FLAGS.overwrite,
                               serving_root=FLAGS.serving_root, max_pixels=FLAGS.max_pixels)
     lines = server_command_lines(export_base, FLAGS.serving_root)
     root = FLAGS.serving_root or fileio.dirname(export_base)

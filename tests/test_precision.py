@@ -81,3 +81,31 @@ def test_bfloat16_twin_matches_the_float32_network():
     diff = np.abs(out16 - out32)
     assert diff.mean() < 0.01 and diff.max() > 0, (diff.mean(), diff.max())
 
+
+
+@pytest.mark.skipif(precision.bfloat16_unavailable() is not None, reason="this machine cannot run bfloat16")
+def test_export_records_its_precision(run_cli, tmp_path):
+    """``export --precision=bfloat16`` writes a SavedModel that computes in bfloat16 and says so in
+    ``assets.extra/erl_derain.json`` and in its ``metadata`` signature; a float32 export says float32."""
+    import json
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 40, 48, 3), dtype=np.float32) * 0.5 + 0.25
+    outputs = {}
+    for prec in ("float32", "bfloat16"):
+        base = tmp_path / prec / "m"
+        code, out, err = run_cli("export", "--pretrained=fast", f"--export_base={base}", f"--precision={prec}")
+        assert code == 0, err
+        info = json.loads((base / "1" / "assets.extra" / "erl_derain.json").read_text())
+        assert info["precision"] == prec
+        loaded = tf.saved_model.load(str(base / "1"))
+        assert loaded.signatures["metadata"]()["precision"].numpy().decode() == prec
+        graph = loaded.signatures["serving_default"].graph.as_graph_def()
+        ops = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        casts = {n.attr["DstT"].type for n in ops if n.op == "Cast"}
+        assert (tf.bfloat16.as_datatype_enum in casts) == (prec == "bfloat16"), casts
+        outputs[prec] = loaded.signatures["serving_default"](images=tf.constant(image))["derained"].numpy()
+    diff = np.abs(outputs["bfloat16"] - outputs["float32"])
+    assert 0 < diff.mean() < 0.01, diff.mean()

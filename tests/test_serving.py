@@ -152,7 +152,7 @@ def test_fresh_process_outputs_match_keras(exports, tmp_path):
             assert got[f"png{i}"].shape == want.shape and got[f"png{i}"].shape[-1] == 3
             np.testing.assert_array_equal(got[f"png{i}"], want)  # 8-bit PNG of the Keras output, exactly
         meta = json.loads(got["metadata"].tobytes())
-        assert meta["method"] == method and meta["version"] == "1"
+        assert meta["method"] == method and meta["version"] == "1" and meta["precision"] == "float32"
         assert json.loads(meta["flags_json"]) == json.loads(json.dumps(e["config"]))
 
 

@@ -56,8 +56,9 @@ Signatures (method name ``tensorflow/serving/predict``)
         export's ``max_pixels`` (``--max_pixels`` at export time, default 100 MP) is refused before
         it is decoded: ``image_bytes[i]: image too large: W x H ...``.
     ``metadata``
-        no input -> ``method``, ``flags_json`` (the training flags, JSON) and ``version``: string
-        scalars. Reachable from Python (``tf.saved_model.load``) and over gRPC; TF Serving's REST
+        no input -> ``method``, ``flags_json`` (the training flags, JSON), ``version`` and
+        ``precision`` (what the graph computes in: ``float32``, or ``bfloat16`` from ``export
+        --precision=bfloat16``): string scalars. Reachable from Python (``tf.saved_model.load``) and over gRPC; TF Serving's REST
         API refuses signatures without inputs ("Failed to get input map for signature"), and its
         request batching needs an input with a batch dimension ("Batching Run() must have at
         least one input tensor" under ``--enable_batching``). Without gRPC, read the same facts

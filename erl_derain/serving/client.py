@@ -304,7 +304,8 @@ def _predict(protocol: str):
 
 def server_metadata(server: str, model_name: str, protocol: str = "grpc", version: int | None = None,
                     timeout: float = 60.0) -> dict:
-    """The ``metadata`` signature of a served model: ``{"method", "flags_json", "version"}`` strings.
+    """The ``metadata`` signature of a served model: ``{"method", "flags_json", "version", "precision"}`` strings
+    (exports older than ``precision`` lack it).
     gRPC only: TF Serving's REST API cannot call a signature without inputs (and neither protocol
     can under ``--enable_batching``; see the ``erl_derain.serving`` docstring)."""
     if protocol == "rest":

@@ -98,10 +98,11 @@ class DerainModule(tf.Module):
     three signatures ``serve`` (``serving_default``), ``derain_image`` and ``metadata``."""
 
     def __init__(self, model: InferenceModel, method: str, flags_json: str, version: int,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, precision: str = "float32"):
         super().__init__(name="erl_derain")
         self.model = model
         self._method, self._flags_json, self._version = str(method), str(flags_json), str(version)
+        self._precision = str(precision)
         self._max_pixels = int(image_io.MAX_PIXELS if max_pixels is None else max_pixels)
         if self._max_pixels < 1:
             raise ValueError(f"max_pixels must be a positive number of pixels, got {self._max_pixels}")
@@ -181,7 +182,7 @@ class DerainModule(tf.Module):
     @tf.function(input_signature=[])
     def metadata(self):
         return {"method": tf.constant(self._method), "flags_json": tf.constant(self._flags_json),
-                "version": tf.constant(self._version)}
+                "version": tf.constant(self._version), "precision": tf.constant(self._precision)}
 
 
 def export_saved_model(model, export_base: str, *legacy, version: int | None = None, metadata: dict | None = None,
@@ -192,9 +193,9 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
     ``model``: an ``InferenceModel`` (``InferenceModel(trainer.inference_model(),
     trainer.pad_multiple)``; a bare network with a ``pad_multiple`` attribute is wrapped);
     ``version``: default the next integer; an existing version raises ``FileExistsError`` unless
-    ``overwrite``. ``metadata``: ``{"method": ..., "config": {flags}}``, served by the ``metadata``
-    signature and stored in ``assets.extra/erl_derain.json``. ``server_config``: also update the
-    server files in the model root ``serving_root`` (default: export_base's parent folder; it must
+    ``overwrite``. ``metadata``: ``{"method": ..., "config": {flags}, "precision": "float32" or
+    "bfloat16"}``, served by the ``metadata`` signature and stored in ``assets.extra/erl_derain.json``.
+    ``server_config``: also update the server files in the model root ``serving_root`` (default: export_base's parent folder; it must
     hold export_base; ``write_server_config``): ``models.config`` / ``models.docker.config`` serve
     this version under ``model_name`` (default: the export_base folder's name);
     ``batching_parameters.txt`` is written if missing. ``max_pixels``: the ``derain_image``
@@ -224,14 +225,15 @@ def export_saved_model(model, export_base: str, *legacy, version: int | None = N
     metadata = dict(metadata or {})
     method = str(metadata.get("method", ""))
     flags_json = json.dumps(metadata.get("config", {}), sort_keys=True, default=str)
-    module = DerainModule(model, method, flags_json, version, max_pixels=max_pixels)
+    precision = str(metadata.get("precision", "float32"))
+    module = DerainModule(model, method, flags_json, version, max_pixels=max_pixels, precision=precision)
     tmp = staging_folder(export_base, version)
     try:
         tf.saved_model.save(module, tmp, signatures={
             SERVING_DEFAULT: module.serve.get_concrete_function(),
             DERAIN_IMAGE: module.derain_image.get_concrete_function(),
             METADATA: module.metadata.get_concrete_function()})
-        info = {"method": method, "config": metadata.get("config", {}), "version": version,
+        info = {"method": method, "config": metadata.get("config", {}), "version": version, "precision": precision,
                 "pad_multiple": model.pad_multiple, "model_name": model_name, "max_pixels": module._max_pixels,
                 "signatures": {k: {"inputs": list(i), "outputs": list(o)} for k, (i, o) in SIGNATURE_IO.items()}}
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)

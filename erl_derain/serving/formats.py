@@ -221,7 +221,7 @@ def export_file(model, export_base: str, fmt: str, *, size: tuple[int, int] | No
     ``path``, the model file). ``model``: an ``InferenceModel`` (or a network with a
     ``pad_multiple`` attribute); ``size``: (height, width) to fix the input to, None for dynamic;
     ``version``: default the next integer, an existing one raises ``FileExistsError`` unless
-    ``overwrite``; ``metadata``: ``{"method": ..., "config": {flags}}``; ``check``: run the file
+    ``overwrite``; ``metadata``: ``{"method": ..., "config": {flags}, "precision": ...}``; ``check``: run the file
     once with its runtime when it is installed (module docstring)."""
     from erl_derain import fileio
     from erl_derain.inference import as_inference_model
@@ -245,7 +245,7 @@ def export_file(model, export_base: str, fmt: str, *, size: tuple[int, int] | No
         write_file(model, file_path, fmt, size)
         info = {"format": fmt, "file": MODEL_FILES[fmt], "method": str(metadata.get("method", "")),
                 "config": metadata.get("config", {}), "version": version, "pad_multiple": model.pad_multiple,
-                "dynamic_size": size is None, "export_size": None if size is None else list(size),
+                "precision": str(metadata.get("precision", "float32")), "dynamic_size": size is None, "export_size": None if size is None else list(size),
                 "inputs": {IMAGES: {"dtype": "float32", "shape": input_shape(size), "range": [0.0, 1.0]}},
                 "outputs": {DERAINED: {"dtype": "float32", "shape": input_shape(size), "range": [0.0, 1.0]}},
                 "versions": {name: _version(name) for name in _VERSIONS[fmt]},

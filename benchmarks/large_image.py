@@ -1,17 +1,19 @@
 """De-raining large photos with tiles: time, peak memory, and how close tiles come to one whole run.
 
-    python benchmarks/large_image.py [--model_dir=RUN] [--compare_model_dir=RUN] [--size=4000x3000]
-        [--compare_size=1536x1024] [--tile=512 --overlap=32] [--gt_tile=192] [--sweep] [--skip_large]
+    python benchmarks/large_image.py [--model_dir=RUN | --pretrained=NAME] [--compare_model_dir=RUN]
+        [--size=4000x3000] [--compare_size=1536x1024] [--tile=512 --overlap=32] [--tile_batches=1,4]
+        [--gt_tile=192] [--sweep] [--skip_large] [--skip_compare]
 
 Builds ERL-Net (MA_D) at the paper's default sizes (widths 64/128/256, 256-wide bottleneck) with
-random weights, or loads a trained run with ``--model_dir``. Each part runs in a fresh subprocess,
-so the peak resident memory it prints (``ru_maxrss``) is its own:
+random weights, or loads a trained run with ``--model_dir`` or a bundled model with ``--pretrained``.
+Each part runs in a fresh subprocess, so the peak resident memory it prints (``ru_maxrss``) is its own:
 
 1. ``large``: a WxH photo (default 4000x3000: the largest photo of the shared real_rain folder,
    rotated to landscape and resized, or a synthetic one without it), saved as JPEG in a temporary
    folder by the parent process and de-rained with ``inference.derain_file`` (read, tiles, write
    PNG), as the CLI does. Prints seconds, seconds per megapixel, the tile grid and the peak RSS,
-   next to the RSS of TensorFlow plus the model alone.
+   next to the RSS of TensorFlow plus the model alone. Once per ``--tile_batches`` value (tiles
+   stacked per network call, the CLI's ``--tile_batch``), each in its own process.
 2. ``compare`` (model: ``--compare_model_dir``, default ``--model_dir``): a WxH centre crop of the
    same photo (default 1536x1024, where one whole-image run still fits) de-rained tiled and whole:
    Y-PSNR(tiled, whole) (``metrics.psnr_y``, uint8 as saved), largest difference, both times and
@@ -99,10 +101,15 @@ def _photo(h: int, w: int, mode: str) -> tuple[np.ndarray, str]:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), f"{os.path.basename(path)} resized"
 
 
-def _model(model_dir: str | None):
+def _model(model_dir: str | None, pretrained: str | None = None):
     import tensorflow as tf
 
-    if model_dir:
+    if pretrained:
+        from erl_derain.pretrained import load_pretrained_trainer
+
+        trainer, info = load_pretrained_trainer(pretrained)
+        name = f"bundled model {pretrained} ({info['record'].method})"
+    elif model_dir:
         from erl_derain.training import load_trainer
 
         trainer, config = load_trainer(model_dir)
@@ -130,16 +137,18 @@ def _model(model_dir: str | None):
 def part_large(args):
     from erl_derain.inference import derain_file
 
-    model, name = _model(args.model_dir)
+    model, name = _model(args.model_dir, args.pretrained)
     h, w = _size(args.size)
     out = os.path.join(os.path.dirname(args.input), "derained.png")
+    batch = int(args.tile_batches)
     print(f"[large] {name}; photo {w}x{h} ({w * h / 1e6:.1f} MP, {args.origin}), tile {args.tile}, "
-          f"overlap {args.overlap}", flush=True)
+          f"overlap {args.overlap}, tile_batch {batch}", flush=True)
     base_rss = peak_rss_mib()
-    info = derain_file(model, args.input, out, tile=args.tile, overlap=args.overlap)
+    info = derain_file(model, args.input, out, tile=args.tile, overlap=args.overlap, tile_batch=batch)
     rows, cols = info["tiles"]
     assert (info["height"], info["width"]) == (h, w)
-    print(f"[large] derain_file (read JPEG, {rows}x{cols} = {rows * cols} tiles, write PNG): {info['seconds']:.1f} s "
+    print(f"[large] tile_batch {batch}: derain_file (read JPEG, {rows}x{cols} = {rows * cols} tiles, write PNG): "
+          f"{info['seconds']:.1f} s "
           f"({info['seconds'] / (w * h / 1e6):.1f} s/MP); peak RSS {peak_rss_mib() / 1024:.2f} GiB "
           f"(model alone: {base_rss / 1024:.2f} GiB)", flush=True)
 
@@ -150,7 +159,7 @@ def part_compare(args):
     from erl_derain.metrics import psnr_y
 
     model_dir = args.compare_model_dir or args.model_dir
-    model, name = _model(model_dir)
+    model, name = _model(model_dir, None if args.compare_model_dir else args.pretrained)
     image = load_rgb(args.input)
     h, w = image.shape[:2]
     print(f"[compare] {name}; image {w}x{h} ({args.origin})", flush=True)
@@ -178,7 +187,7 @@ def part_compare(args):
               f"({dt / (w * h / 1e6):.1f} s/MP), peak RSS so far {rss / 1024:.2f} GiB; "
               f"Y-PSNR(tiled, whole) {psnr_y(out, whole):.2f} dB, max |diff| {diff.max():.4f}, "
               f"mean |diff| {diff.mean():.5f}", flush=True)
-    if model_dir:
+    if model_dir or args.pretrained:
         _ground_truth_check(model, args.gt_tile, args.overlap)
 
 
@@ -212,6 +221,7 @@ def _ground_truth_check(model, tile: int, overlap: int) -> None:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_dir", default=None)
+    p.add_argument("--pretrained", default=None, help="a bundled model (erl_derain.pretrained) instead of --model_dir")
     p.add_argument("--compare_model_dir", default=None, help="trained run for the compare part (default --model_dir)")
     p.add_argument("--size", default="4000x3000", help="large photo, WIDTHxHEIGHT")
     p.add_argument("--compare_size", default="1536x1024", help="tiled-vs-whole image, WIDTHxHEIGHT")
@@ -219,7 +229,9 @@ def main():
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--gt_tile", type=int, default=192, help="tile for the ground-truth check (481x321 pairs)")
     p.add_argument("--sweep", action="store_true", help="also tiles 256/512/768 x overlaps 32/64/128")
+    p.add_argument("--tile_batches", default="1", help="tiles per network call of the large part, e.g. 1,4: one process each")
     p.add_argument("--skip_large", action="store_true")
+    p.add_argument("--skip_compare", action="store_true")
     p.add_argument("--part", choices=("large", "compare"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--input", default=None, help=argparse.SUPPRESS)
     p.add_argument("--origin", default="", help=argparse.SUPPRESS)
@@ -230,7 +242,7 @@ def main():
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; each part in its own process",
           flush=True)
-    forwarded = [a for a in sys.argv[1:] if not a.startswith(("--part", "--input", "--origin"))]
+    forwarded = [a for a in sys.argv[1:] if not a.startswith(("--part", "--input", "--origin", "--tile_batches"))]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     from erl_derain.data.image_io import write_image
 
@@ -239,14 +251,16 @@ def main():
         if not args.skip_large:
             image, origin = _photo(*_size(args.size), "resize")
             write_image(os.path.join(tmp, "large", "photo.jpg"), image)
-            parts.append(("large", os.path.join(tmp, "large", "photo.jpg"), origin))
-        image, origin = _photo(*_size(args.compare_size), "crop")
-        write_image(os.path.join(tmp, "compare", "crop.png"), image)
-        parts.append(("compare", os.path.join(tmp, "compare", "crop.png"), origin))
-        del image
-        for part, path, origin in parts:
+            for batch in args.tile_batches.split(","):
+                parts.append(("large", os.path.join(tmp, "large", "photo.jpg"), origin, [f"--tile_batches={int(batch)}"]))
+        if not args.skip_compare:
+            image, origin = _photo(*_size(args.compare_size), "crop")
+            write_image(os.path.join(tmp, "compare", "crop.png"), image)
+            parts.append(("compare", os.path.join(tmp, "compare", "crop.png"), origin, []))
+        image = None
+        for part, path, origin, extra in parts:
             code = subprocess.call([sys.executable, os.path.abspath(__file__), f"--part={part}", f"--input={path}",
-                                    f"--origin={origin}", *forwarded], env=env)
+                                    f"--origin={origin}", *forwarded, *extra], env=env)
             if code:
                 return code
     return 0

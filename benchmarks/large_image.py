@@ -2,7 +2,7 @@
 
     python benchmarks/large_image.py [--model_dir=RUN | --pretrained=NAME] [--compare_model_dir=RUN]
         [--size=4000x3000] [--compare_size=1536x1024] [--tile=512 --overlap=32] [--tile_batches=1,4]
-        [--gt_tile=192] [--sweep] [--skip_large] [--skip_compare]
+        [--gt_tile=192] [--sweep] [--skip_large] [--skip_compare] [--markdown=docs/benchmarks.md] [--note=TEXT]
 
 Builds ERL-Net (MA_D) at the paper's default sizes (widths 64/128/256, 256-wide bottleneck) with
 random weights, or loads a trained run with ``--model_dir`` or a bundled model with ``--pretrained``.
@@ -22,6 +22,8 @@ Each part runs in a fresh subprocess, so the peak resident memory it prints (``r
    "tiles within 0.5 dB of the whole image"). Random weights give an output unrelated to the input
    (a third of it clipped to 0), so pass a trained run here.
 3. ``--sweep``: the compare image with tiles of 256/512/768 and overlaps of 32/64/128.
+
+``--markdown`` writes what the parts print as the page's ``large-image`` section.
 
 Real photos are read from the folder named by ``$ERL_DERAIN_SHARED_DATA`` (its ``real_rain`` and
 ``sirr_val20`` sub-folders; when unset, the default of ``tests/conftest.py``'s ``shared_data_dir``);
@@ -52,7 +54,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from timing import peak_rss_mib
+from timing import marked_section, peak_rss_mib, write_section
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -232,6 +234,8 @@ def main():
     p.add_argument("--tile_batches", default="1", help="tiles per network call of the large part, e.g. 1,4: one process each")
     p.add_argument("--skip_large", action="store_true")
     p.add_argument("--skip_compare", action="store_true")
+    p.add_argument("--markdown", default=None, help="write the 'large-image' section of this page")
+    p.add_argument("--note", action="append", default=[], help="a line under the results (with --markdown)")
     p.add_argument("--part", choices=("large", "compare"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--input", default=None, help=argparse.SUPPRESS)
     p.add_argument("--origin", default="", help=argparse.SUPPRESS)
@@ -242,7 +246,8 @@ def main():
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; each part in its own process",
           flush=True)
-    forwarded = [a for a in sys.argv[1:] if not a.startswith(("--part", "--input", "--origin", "--tile_batches"))]
+    forwarded = [a for a in sys.argv[1:]
+                 if not a.startswith(("--part", "--input", "--origin", "--tile_batches", "--markdown", "--note"))]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     from erl_derain.data.image_io import write_image
 
@@ -258,11 +263,24 @@ def main():
             write_image(os.path.join(tmp, "compare", "crop.png"), image)
             parts.append(("compare", os.path.join(tmp, "compare", "crop.png"), origin, []))
         image = None
+        printed = []
         for part, path, origin, extra in parts:
-            code = subprocess.call([sys.executable, os.path.abspath(__file__), f"--part={part}", f"--input={path}",
-                                    f"--origin={origin}", *forwarded, *extra], env=env)
-            if code:
-                return code
+            child = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--part={part}", f"--input={path}",
+                                      f"--origin={origin}", *forwarded, *extra], env=env, stdout=subprocess.PIPE,
+                                     text=True)
+            for line in child.stdout:
+                print(line, end="", flush=True)
+                if line.startswith(("[large]", "[compare]")):
+                    printed.append(line.strip())
+            if child.wait():
+                return child.returncode
+    if args.markdown:
+        command = "python benchmarks/large_image.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--note"))
+        lines = ["Tiled de-raining of a large photo (`inference.derain_file`: read the JPEG, tiles, write a PNG, as "
+                 "`erl-derain derain` does), each run in its own process (peak RSS: `ru_maxrss` of that process).",
+                 "", *(f"* `{ln}`" for ln in printed), "", *(f"* {n}" for n in args.note)]
+        write_section(args.markdown, marked_section("large-image", "benchmarks/large_image.py",
+                                                    "Large photos in tiles", command, lines))
     return 0
 
 

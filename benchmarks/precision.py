@@ -1,7 +1,7 @@
 """bfloat16 against float32 inference for the bundled models: speed and Y-PSNR.
 
     python benchmarks/precision.py [--models=erlnet_natural,menet_fast] [--shared_data=../shared/data]
-        [--side=512] [--repeats=5] [--json=PATH]
+        [--side=512] [--repeats=5] [--json=PATH] [--markdown=docs/benchmarks.md] [--note=TEXT]
 
 For each bundled model, the network as shipped (float32) and rebuilt as ``--precision=bfloat16``
 does it (``erl_derain.precision.in_precision``: Keras' ``mixed_bfloat16`` policy, float32 weights and
@@ -13,7 +13,8 @@ float32 input/output), both through one ``tf.function`` as the CLI runs them:
   (``card.evaluate_sets``), and the change bfloat16 makes.
 
 Refuses bfloat16 where ``erl_derain.precision.bfloat16_unavailable`` says the machine lacks it (as the
-CLI does). Keep the machine otherwise idle: the timings are wall time.
+CLI does). Keep the machine otherwise idle: the timings are wall time. ``--markdown`` writes the
+table as the page's ``precision`` section (the rest of the page is kept).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import marked_section, write_section  # noqa: E402
 
 
 def _default_shared() -> str:
@@ -52,6 +56,18 @@ def measure(name: str, shared: str, side: int, repeats: int) -> dict:
     return out
 
 
+def table(results: dict, side: int) -> list[str]:
+    lines = [f"| model | float32 s / {side}x{side} | bfloat16 s | speed-up | `jorder_e_small` Y-PSNR float32 / "
+             "bfloat16 (change) | `sirr_val20` Y-PSNR float32 / bfloat16 (change) |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        f32, b16 = r["float32"], r["bfloat16"]
+        cells = [f"{f32['sets'][k]['psnr_y']:.3f} / {b16['sets'][k]['psnr_y']:.3f} "
+                 f"({b16['sets'][k]['psnr_y'] - f32['sets'][k]['psnr_y']:+.3f} dB)" for k in f32["sets"]]
+        lines.append(f"| `{name}` | {f32['seconds']:.3f} | {b16['seconds']:.3f} | "
+                     f"{f32['seconds'] / b16['seconds']:.2f}x | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="erlnet_natural,menet_fast")
@@ -59,6 +75,8 @@ def main() -> int:
     p.add_argument("--side", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None, help="write the 'precision' section of this page")
+    p.add_argument("--note", action="append", default=[], help="a line under the table")
     args = p.parse_args()
     from erl_derain import precision
 
@@ -71,15 +89,16 @@ def main() -> int:
             print(f"benchmarks/precision.py: --shared_data={args.shared_data} has no {folder}/ folder", file=sys.stderr)
             return 2
     results = {name: measure(name, args.shared_data, args.side, args.repeats) for name in args.models.split(",")}
-    print(f"| model | float32 s / {args.side}x{args.side} | bfloat16 s | speed-up | "
-          "`jorder_e_small` Y-PSNR float32 / bfloat16 (change) | `sirr_val20` Y-PSNR float32 / bfloat16 (change) |")
-    print("|---|---|---|---|---|---|")
-    for name, r in results.items():
-        f32, b16 = r["float32"], r["bfloat16"]
-        cells = [f"{f32['sets'][k]['psnr_y']:.3f} / {b16['sets'][k]['psnr_y']:.3f} "
-                 f"({b16['sets'][k]['psnr_y'] - f32['sets'][k]['psnr_y']:+.3f} dB)" for k in f32["sets"]]
-        print(f"| `{name}` | {f32['seconds']:.3f} | {b16['seconds']:.3f} | {f32['seconds'] / b16['seconds']:.2f}x | "
-              + " | ".join(cells) + " |")
+    lines = table(results, args.side)
+    print("\n".join(lines))
+    if args.markdown:
+        command = "python benchmarks/precision.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--note"))
+        text = ["`--precision=bfloat16` (`derain`, `evaluate`, `export`) against float32 for the bundled models: "
+                f"the median of {args.repeats} calls on one {args.side}x{args.side} image after two warm-up calls, "
+                "and the mean Y-PSNR (rounded Y, whole images) on the shared pairs.", "", *lines, "",
+                *(f"* {n}" for n in args.note)]
+        write_section(args.markdown, marked_section("precision", "benchmarks/precision.py",
+                                                    "Inference in bfloat16 (the bundled models)", command, text))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -1,7 +1,7 @@
 """Where a method's inference time goes: TensorFlow's profiler on the inference network, time per op type.
 
     python benchmarks/profile_ops.py [--methods=iadn,erlnet,...] [--size=512] [--calls=3] [--top=12]
-        [--precision=float32|bfloat16] [--json=PATH]
+        [--precision=float32|bfloat16] [--json=PATH] [--markdown=docs/benchmarks.md] [--note=TEXT]
 
 For each method (default widths, float32 unless ``--precision``), builds the inference model the
 package serves (``trainer.inference_model()``, padding and clipping included), calls it once to warm
@@ -12,6 +12,7 @@ divided by the number of calls. Prints, per method, the wall seconds per call, t
 the most with their share. Convolutions are split as the graph names them: ``Conv2D`` (also oneDNN's
 fused and native forms), ``DepthwiseConv2dNative``, and ``SpaceToBatchND``/``BatchToSpaceND`` (the
 reshuffles TensorFlow wraps around a dilated convolution when ``tf.nn.convolution`` is asked for one).
+``--markdown`` writes the tables as the page's ``profile`` section.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import marked_section, write_section  # noqa: E402
 
 
 _OP_EVENT = re.compile(r"^[^:]+:([A-Za-z0-9_]+)$")
@@ -100,17 +102,26 @@ def main():
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None, help="write the 'profile' section of this page")
+    p.add_argument("--note", action="append", default=[], help="a line under the tables (with --markdown)")
     args = p.parse_args()
-    rows = []
+    rows, lines = [], []
     for method in args.methods.split(","):
         r = profile(method, args.size, args.calls, args.precision)
         rows.append(r)
-        print(f"\n{method} {args.size}x{args.size} {args.precision}: {r['wall_s']:.3f} s/call "
-              f"(traced {r['wall_traced_s']:.3f}), op time {r['op_s']:.3f} s/call")
-        print("| op type | s/call | share of op time |\n|---|---|---|")
+        block = [f"{method} {args.size}x{args.size} {args.precision}: {r['wall_s']:.3f} s/call "
+                 f"(traced {r['wall_traced_s']:.3f}), op time {r['op_s']:.3f} s/call", "",
+                 "| op type | s/call | share of op time |", "|---|---|---|"]
         for kind, s in sorted(r["by_type"].items(), key=lambda kv: -kv[1])[:args.top]:
-            print(f"| {kind} | {s:.4f} | {100 * s / r['op_s']:.1f}% |")
-        sys.stdout.flush()
+            block.append(f"| {kind} | {s:.4f} | {100 * s / r['op_s']:.1f}% |")
+        print("\n" + "\n".join(block), flush=True)
+        lines += [*block, ""]
+    if args.markdown:
+        command = "python benchmarks/profile_ops.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--note"))
+        text = ["Time per op type of the inference network (TensorFlow's profiler; ops on two threads overlap, so "
+                "the op time exceeds the wall time).", "", *lines, *(f"* {n}" for n in args.note)]
+        write_section(args.markdown, marked_section("profile", "benchmarks/profile_ops.py",
+                                                    "Where inference time goes (profiler)", command, text))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -79,3 +79,31 @@ def write_section(path: str, section: str) -> None:
     else:
         text = old.rstrip() + "\n\n" + section.strip() + "\n"
     write_page(path, text)
+
+
+def machine_summary() -> str:
+    """'<CPU model>, N cores, TensorFlow X, load average a b c at the end' for a section's 'measured on'
+    (a load average above the core count means the timings shared the machine)."""
+    import platform
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        import tensorflow as tf
+
+        tf_version = f"TensorFlow {tf.__version__}"
+    except ImportError:
+        tf_version = "no TensorFlow"
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+    return f"{cpu}, {os.cpu_count()} cores, {tf_version}, load average {load} at the end"
+
+
+def marked_section(name: str, script: str, title: str, command: str, lines: list[str]) -> str:
+    """A section for ``write_section``: a '## title' heading, the command that measured it, the
+    machine, then ``lines`` (markdown)."""
+    return "\n".join([f"<!-- {name}: begin ({script}) -->", f"## {title}", "", "Measured with", "",
+                      f"    {command}", "", f"on {machine_summary()}.", "", *lines, f"<!-- {name}: end -->"])

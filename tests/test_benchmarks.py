@@ -192,3 +192,25 @@ def test_render_rewrites_the_page_from_json(tmp_path, capsys):
     assert ("| MENET | 224x224 | 20 | 224x224 | 250 | 10.0 (float32, XLA off) | 25.0 | "
             "no: the pipeline alone is 25x faster | ok |") in text
     assert capsys.readouterr().out.strip() == text.strip()
+
+
+def test_marked_sections_replace_only_their_own(tmp_path):
+    """A script's section (timing.marked_section + write_section) is replaced in place on a re-run,
+    and survives the suite rewriting the rest of the page (write_page)."""
+    sys.path.insert(0, str(SUITE.parent))
+    import timing
+
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\ngenerated text\n")
+    first = timing.marked_section("precision", "benchmarks/precision.py", "Title", "python x.py --a", ["| a |", "1"])
+    timing.write_section(str(page), first)
+    timing.write_section(str(page), timing.marked_section("profile", "benchmarks/profile_ops.py", "P", "p", ["x"]))
+    timing.write_section(str(page), first.replace("| a |", "| b |"))
+    text = page.read_text()
+    assert text.count("<!-- precision: begin") == 1 and "| b |" in text and "| a |" not in text
+    assert text.index("precision: begin") < text.index("profile: begin")  # replaced where it was
+    assert "    python x.py --a" in text and "cores" in text  # the command and the machine line
+    timing.write_page(str(page), "# Page\n\nnew suite text\n")
+    text = page.read_text()
+    assert "new suite text" in text and "generated text" not in text
+    assert "| b |" in text and "<!-- profile: end -->" in text

@@ -4,7 +4,8 @@ The package ships the weights of networks trained by the package itself (flagfil
 ``flags/pretrained/``; the model card is ``README.md`` next to this file): ``erlnet_natural``, the
 default (alias ``erlnet``), and ``menet_fast`` for CPUs (alias ``fast``), both trained on rain over
 natural photographs; ``erlnet_synthetic``, the earlier default trained on scikit-image's photos, from
-which ``erlnet_natural`` was fine-tuned. Nothing is downloaded. Files:
+which ``erlnet_natural`` was fine-tuned, and ``menet_fast_base``, the first run of ``menet_fast``, from
+which it was fine-tuned with more rain-free pairs. Nothing is downloaded. Files:
 
 * ``<name>.json``: the training configuration (``config``), the SHA-256 of the weights file and what
   the card reports (steps, wall time);

@@ -219,3 +219,31 @@ def test_dilated_conv_one_op_gradients_equal_keras_path(monkeypatch):
     slow = grads()
     for a, b in zip(fast, slow):
         assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
+
+
+def test_reweighting_activations_run_in_float32_under_bfloat16():
+    """Under mixed_bfloat16 the convolutions compute in bfloat16 but T(f)'s SELUs and the sigmoid in
+    float32 (TensorFlow's CPU kernels for both are scalar in bfloat16); the output stays bfloat16 and
+    within bfloat16 rounding of the float32 pyramid with the same weights."""
+    x = _rand((1, 24, 20, 8), seed=5)
+    pp32 = ParallelPyramid(8)
+    want = ops.convert_to_numpy(pp32(x))
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        pp16 = ParallelPyramid(8)
+        pp16(x)
+        pp16.set_weights(pp32.get_weights())
+        fn = tf.function(lambda a: pp16(a)).get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    nodes = fn.graph.as_graph_def().node
+    selu = [n for n in nodes if n.op == "Selu"]
+    sigmoid = [n for n in nodes if n.op == "Sigmoid"]
+    assert len(selu) == 2 and {n.attr["T"].type for n in selu} == {tf.float32.as_datatype_enum}
+    assert len(sigmoid) == 1 and sigmoid[0].attr["T"].type == tf.float32.as_datatype_enum
+    convs = [n for n in nodes if n.op in ("Conv2D", "DepthwiseConv2dNative")]
+    assert len(convs) > 2 and {n.attr["T"].type for n in convs} == {tf.bfloat16.as_datatype_enum}
+    got = fn(tf.constant(x))
+    assert got.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want, rtol=0.03, atol=0.03)

@@ -77,7 +77,11 @@ class ParallelPyramid(layers.Layer):
                          for i, d in enumerate(self.dilations)]
         if self.reweight:
             self.t_convs = [layers.DepthwiseConv2D(3, padding="same", name=f"t_dwconv{i}") for i in range(2)]
-            self.t_acts = [layers.Activation("selu", name=f"t_selu{i}") for i in range(2)]
+            # T(f)'s SELUs and the sigmoid after them in float32 under a bfloat16 policy: TensorFlow's CPU
+            # kernels for both are scalar in bfloat16 (42% of the op time at 512x512, benchmarks/
+            # profile_ops.py), vectorised in float32. The depthwise convolutions stay in the policy's
+            # dtype (in float32 they took twice as long). A no-op under a float32 policy.
+            self.t_acts = [layers.Activation("selu", dtype="float32", name=f"t_selu{i}") for i in range(2)]
         else:
             self.t_convs, self.t_acts = [], []
         self.fuse = _conv3x3(self.width, 1, "relu", name="fuse")
@@ -113,7 +117,7 @@ class ParallelPyramid(layers.Layer):
         """f_out = f * sigmoid(T(f)) (identity when ``reweight`` is off)."""
         if not self.reweight:
             return f
-        return f * ops.sigmoid(self.attention_logits(f))
+        return f * ops.cast(ops.sigmoid(self.attention_logits(f)), f.dtype)
 
     def call(self, x, return_branches: bool = False):
         feats = self.branch_features(x)

@@ -22,7 +22,7 @@ IMAGES = "images"
 DERAINED = "derained"
 IMAGE_BYTES = "image_bytes"
 DERAINED_PNG_BYTES = "derained_png_bytes"
-METADATA_OUTPUTS = ("method", "flags_json", "version")
+METADATA_OUTPUTS = ("method", "flags_json", "version", "precision")
 SIGNATURE_IO = {SERVING_DEFAULT: ((IMAGES,), (DERAINED,)),
                 DERAIN_IMAGE: ((IMAGE_BYTES,), (DERAINED_PNG_BYTES,)),
                 METADATA: ((), METADATA_OUTPUTS)}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import write_section  # noqa: E402
+from timing import cpu_name, write_section  # noqa: E402
 
 BEGIN, END = "<!-- export-formats: begin (benchmarks/export_formats.py) -->", "<!-- export-formats: end -->"
 
@@ -46,17 +45,6 @@ def test_image(size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     rgb = np.stack([0.5 + 0.4 * np.sin(6 * xx + 2 * yy), 0.5 + 0.3 * np.cos(5 * yy), 0.4 + 0.3 * xx * yy], -1)
     return np.clip(rgb + 0.03 * np.random.default_rng(0).random((size, size, 3)), 0, 1).astype(np.float32)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(args) -> tuple[list[dict], dict]:

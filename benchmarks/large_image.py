@@ -51,10 +51,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-from timing import marked_section, peak_rss_mib, write_section
+from timing import marked_section, peak_rss_mib, shared_data_dir, write_section
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -64,9 +63,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _largest_real_photo() -> str | None:
-    env = os.environ.get("ERL_DERAIN_SHARED_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    files = sorted(glob.glob(str(base / "real_rain" / "*.jpg")))
+    files = sorted(glob.glob(str(shared_data_dir() / "real_rain" / "*.jpg")))
     if not files:
         return None
     from PIL import Image
@@ -200,8 +197,7 @@ def _ground_truth_check(model, tile: int, overlap: int) -> None:
     from erl_derain.inference import derain_image, tile_grid
     from erl_derain.metrics import psnr_y
 
-    env = os.environ.get("ERL_DERAIN_SHARED_DATA")
-    base = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data") / "sirr_val20"
+    base = shared_data_dir() / "sirr_val20"
     rainy_files = sorted(glob.glob(str(base / "input_val" / "input*.png")))
     if not rainy_files:
         print("[compare] no sirr_val20 pairs found: ground-truth check skipped", flush=True)

@@ -23,14 +23,9 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import marked_section, write_section  # noqa: E402
-
-
-def _default_shared() -> str:
-    return os.environ.get("ERL_DERAIN_SHARED_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+from timing import marked_section, shared_data_dir, write_section  # noqa: E402
 
 
 def measure(name: str, shared: str, side: int, repeats: int) -> dict:
@@ -71,7 +66,7 @@ def table(results: dict, side: int) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="erlnet_natural,menet_fast")
-    p.add_argument("--shared_data", default=_default_shared())
+    p.add_argument("--shared_data", default=str(shared_data_dir()))
     p.add_argument("--side", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None)

@@ -6,6 +6,7 @@ import os
 import re
 import resource
 import time
+from pathlib import Path
 
 # A section of a generated page that another script writes: <!-- NAME: begin (script) --> ... <!-- NAME: end -->
 _SECTION = re.compile(r"<!-- ([\w-]+): begin \([^)]*\) -->.*?<!-- \1: end -->", re.S)
@@ -81,17 +82,29 @@ def write_section(path: str, section: str) -> None:
     write_page(path, text)
 
 
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``'s 'model name'), else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: ``$ERL_DERAIN_SHARED_DATA``, else ``../shared/data`` beside the repository."""
+    env = os.environ.get("ERL_DERAIN_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 def machine_summary() -> str:
     """'<CPU model>, N cores, TensorFlow X, load average a b c at the end' for a section's 'measured on'
     (a load average above the core count means the timings shared the machine)."""
-    import platform
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     try:
         import tensorflow as tf
 
@@ -99,7 +112,7 @@ def machine_summary() -> str:
     except ImportError:
         tf_version = "no TensorFlow"
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
-    return f"{cpu}, {os.cpu_count()} cores, {tf_version}, load average {load} at the end"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {tf_version}, load average {load} at the end"
 
 
 def marked_section(name: str, script: str, title: str, command: str, lines: list[str]) -> str:

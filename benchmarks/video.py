@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import shared_data_dir  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -64,9 +66,7 @@ def _size(text: str) -> tuple[int, int]:
 def _photo(h: int, w: int, pan: int, frames: int) -> np.ndarray:
     import cv2
 
-    env = os.environ.get("ERL_DERAIN_SHARED_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    path = base / "clean_photos" / "kodak24" / "kodim05.png"
+    path = shared_data_dir() / "clean_photos" / "kodak24" / "kodim05.png"
     need_w = w + pan * frames
     if path.exists():
         img = cv2.imread(str(path))[..., ::-1].astype(np.float32) / 255.0
